@@ -1,0 +1,79 @@
+"""The few array functions the shared arithmetic needs, for numpy and torch alike.
+
+The closed forms and the controller's update are written once with plain
+operators plus ``where``/``clip``/``isfinite`` from here, so the same code runs
+on Python floats, numpy arrays and 0-d torch tensors on any device. torch is
+never imported here: a torch tensor is recognised by its type's module and its
+own functions are looked up lazily, which keeps ``import gaccore`` numpy-only.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TypeVar
+
+import numpy as np
+
+ArrayT = TypeVar("ArrayT")
+
+FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
+def is_torch(value: object) -> bool:
+    """True for a torch.Tensor, without importing torch."""
+    return type(value).__module__.partition(".")[0] == "torch"
+
+
+def _torch() -> Any:
+    return sys.modules["torch"]
+
+
+def _any_torch(*values: object) -> bool:
+    return any(is_torch(v) for v in values)
+
+
+def where(cond: Any, a: Any, b: Any) -> Any:
+    """Elementwise ``a if cond else b``; both branches are evaluated."""
+    if _any_torch(cond, a, b):
+        return _torch().where(cond, a, b)
+    return np.where(cond, a, b)
+
+
+def clip(x: Any, lo: float, hi: float) -> Any:
+    """Clamp to [lo, hi]; NaN stays NaN, so callers clear it first."""
+    if is_torch(x):
+        return _torch().clamp(x, min=lo, max=hi)
+    return np.clip(x, lo, hi)
+
+
+def isfinite(x: Any) -> Any:
+    if is_torch(x):
+        return _torch().isfinite(x)
+    return np.isfinite(x)
+
+
+def absolute(x: Any) -> Any:
+    if is_torch(x):
+        return _torch().abs(x)
+    return np.abs(x)
+
+
+def as_float64(*values: Any) -> tuple[Any, ...]:
+    """Numbers and numpy arrays as float64 arrays; torch tensors unchanged.
+
+    Doing arithmetic in numpy float64 (not Python floats) makes division by
+    zero and overflow produce inf/NaN, which the callers then mask, instead
+    of raising ZeroDivisionError.
+    """
+    if _any_torch(*values):
+        return values
+    return tuple(np.asarray(v, dtype=np.float64) for v in values)
+
+
+def to_python(value: Any) -> Any:
+    """A 0-d numpy result as a Python float; arrays and tensors unchanged."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return float(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value

@@ -1,0 +1,113 @@
+"""Controller configuration: the defaults and validation of SPEC.md §3.
+
+Kept apart from ``controller.py`` so that the guarded update reads on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from gaccore.validation import SFT_COEFS
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every knob of the controller. Frozen; ``dataclasses.replace`` (or
+    ``Controller(config, **overrides)``) makes a validated copy."""
+
+    ema_beta: float = 0.99
+    stat_beta: float = 0.9
+    cap: float = 0.01
+    blend: float = 0.5
+    mu_init: float = 0.85
+    mu_min: float = 0.05
+    mu_max: float = 0.9
+    update_every: int = 1
+    trim: float = 0.1
+    sft_coef: str = "phi"
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (kD, kS, kR)
+    per_mean: bool = False
+    warmup_steps: int = 200
+    decay_steps: int = 800
+    mu_peak: float = 0.85
+    mu_valley: float = 0.15
+    rho_init: float = 0.5
+    rho_min: float = 0.10
+    rho_max: float = 0.95
+    kl_target: float = 0.02
+    kl_band: float = 0.2
+    kl_beta: float = 0.9
+    eta_up: float = 0.02
+    eta_down: float = 0.03
+    large_shift: float = 0.02
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scale, list):
+            object.__setattr__(self, "scale", tuple(self.scale))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "sft_coef":
+                if value not in SFT_COEFS:
+                    raise ValueError(f"sft_coef must be one of {SFT_COEFS}, got {value!r}")
+            elif f.name == "per_mean":
+                if not isinstance(value, bool):
+                    raise ValueError(f"per_mean must be a bool, got {value!r}")
+            elif f.name == "scale":
+                if len(value) != 3 or not all(_is_number(v) and v > 0 for v in value):
+                    raise ValueError(f"scale must be three finite numbers > 0 (kD, kS, kR), got {value!r}")
+            elif f.name in ("update_every", "warmup_steps", "decay_steps"):
+                least = 1 if f.name == "update_every" else 0
+                if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                    raise ValueError(f"{f.name} must be an integer >= {least}, got {value!r}")
+            elif not _is_number(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        def require(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must satisfy {rule}, got {name}={getattr(self, name)!r}")
+
+        for name in ("ema_beta", "stat_beta", "kl_beta"):
+            require(0.0 <= getattr(self, name) < 1.0, name, "0 <= value < 1")
+        require(0.0 <= self.mu_min, "mu_min", "0 <= mu_min")
+        require(self.mu_min <= self.mu_init, "mu_init", f"mu_min ({self.mu_min}) <= mu_init")
+        require(self.mu_init <= self.mu_max, "mu_max", f"mu_init ({self.mu_init}) <= mu_max")
+        require(self.mu_max <= 1.0, "mu_max", "mu_max <= 1")
+        require(0.0 <= self.rho_min, "rho_min", "0 <= rho_min")
+        require(self.rho_min <= self.rho_init, "rho_init", f"rho_min ({self.rho_min}) <= rho_init")
+        require(self.rho_init <= self.rho_max, "rho_max", f"rho_init ({self.rho_init}) <= rho_max")
+        require(self.rho_max <= 1.0, "rho_max", "rho_max <= 1")
+        require(self.cap > 0.0, "cap", "cap > 0")
+        require(0.0 <= self.blend <= 1.0, "blend", "0 <= blend <= 1")
+        for name in ("eta_up", "eta_down"):
+            require(0.0 < getattr(self, name) <= 1.0, name, "0 < value <= 1")
+        require(0.0 <= self.trim < 0.5, "trim", "0 <= trim < 0.5")
+        require(self.kl_target > 0.0, "kl_target", "kl_target > 0")
+        require(self.kl_band >= 0.0, "kl_band", "kl_band >= 0")
+        require(self.large_shift >= 0.0, "large_shift", "large_shift >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (``scale`` as a list)."""
+        data = dataclasses.asdict(self)
+        data["scale"] = list(self.scale)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown Config fields: {unknown}")
+        return cls(**data)
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )

@@ -1,0 +1,506 @@
+"""The GAC controller: the guarded update of SPEC.md §3 (Eq. 11-13, 16).
+
+``advance`` is the whole per-step arithmetic, a pure function written once
+with plain operators and the ``where``/``clip`` shim: the same code runs on
+numpy float64 scalars and on 0-d torch tensors on any device, branch-free, so
+the torch path never synchronizes. ``Controller`` holds the only state: the
+step counter (a host integer), the state arrays, and the row results of the
+step's micro-batches observed so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Generic, TypeVar
+
+from gaccore._array import FLOAT_MAX, absolute, clip, isfinite, where
+from gaccore.backend import NUMPY_BACKEND, StatsBackend, backend_for
+from gaccore.closed_form import mu_star
+from gaccore.config import Config
+from gaccore.schedules import warmup_cosine
+from gaccore.stats import BatchStats
+from gaccore.validation import check_batch_shapes
+
+A = TypeVar("A")
+Prior = Callable[[int], float]
+
+STATE_FORMAT = "gaccore.Controller"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ControllerState(Generic[A]):
+    """Every number the controller carries between steps, as backend scalars.
+
+    All values stay finite: EMAs start at 0 with a ``has_*`` flag, and
+    accumulators saturate at the largest float64 instead of overflowing.
+    """
+
+    mu: A
+    mu_bar: A
+    rho: A
+    ema_disagreement: A
+    ema_var_sft: A
+    ema_var_rl: A
+    kl_ema: A
+    estimate: A  # the last defined clipped estimate mu^ (Eq. 12)
+    has_disagreement: A
+    has_var_sft: A
+    has_var_rl: A
+    has_kl: A
+    has_estimate: A
+    n_large_shifts: A
+    kl_drift_area: A
+    n_skipped_disagreement: A
+    n_skipped_var_sft: A
+    n_skipped_var_rl: A
+    n_dropped: A
+
+    @staticmethod
+    def is_flag(name: str) -> bool:
+        return name.startswith("has_")
+
+    @classmethod
+    def initial(cls, config: Config) -> dict[str, float | bool]:
+        """The starting state as host values."""
+        host: dict[str, float | bool] = {
+            f.name: False if cls.is_flag(f.name) else 0.0 for f in fields(cls)
+        }
+        host.update(mu=config.mu_init, mu_bar=config.mu_init, rho=config.rho_init)
+        return host
+
+    @classmethod
+    def place(
+        cls, host: Mapping[str, float | bool], backend: StatsBackend, device: Any
+    ) -> ControllerState[Any]:
+        return cls(
+            **{
+                f.name: backend.flag(bool(host[f.name]), device)
+                if cls.is_flag(f.name)
+                else backend.scalar(float(host[f.name]), device)
+                for f in fields(cls)
+            }
+        )
+
+    def to_host(self, backend: StatsBackend) -> dict[str, float | bool]:
+        return {f.name: backend.to_host(getattr(self, f.name)) for f in fields(self)}
+
+
+def _fold(ema: A, has: A, value: A, beta: float) -> tuple[A, A, A]:
+    """Fold a finite ``value`` into an EMA (the first one initializes it).
+
+    Returns the new EMA, its flag, and whether ``value`` was finite."""
+    finite = isfinite(value)
+    value = where(finite, value, 0.0)
+    folded = clip(where(has, beta * ema + (1.0 - beta) * value, value), -FLOAT_MAX, FLOAT_MAX)
+    return where(finite, folded, ema), has | finite, finite
+
+
+def rho_step(rho: A, kl_ema: A, active: A, config: Config) -> A:
+    """KL-controlled target ratio with hysteresis (Eq. 11/16).
+
+    Above ``kl_target (1 + kl_band)`` rho moves up towards ``rho_max`` by
+    ``eta_up``, below ``kl_target (1 - kl_band)`` down towards ``rho_min`` by
+    ``eta_down``; inside the band, or where ``active`` is false, it stays.
+    """
+    high = active & (kl_ema > config.kl_target * (1.0 + config.kl_band))
+    low = active & (kl_ema < config.kl_target * (1.0 - config.kl_band))
+    raised = rho + config.eta_up * (config.rho_max - rho)
+    lowered = rho - config.eta_down * (rho - config.rho_min)
+    return clip(where(high, raised, where(low, lowered, rho)), config.rho_min, config.rho_max)
+
+
+def capped_step(mu: A, target: A, config: Config) -> A:
+    """Eq. 13: move at most ``cap`` towards ``target``, inside [mu_min, mu_max]."""
+    return clip(mu + clip(target - mu, -config.cap, config.cap), config.mu_min, config.mu_max)
+
+
+def advance(
+    state: ControllerState[A],
+    config: Config,
+    batch: BatchStats[A, A] | None,
+    kl: A | None,
+    prior_value: float | None,
+) -> ControllerState[A]:
+    """One optimizer step of the controller (SPEC.md §3, steps 1-7, without ``t += 1``).
+
+    ``batch`` holds this step's proxies as state scalars (``None`` on steps
+    without statistics), ``kl`` the caller's KL observation, ``prior_value``
+    the prior at this step (``None`` or non-finite: no blend).
+    """
+    s = state
+    kD, kS, kR = config.scale
+    updates: dict[str, Any] = {}
+
+    # 1. Proxies into their EMAs.
+    if batch is not None:
+        var_sft, var_rl = batch.var_sft, batch.var_rl
+        if config.per_mean:
+            var_sft, var_rl = var_sft / batch.n_sft, var_rl / batch.n_rl
+        for name, value in (
+            ("disagreement", batch.disagreement),
+            ("var_sft", var_sft),
+            ("var_rl", var_rl),
+        ):
+            ema, has, finite = _fold(
+                getattr(s, f"ema_{name}"), getattr(s, f"has_{name}"), value, config.stat_beta
+            )
+            updates[f"ema_{name}"], updates[f"has_{name}"] = ema, has
+            updates[f"n_skipped_{name}"] = getattr(s, f"n_skipped_{name}") + where(finite, 0.0, 1.0)
+        updates["n_dropped"] = clip(s.n_dropped + batch.n_dropped, 0.0, FLOAT_MAX)
+        s = dataclasses.replace(s, **updates)
+
+    # 2. KL-controlled rho: the caller's kl when finite, else the batch's.
+    observation = kl
+    if batch is not None:
+        observation = batch.kl if kl is None else where(isfinite(kl), kl, batch.kl)
+    if observation is not None:
+        kl_ema, has_kl, observed = _fold(s.kl_ema, s.has_kl, observation, config.kl_beta)
+        excess = clip(where(observed, observation, 0.0) - config.kl_target, 0.0, FLOAT_MAX)
+        s = dataclasses.replace(
+            s,
+            kl_ema=kl_ema,
+            has_kl=has_kl,
+            rho=rho_step(s.rho, kl_ema, observed, config),
+            kl_drift_area=clip(s.kl_drift_area + where(observed, excess, 0.0), 0.0, FLOAT_MAX),
+        )
+
+    # 3. Estimate (Eq. 12, with Eq. 3).
+    ready = s.has_disagreement & s.has_var_sft & s.has_var_rl
+    raw = mu_star(kD * s.ema_disagreement, kS * s.ema_var_sft, kR * s.ema_var_rl, s.rho)
+    defined = ready & isfinite(raw)
+    estimate = clip(where(defined, raw, 0.0), 0.0, 1.0)
+
+    # 4. EMA of the estimate; 5. prior blend; 6. cap (Eq. 13).
+    beta = config.ema_beta
+    mu_bar = where(defined, beta * s.mu_bar + (1.0 - beta) * estimate, s.mu_bar)
+    target = mu_bar
+    if prior_value is not None and math.isfinite(prior_value):
+        target = config.blend * mu_bar + (1.0 - config.blend) * prior_value
+
+    # 7. Telemetry: large jumps of the defined estimate.
+    jump = defined & s.has_estimate & (absolute(estimate - s.estimate) > config.large_shift)
+    return dataclasses.replace(
+        s,
+        mu=capped_step(s.mu, target, config),
+        mu_bar=mu_bar,
+        estimate=where(defined, estimate, s.estimate),
+        has_estimate=s.has_estimate | defined,
+        n_large_shifts=s.n_large_shifts + where(jump, 1.0, 0.0),
+    )
+
+
+_PRIOR_FROM_CONFIG: Any = object()
+
+
+class Controller:
+    """Noise-aware SFT/RL mixing weight, one ``update`` per optimizer step.
+
+    ``Controller(config=None, *, prior=..., process_group=None, **overrides)``:
+    ``overrides`` replace fields of ``config`` (validated). ``prior`` defaults
+    to the warmup-cosine schedule of the config starting at ``mu_init``; any
+    callable ``step -> mu`` replaces it and ``None`` disables the blend.
+
+    numpy inputs return Python floats; torch inputs return a 0-d float32
+    tensor on their device, computed without host-device synchronization (the
+    state moves to the device of the inputs on first use). Without a KL
+    source (``kl=`` or ``ref_logp=``) rho stays at ``rho_init``. On a step
+    whose ``observe`` was never called, no statistics are folded.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        prior: Prior | None = _PRIOR_FROM_CONFIG,
+        process_group: Any = None,
+        **overrides: Any,
+    ) -> None:
+        config = config if config is not None else Config()
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a gaccore.Config, got {type(config).__name__}")
+        if overrides:
+            known = {f.name for f in fields(Config)}
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise TypeError(f"unknown Config fields in overrides: {unknown}")
+            config = dataclasses.replace(config, **overrides)
+        if prior is _PRIOR_FROM_CONFIG:
+            prior = warmup_cosine(
+                config.warmup_steps,
+                config.decay_steps,
+                config.mu_peak,
+                config.mu_valley,
+                mu_start=config.mu_init,
+            )
+        if prior is not None and not callable(prior):
+            raise TypeError(f"prior must be a callable step -> mu or None, got {prior!r}")
+        self.config = config
+        self.prior = prior
+        self.process_group = process_group
+        self._step = 0
+        self._backend: StatsBackend = NUMPY_BACKEND
+        self._device: Any = None
+        self._state: ControllerState[Any] = ControllerState.place(
+            ControllerState.initial(config), NUMPY_BACKEND, None
+        )
+        self._pending: Any = None
+        self._last_batch: BatchStats[Any, Any] | None = None
+
+    # -- the per-step API ----------------------------------------------------
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps taken so far (the ``t`` of the next step)."""
+        return self._step
+
+    def is_stats_step(self) -> bool:
+        return self._step % self.config.update_every == 0
+
+    def observe(
+        self,
+        logp: Any,
+        mask: Any,
+        adv: Any,
+        expert: Any = None,
+        *,
+        ref_logp: Any = None,
+    ) -> None:
+        """Add one micro-batch's row results to this step's statistics.
+
+        On steps that compute no statistics (``t % update_every != 0``) the
+        inputs are only checked for shape and ignored, and nothing launches.
+        """
+        backend = backend_for(logp)
+        if not self.is_stats_step():
+            check_batch_shapes(
+                logp.shape,
+                mask.shape,
+                adv.shape,
+                None if expert is None else expert.shape,
+                None if ref_logp is None else ref_logp.shape,
+            )
+            return
+        partials = backend.partials(
+            logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef
+        )
+        if self._pending is not None and self._pending[0] is not backend:
+            raise TypeError(
+                "logp: all micro-batches of one step must be of one kind "
+                f"(this step started with {self._pending[0].name} arrays, got {backend.name})"
+            )
+        merged = partials if self._pending is None else backend.merge(self._pending[1], partials)
+        self._pending = (backend, merged, backend.device_of(logp))
+
+    def step(self, *, kl: Any = None) -> Any:
+        """Close the optimizer step: fold statistics, update rho and mu."""
+        batch: BatchStats[Any, Any] | None = None
+        backend, device = self._backend, self._device
+        if self._pending is not None:
+            backend, partials, device = self._pending
+            if self.process_group is not None:
+                partials = backend.reduce(partials, self.process_group)
+            batch = backend.finalize(partials, trim=self.config.trim)
+        return self._advance(backend, device, batch, kl)
+
+    def update(
+        self,
+        logp: Any,
+        mask: Any,
+        adv: Any,
+        expert: Any = None,
+        *,
+        kl: Any = None,
+        ref_logp: Any = None,
+    ) -> Any:
+        """``observe`` + ``step``: the mixing weight for this step's loss."""
+        _check_kl(kl)
+        self.observe(logp, mask, adv, expert, ref_logp=ref_logp)
+        return self.step(kl=kl)
+
+    def update_stats(self, stats: BatchStats[Any, Any], *, kl: Any = None) -> Any:
+        """A step from statistics computed elsewhere (``batch_stats`` of
+        either backend); ``stats=None`` steps without statistics."""
+        if stats is not None and not isinstance(stats, BatchStats):
+            raise TypeError(f"stats must be a gaccore.BatchStats or None, got {type(stats).__name__}")
+        if self._pending is not None:
+            raise RuntimeError("update_stats: this step already has observed micro-batches; call step()")
+        if stats is None:
+            return self._advance(self._backend, self._device, None, kl)
+        backend = backend_for(stats.var_sft)
+        return self._advance(backend, backend.device_of(stats.var_sft), stats, kl)
+
+    def _advance(
+        self, backend: StatsBackend, device: Any, batch: BatchStats[Any, Any] | None, kl: Any
+    ) -> Any:
+        _check_kl(kl)
+        prior_value = self._prior_value()
+        state = self._state_on(backend, device)
+        placed_batch = None
+        if batch is not None:
+            placed_batch = BatchStats(
+                **{f.name: backend.scalar(getattr(batch, f.name), device) for f in fields(batch)}
+            )
+        placed_kl = None if kl is None else backend.scalar(kl, device)
+        new_state = advance(state, self.config, placed_batch, placed_kl, prior_value)
+        # Commit only once everything above succeeded: a rejected call leaves no trace.
+        self._state, self._backend, self._device = new_state, backend, device
+        self._pending = None
+        self._last_batch = batch
+        self._step += 1
+        return backend.output(new_state.mu)
+
+    def _prior_value(self) -> float | None:
+        if self.prior is None:
+            return None
+        value = self.prior(self._step)
+        if not isinstance(value, numbers.Real):
+            raise TypeError(f"prior({self._step}) must return a real number, got {value!r}")
+        return float(value)
+
+    def _state_on(self, backend: StatsBackend, device: Any) -> ControllerState[Any]:
+        if backend is self._backend and device == self._device:
+            return self._state
+        return ControllerState.place(self._state.to_host(self._backend), backend, device)
+
+    # -- reading the state (may synchronize) ---------------------------------
+
+    @property
+    def mu(self) -> float:
+        """The current mixing weight: weight the next micro-batches with it."""
+        return float(self._backend.to_host(self._state.mu))
+
+    @property
+    def rho(self) -> float:
+        return float(self._backend.to_host(self._state.rho))
+
+    def metrics(self) -> dict[str, float]:
+        """Everything worth logging, as Python floats (NaN where undefined)."""
+        host = self._state.to_host(self._backend)
+
+        def gated(value_key: str, flag_key: str) -> float:
+            return float(host[value_key]) if host[flag_key] else math.nan
+
+        out: dict[str, float] = {
+            "step": float(self._step),
+            "mu": float(host["mu"]),
+            "rho": float(host["rho"]),
+            "mu_bar": float(host["mu_bar"]),
+            "estimate": gated("estimate", "has_estimate"),
+            "ema_disagreement": gated("ema_disagreement", "has_disagreement"),
+            "ema_var_sft": gated("ema_var_sft", "has_var_sft"),
+            "ema_var_rl": gated("ema_var_rl", "has_var_rl"),
+            "kl_ema": gated("kl_ema", "has_kl"),
+            "n_large_shifts": float(host["n_large_shifts"]),
+            "kl_drift_area": float(host["kl_drift_area"]),
+            "n_skipped_disagreement": float(host["n_skipped_disagreement"]),
+            "n_skipped_var_sft": float(host["n_skipped_var_sft"]),
+            "n_skipped_var_rl": float(host["n_skipped_var_rl"]),
+            "n_dropped": float(host["n_dropped"]),
+        }
+        if self._last_batch is not None:
+            backend = backend_for(self._last_batch.var_sft)
+            for f in fields(self._last_batch):
+                out[f"batch_{f.name}"] = float(backend.to_host(getattr(self._last_batch, f.name)))
+        return out
+
+    # -- persistence ---------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready data (non-finite numbers as ``None``).
+
+        It is taken between steps: micro-batches observed for a step that was
+        not yet closed with ``step()`` are not included. The prior callable is
+        not saved; pass it again to the controller that loads this.
+        """
+        host = self._state.to_host(self._backend)
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "step": self._step,
+            "config": self.config.to_dict(),
+            "state": {k: _json_number(v) for k, v in host.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], *, device: Any = None) -> None:
+        """Restore from ``state_dict()``; refuse (changing nothing) a state of
+        another format or version, with missing keys, or of another config.
+
+        ``device=None`` keeps the state where this controller keeps its own;
+        a torch device (or its name) places it there.
+        """
+        host, step = _parse_state(state, self.config)
+        if device is None:
+            backend, placement = self._backend, self._device
+        else:
+            from gaccore.kernels import TORCH_BACKEND  # lazy: a device means torch
+
+            backend, placement = TORCH_BACKEND, TORCH_BACKEND.device_of_name(device)
+        placed = ControllerState.place(host, backend, placement)
+        self._state, self._backend, self._device = placed, backend, placement
+        self._step = step
+        self._pending = None
+        self._last_batch = None
+
+
+def _check_kl(kl: Any) -> None:
+    if kl is None or isinstance(kl, numbers.Real):
+        return
+    if getattr(kl, "shape", None) == () or getattr(kl, "ndim", None) == 0:
+        return
+    raise TypeError(f"kl must be a real number or a 0-d array/tensor, got {type(kl).__name__}")
+
+
+def _json_number(value: float | bool) -> float | bool | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _parse_state(state: Mapping[str, Any], config: Config) -> tuple[dict[str, float | bool], int]:
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a dict from Controller.state_dict(), got {type(state).__name__}")
+    missing = sorted({"format", "version", "step", "config", "state"} - set(state))
+    if missing:
+        raise ValueError(f"state dict is missing keys: {missing}")
+    if state["format"] != STATE_FORMAT:
+        raise ValueError(f"state dict format is {state['format']!r}, expected {STATE_FORMAT!r}")
+    if state["version"] != STATE_VERSION:
+        raise ValueError(
+            f"state dict version is {state['version']!r}; this gaccore reads version {STATE_VERSION}"
+        )
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"state dict step must be an integer >= 0, got {step!r}")
+    saved = Config.from_dict(dict(state["config"]))
+    if saved != config:
+        ours = config.to_dict()
+        differs = {k: (v, ours[k]) for k, v in saved.to_dict().items() if v != ours[k]}
+        detail = ", ".join(f"{k}: saved {a!r}, this controller {b!r}" for k, (a, b) in differs.items())
+        raise ValueError(f"state dict was made under a different config ({detail})")
+    values = state["state"]
+    names = [f.name for f in fields(ControllerState)]
+    missing = sorted(set(names) - set(values))
+    if missing:
+        raise ValueError(f"state dict 'state' is missing keys: {missing}")
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"state dict 'state' has unknown keys: {unknown}")
+    host: dict[str, float | bool] = {}
+    for name in names:
+        value = values[name]
+        if ControllerState.is_flag(name):
+            if not isinstance(value, bool):
+                raise ValueError(f"state dict 'state.{name}' must be a bool, got {value!r}")
+            host[name] = value
+        elif value is None:
+            host[name] = math.nan
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            host[name] = float(value)
+        else:
+            raise ValueError(f"state dict 'state.{name}' must be a number or null, got {value!r}")
+    return host, step

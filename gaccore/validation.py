@@ -1,0 +1,64 @@
+"""Argument checks shared by every statistics backend (numpy, torch, Triton).
+
+They read only shapes and dtype kinds, never values, so the torch path can
+run them without touching device memory. Each error names the argument and
+what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# numpy dtype kinds: b bool, i signed int, u unsigned int, f float.
+FLOAT_KINDS = "f"
+MASK_KINDS = "biuf"
+EXPERT_KINDS = "biu"
+SFT_COEFS = ("phi", "nll")
+
+
+def check_batch_shapes(
+    logp: Sequence[int],
+    mask: Sequence[int],
+    adv: Sequence[int],
+    expert: Sequence[int] | None = None,
+    ref_logp: Sequence[int] | None = None,
+) -> tuple[int, int]:
+    """Validate the shapes of one batch and return ``(B, T)``."""
+    logp, mask, adv = tuple(logp), tuple(mask), tuple(adv)
+    if len(logp) != 2:
+        raise ValueError(f"logp must have shape [B, T], got a tensor of shape {list(logp)}")
+    rows, tokens = logp
+    if mask != logp:
+        raise ValueError(f"mask must have the shape of logp [B, T] = {list(logp)}, got {list(mask)}")
+    if adv not in ((rows,), logp):
+        raise ValueError(
+            f"adv must have shape [B] = [{rows}] or [B, T] = {list(logp)}, got {list(adv)}"
+        )
+    if expert is not None and tuple(expert) != (rows,):
+        raise ValueError(f"expert must have shape [B] = [{rows}], got {list(expert)}")
+    if ref_logp is not None and tuple(ref_logp) != logp:
+        raise ValueError(
+            f"ref_logp must have the shape of logp [B, T] = {list(logp)}, got {list(ref_logp)}"
+        )
+    return rows, tokens
+
+
+def check_dtype_kind(name: str, kind: str, allowed: str, dtype: object) -> None:
+    """Raise TypeError unless the numpy dtype kind ``kind`` is one of ``allowed``."""
+    if kind not in allowed:
+        wanted = {
+            FLOAT_KINDS: "a floating-point dtype",
+            MASK_KINDS: "a bool, integer or floating-point dtype",
+            EXPERT_KINDS: "a bool or integer dtype",
+        }[allowed]
+        raise TypeError(f"{name} must have {wanted}, got {dtype}")
+
+
+def check_trim(trim: float) -> None:
+    if isinstance(trim, bool) or not (isinstance(trim, (int, float)) and 0.0 <= trim < 0.5):
+        raise ValueError(f"trim must be a number in [0, 0.5), got {trim!r}")
+
+
+def check_sft_coef(sft_coef: str) -> None:
+    if sft_coef not in SFT_COEFS:
+        raise ValueError(f"sft_coef must be one of {SFT_COEFS}, got {sft_coef!r}")
