@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+
 from gaccore._array import FLOAT_MAX, absolute, clip, isfinite, where
 from gaccore.backend import NUMPY_BACKEND, StatsBackend, backend_for
 from gaccore.closed_form import mu_star
@@ -132,6 +134,17 @@ def advance(
     without statistics), ``kl`` the caller's KL observation, ``prior_value``
     the prior at this step (``None`` or non-finite: no blend).
     """
+    with np.errstate(all="ignore"):  # NaN/inf are data here, masked below
+        return _advance(state, config, batch, kl, prior_value)
+
+
+def _advance(
+    state: ControllerState[A],
+    config: Config,
+    batch: BatchStats[A, A] | None,
+    kl: A | None,
+    prior_value: float | None,
+) -> ControllerState[A]:
     s = state
     kD, kS, kR = config.scale
     updates: dict[str, Any] = {}
