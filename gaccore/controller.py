@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from gaccore._array import FLOAT_MAX, absolute, clip, isfinite, where
+from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, isfinite, where
 from gaccore.backend import NUMPY_BACKEND, StatsBackend, backend_for
 from gaccore.closed_form import mu_star
 from gaccore.config import Config
@@ -27,7 +27,7 @@ from gaccore.schedules import warmup_cosine
 from gaccore.stats import BatchStats
 from gaccore.validation import check_batch_shapes
 
-A = TypeVar("A")
+A = TypeVar("A", bound=Scalar)
 Prior = Callable[[int], float]
 
 STATE_FORMAT = "gaccore.Controller"
