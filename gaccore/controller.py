@@ -25,7 +25,7 @@ from gaccore.closed_form import mu_star
 from gaccore.config import Config
 from gaccore.schedules import warmup_cosine
 from gaccore.stats import BatchStats
-from gaccore.validation import check_batch_shapes
+from gaccore.validation import check_batch
 
 A = TypeVar("A", bound=Scalar)
 Prior = Callable[[int], float]
@@ -290,13 +290,7 @@ class Controller:
         """
         backend = backend_for(logp)
         if not self.is_stats_step():
-            check_batch_shapes(
-                logp.shape,
-                mask.shape,
-                adv.shape,
-                None if expert is None else expert.shape,
-                None if ref_logp is None else ref_logp.shape,
-            )
+            check_batch(logp, mask, adv, expert, ref_logp)
             return
         partials = backend.partials(
             logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef

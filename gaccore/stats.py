@@ -29,7 +29,7 @@ from gaccore.validation import (
     EXPERT_KINDS,
     FLOAT_KINDS,
     MASK_KINDS,
-    check_batch_shapes,
+    check_batch,
     check_dtype_kind,
     check_sft_coef,
     check_trim,
@@ -181,13 +181,7 @@ def batch_partials(
         expert = _as_array("expert", expert)
     if ref_logp is not None:
         ref_logp = _as_array("ref_logp", ref_logp)
-    check_batch_shapes(
-        logp.shape,
-        mask.shape,
-        adv.shape,
-        None if expert is None else expert.shape,
-        None if ref_logp is None else ref_logp.shape,
-    )
+    check_batch(logp, mask, adv, expert, ref_logp)
     check_dtype_kind("logp", logp.dtype.kind, FLOAT_KINDS, logp.dtype)
     check_dtype_kind("mask", mask.dtype.kind, MASK_KINDS, mask.dtype)
     check_dtype_kind("adv", adv.dtype.kind, FLOAT_KINDS, adv.dtype)

@@ -8,6 +8,7 @@ what was expected.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 # numpy dtype kinds: b bool, i signed int, u unsigned int, f float.
 FLOAT_KINDS = "f"
@@ -41,6 +42,20 @@ def check_batch_shapes(
             f"ref_logp must have the shape of logp [B, T] = {list(logp)}, got {list(ref_logp)}"
         )
     return rows, tokens
+
+
+def check_batch(logp: Any, mask: Any, adv: Any, expert: Any = None, ref_logp: Any = None) -> tuple[int, int]:
+    """``check_batch_shapes`` on arrays or tensors (anything with ``.shape``)."""
+    for name, value in (("logp", logp), ("mask", mask), ("adv", adv), ("expert", expert), ("ref_logp", ref_logp)):
+        if value is not None and not hasattr(value, "shape"):
+            raise TypeError(f"{name} must be an array or tensor, got {type(value).__name__}")
+    return check_batch_shapes(
+        logp.shape,
+        mask.shape,
+        adv.shape,
+        None if expert is None else expert.shape,
+        None if ref_logp is None else ref_logp.shape,
+    )
 
 
 def check_dtype_kind(name: str, kind: str, allowed: str, dtype: object) -> None:
