@@ -16,6 +16,13 @@ from gaccore import BatchStats, Config, Controller, batch_stats, mu_star
 
 # --- a plain-Python model of the update, with ifs, written from the spec ----
 
+FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
+def saturate(x: float) -> float:
+    """Accumulators saturate instead of overflowing (SPEC §3 invariant)."""
+    return min(max(x, -FLOAT_MAX), FLOAT_MAX)
+
 
 @dataclass
 class Model:
@@ -47,7 +54,7 @@ class Model:
             for key, x in (("D", stats.disagreement), ("S", var_sft), ("R", var_rl)):
                 if math.isfinite(x):
                     old = self.ema[key]
-                    self.ema[key] = x if old is None else c.stat_beta * old + (1 - c.stat_beta) * x
+                    self.ema[key] = x if old is None else saturate(c.stat_beta * old + (1 - c.stat_beta) * x)
             batch_kl = stats.kl
         observation = None
         if kl is not None and math.isfinite(kl):
@@ -56,14 +63,16 @@ class Model:
             observation = batch_kl
         if observation is not None:
             self.kl_ema = (
-                observation if self.kl_ema is None else c.kl_beta * self.kl_ema + (1 - c.kl_beta) * observation
+                observation
+                if self.kl_ema is None
+                else saturate(c.kl_beta * self.kl_ema + (1 - c.kl_beta) * observation)
             )
             if self.kl_ema > c.kl_target * (1 + c.kl_band):
                 self.rho += c.eta_up * (c.rho_max - self.rho)
             elif self.kl_ema < c.kl_target * (1 - c.kl_band):
                 self.rho -= c.eta_down * (self.rho - c.rho_min)
             self.rho = min(max(self.rho, c.rho_min), c.rho_max)
-            self.drift_area += max(0.0, observation - c.kl_target)
+            self.drift_area = saturate(self.drift_area + max(0.0, observation - c.kl_target))
         estimate = None
         if all(v is not None for v in self.ema.values()):
             kD, kS, kR = c.scale
