@@ -21,10 +21,10 @@ from hypothesis import strategies as st  # noqa: E402
 from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # noqa: E402
 
 from gaccore.kernels import RowResults, batch_stats  # noqa: E402
-from gaccore.kernels import reference  # noqa: E402
+from gaccore.kernels import fused, reference  # noqa: E402
 from gaccore.kernels.rows import finalize  # noqa: E402
 
-BACKENDS = ["torch"]
+BACKENDS = ["torch", "triton"]
 SHAPES = [(1, 1), (3, 5), (7, 33), (37, 129)]
 
 
@@ -99,10 +99,51 @@ def _edge_batches():
     yield "positive_logp_clamped", {**full, "logp": full["logp"].abs() * 1e-3}
 
 
+# The interpreter evaluates both sides of tl.where, so invalid rows warn in numpy.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,batch", list(_edge_batches()), ids=[n for n, _ in _edge_batches()])
 def test_edge_cases(backend, name, batch):
     assert_stats_close(batch_stats(**batch, backend=backend), numpy_stats(batch), RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("adv_offset", [0.0, 1e3])
+@pytest.mark.parametrize("adv_per_token", [False, True])
+def test_kernel_merges_many_blocks(adv_per_token, adv_offset):
+    """Rows longer than a block: Chan merges across 9 blocks of 16 tokens."""
+    batch = make_batch(5, 129, seed=12, adv_per_token=adv_per_token, adv_offset=adv_offset)
+    rows = fused.row_results(**batch, block_t=16)
+    assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_kernel_writes_every_output_and_is_bit_identical():
+    """Outputs poisoned with NaN before launch; two runs agree bit for bit."""
+    batch = make_batch(9, 129, seed=13, adv_per_token=True)
+    runs = []
+    for _ in range(2):
+        out = torch.full((len(fused.KERNEL_FIELDS), 9), math.nan, dtype=torch.float64)
+        rows = fused.row_results(**batch, out=out, block_t=32)
+        assert not torch.isnan(out).any(), "the kernel left an output unwritten"
+        runs.append(rows.pack())
+    assert torch.equal(runs[0], runs[1])
+    assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_kernel_many_rows():
+    """Hundreds of rows (one program each; the interpreter runs them one by
+    one, so thousands are left to the CUDA test) with B not a power of two."""
+    batch = make_batch(300, 3, seed=14)
+    assert_stats_close(batch_stats(**batch, backend="triton"), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_kernel_out_is_checked():
+    batch = make_batch(3, 4)
+    with pytest.raises(ValueError, match="out must be a contiguous float64 tensor"):
+        fused.row_results(**batch, out=torch.zeros(len(fused.KERNEL_FIELDS), 3))
+
+
+def test_kernel_field_order_matches_row_results():
+    assert set(fused.KERNEL_FIELDS) == set(RowResults.__dataclass_fields__) - {"rl", "sft"}
 
 
 @pytest.mark.parametrize("trim", [0.0, 0.1, 0.25, 0.49])
@@ -173,3 +214,31 @@ def test_outputs_are_0d_on_the_inputs_device():
     for value in stats.__dict__.values():
         assert value.shape == () and value.device == torch.device("cpu")
     assert stats.var_rl.dtype == torch.float64 and stats.n_rl.dtype == torch.int64
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "rows,tokens,adv_per_token", [(1, 1, False), (37, 129, True), (257, 4099, True), (3, 32768, True), (4099, 17, False)]
+)
+def test_cuda_matches_numpy(backend, dtype, rows, tokens, adv_per_token):
+    batch = make_batch(rows, tokens, seed=rows + tokens, dtype=dtype, adv_per_token=adv_per_token, adv_offset=1e3)
+    on_gpu = {k: None if v is None else v.cuda() for k, v in batch.items()}
+    got = batch_stats(**on_gpu, backend=backend)
+    assert got.var_rl.device.type == "cuda"
+    assert_stats_close(got, numpy_stats(batch), RTOL[dtype])
+
+
+@cuda
+def test_cuda_kernel_poisoned_and_bit_identical():
+    batch = {k: None if v is None else v.cuda() for k, v in make_batch(513, 5000, seed=21, adv_per_token=True).items()}
+    runs = []
+    for _ in range(2):
+        out = torch.full((len(fused.KERNEL_FIELDS), 513), math.nan, dtype=torch.float64, device="cuda")
+        runs.append(fused.row_results(**batch, out=out).pack())
+        assert not torch.isnan(out).any()
+    assert torch.equal(runs[0], runs[1])
