@@ -11,7 +11,8 @@ that become means are reduced in fp64 and the few running scalars are fp64,
 so advantages around 1e3 with unit spread, or row means that differ by 1e-3
 of their size, lose nothing to fp32 summation. The row results are stored
 as float64 and finalized by ``gaccore.kernels.rows.finalize``, shared with the
-torch twin. There are no atomics: every output is written by one program,
+torch twin. Token tensors given in float64 are read as fp32 (the kernel's
+element type); a per-row ``adv`` of shape [B] is read in float64. There are no atomics: every output is written by one program,
 so results are bit-identical from run to run.
 
 fp32 has no accurate ``expm1`` in the interpreter (libdevice is GPU-only),

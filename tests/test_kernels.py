@@ -62,6 +62,22 @@ def test_mask_dtypes(backend, mask_dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("adv_dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("adv_per_token", [False, True])
+def test_adv_ref_and_expert_dtypes(backend, adv_dtype, adv_per_token):
+    """float64 or bfloat16 advantages, a bfloat16 ref_logp, integer expert flags."""
+    batch = make_batch(7, 23, seed=15, adv_per_token=adv_per_token)
+    batch = {
+        **batch,
+        "adv": batch["adv"].to(adv_dtype),
+        "ref_logp": batch["ref_logp"].to(torch.bfloat16),
+        "expert": batch["expert"].to(torch.int32) * 3,
+    }
+    host = {**batch, "adv": batch["adv"].to(torch.float64)}
+    assert_stats_close(batch_stats(**batch, backend=backend), numpy_stats(host), RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_inputs(backend):
     """Transposed and strided views give the same statistics as their copies."""
     base = make_batch(6, 21, seed=8, adv_per_token=True)
