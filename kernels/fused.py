@@ -1,19 +1,23 @@
 """The fused statistics kernel (SPEC §5): one pass over the token tensors.
 
-One Triton program per row walks the row in blocks of ``BLOCK_T`` tokens and
-reads every element of logp, mask, adv (when per token) and ref_logp once,
-converting to fp32 right after the load (the interpreter computes bf16
-arithmetic wrongly, and fp32 is the accumulation type anyway). Each block's
-statistics are merged into the row's running ones with Chan's update, for
-every second moment including the (a, w) co-moment, so no ``sum(x^2) -
-n mean^2`` cancellation happens. Element-wise work is fp32; the block sums
-that become means are reduced in fp64 and the few running scalars are fp64,
-so advantages around 1e3 with unit spread, or row means that differ by 1e-3
-of their size, lose nothing to fp32 summation. The row results are stored
-as float64 and finalized by ``gaccore.kernels.rows.finalize``, shared with the
-torch twin. Token tensors given in float64 are read as fp32 (the kernel's
-element type); a per-row ``adv`` of shape [B] is read in float64. There are no atomics: every output is written by one program,
-so results are bit-identical from run to run.
+One Triton program per row walks the row in blocks of ``BLOCK_T`` tokens.
+Every mask element is read once; logp, a per-token adv and ref_logp are read
+once where the mask is on and never where it is off (padding costs no
+bandwidth), and converted to fp32 right after the load (the interpreter
+computes bf16 arithmetic wrongly, and fp32 is the accumulation type anyway).
+Each block's statistics are merged into the row's running ones with Chan's
+update, for every second moment including the (a, w) co-moment, so no
+``sum(x^2) - n mean^2`` cancellation happens. Element-wise work is fp32; the
+block sums that become means are reduced in fp64 and the few running
+scalars are fp64, so advantages around 1e3 with unit spread, or row means
+that differ by 1e-3 of their size, lose nothing to fp32 summation. Token
+tensors given in float64 are read as fp32 (the kernel's element type); a
+per-row ``adv`` of shape [B] is read in float64.
+
+The row results are stored as float64 and finalized by
+``gaccore.kernels.rows.finalize``, shared with the torch twin. There are no
+atomics: every output is written by one program, so results are
+bit-identical from run to run.
 
 fp32 has no accurate ``expm1`` in the interpreter (libdevice is GPU-only),
 so ``expm1`` and the k3 term use their Taylor series where the direct form
