@@ -4,17 +4,14 @@ the float64 numpy reference, edge cases, validation, determinism."""
 from __future__ import annotations
 
 import math
-import os
+import subprocess
+import sys
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-# The Triton kernel runs on CPU under the interpreter; it must be set before
-# gaccore.kernels.fused (and so triton.jit) is first imported.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
+# Without a GPU the Triton kernel runs in the interpreter (conftest.py sets TRITON_INTERPRET).
 import numpy as np  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -132,6 +129,29 @@ def test_kernel_merges_many_blocks(adv_per_token, adv_offset):
     assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
 
 
+def test_kernel_default_blocks_with_a_partial_last_block():
+    """T = 4100 at the default block size: two full 2048-token blocks and a partial one."""
+    batch = make_batch(2, 4100, seed=16, adv_per_token=True, adv_offset=1e3, mask_rate=0.1)
+    assert fused.block_size(4100) == fused.MAX_BLOCK_T
+    assert_stats_close(batch_stats(**batch, backend="triton"), numpy_stats(batch), RTOL[torch.float32])
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    tokens=st.integers(1, 70),
+    seed=st.integers(0, 2**16),
+    adv_per_token=st.booleans(),
+    mask_rate=st.floats(0.0, 1.0),
+    block_t=st.sampled_from([16, 32, 128]),
+)
+def test_kernel_property(rows, tokens, seed, adv_per_token, mask_rate, block_t):
+    """The kernel equals the numpy reference for any batch and block size."""
+    batch = make_batch(rows, tokens, seed=seed, adv_per_token=adv_per_token, mask_rate=mask_rate)
+    rows_out = fused.row_results(**batch, block_t=block_t)
+    assert_stats_close(finalize(rows_out), numpy_stats(batch), RTOL[torch.float32])
+
+
 def test_kernel_writes_every_output_and_is_bit_identical():
     """Outputs poisoned with NaN before launch; two runs agree bit for bit."""
     batch = make_batch(9, 129, seed=13, adv_per_token=True)
@@ -223,6 +243,12 @@ def test_validation_names_the_argument():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="mask is on"):
             batch_stats(**{**batch, "mask": batch["mask"].cuda()})
+
+
+def test_importing_kernels_does_not_import_triton():
+    """The twin and the Controller's torch path work where triton is missing."""
+    code = "import sys, gaccore.kernels; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_outputs_are_0d_on_the_inputs_device():
