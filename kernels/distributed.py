@@ -39,14 +39,10 @@ def all_gather_partials(partials: RowsT, process_group: Any) -> RowsT:
     """
     if not dataclasses.is_dataclass(partials) or isinstance(partials, type):
         raise TypeError(f"partials must be a dataclass instance of row tensors, got {type(partials).__name__}")
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError(
-            "process_group was given but torch.distributed is not initialized: "
-            "call torch.distributed.init_process_group first"
-        )
     names = [f.name for f in dataclasses.fields(partials)]
     columns = [getattr(partials, name) for name in names]
     _check_rows(names, columns)
+    _check_initialized()
     packed = torch.stack([column.to(_WIRE_DTYPE) for column in columns])  # [n_fields, B]
     world_size = dist.get_world_size(process_group)
     gathered = [torch.empty_like(packed) for _ in range(world_size)]
@@ -65,11 +61,7 @@ def mean_over_group(value: Any, process_group: Any, device: Any) -> torch.Tensor
     group communicates (``None``: the CPU). A non-finite value on any rank
     makes the mean non-finite on every rank, so all ranks fall back alike.
     """
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError(
-            "process_group was given but torch.distributed is not initialized: "
-            "call torch.distributed.init_process_group first"
-        )
+    _check_initialized()
     placement = torch.device("cpu") if device is None else device
     if isinstance(value, torch.Tensor):
         total = value.detach().to(device=placement, dtype=torch.float64).clone()
@@ -77,6 +69,14 @@ def mean_over_group(value: Any, process_group: Any, device: Any) -> torch.Tensor
         total = torch.tensor(float(value), dtype=torch.float64, device=placement)
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=process_group)
     return total / dist.get_world_size(process_group)
+
+
+def _check_initialized() -> None:
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "process_group was given but torch.distributed is not initialized: "
+            "call torch.distributed.init_process_group first"
+        )
 
 
 def _check_rows(names: list[str], columns: list[Any]) -> None:
