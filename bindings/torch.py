@@ -15,18 +15,16 @@ import torch
 
 from gaccore.validation import check_sft_coef
 
-__all__ = ["mix", "sft_loss"]
+__all__ = ["mix", "sft_loss", "sft_token_loss"]
 
 
-def sft_loss(logp: torch.Tensor, mask: torch.Tensor, *, sft_coef: str = "phi") -> torch.Tensor:
-    """Token-mean SFT loss on expert tokens, CHORD-weighted by default.
+def sft_token_loss(logp: torch.Tensor, mask: torch.Tensor, *, sft_coef: str = "phi") -> torch.Tensor:
+    """Per-token SFT loss ``[B, T]``: ``-w_t logp_t`` on masked-in tokens, 0 elsewhere.
 
-    ``logp`` ``[B, T]`` holds the policy's log-probabilities of the expert
-    tokens (with gradient), ``mask`` ``[B, T]`` marks them (nonzero = token).
-    ``sft_coef="phi"``: each token's NLL is weighted by ``phi(p) = p (1 - p)``,
-    ``p = exp(logp)``, detached, so confident and hopeless tokens both push
-    less (CHORD); ``"nll"``: plain negative log-likelihood. The loss is the
-    mean over all masked-in tokens of the batch (0 when there are none).
+    ``w_t = phi(p_t) = p_t (1 - p_t)``, ``p_t = exp(logp_t)``, detached, for
+    ``sft_coef="phi"`` (CHORD: confident and hopeless tokens both push less);
+    ``w_t = 1`` for ``"nll"`` (plain negative log-likelihood). For trainers
+    that aggregate token losses themselves (verl's ``agg_loss``).
     Masked-out positions are never used in arithmetic, so padding may hold
     anything, NaN and -inf included.
     """
@@ -44,12 +42,23 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, *, sft_coef: str = "phi") -
     safe_logp = torch.where(tokens, logp.clamp(max=0.0), torch.zeros((), dtype=logp.dtype, device=logp.device))
     if sft_coef == "phi":
         prob = safe_logp.detach().exp()
-        weight = prob * (1.0 - prob)
+        weight = torch.where(tokens, prob * (1.0 - prob), torch.zeros_like(prob))
     else:
-        weight = torch.ones_like(safe_logp)
-    weight = torch.where(tokens, weight, torch.zeros_like(weight))
-    count = tokens.sum().clamp(min=1).to(logp.dtype)
-    return -(weight * safe_logp).sum() / count
+        weight = tokens.to(logp.dtype)
+    return -weight * safe_logp
+
+
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor, *, sft_coef: str = "phi") -> torch.Tensor:
+    """Token-mean SFT loss on expert tokens, CHORD-weighted by default.
+
+    ``logp`` ``[B, T]`` holds the policy's log-probabilities of the expert
+    tokens (with gradient), ``mask`` ``[B, T]`` marks them (nonzero = token).
+    The loss is the mean of ``sft_token_loss`` over all masked-in tokens of
+    the batch (0 when there are none).
+    """
+    per_token = sft_token_loss(logp, mask, sft_coef=sft_coef)
+    count = (mask.to(device=logp.device) != 0).sum().clamp(min=1).to(logp.dtype)
+    return per_token.sum() / count
 
 
 def mix(sft_loss: torch.Tensor, rl_loss: torch.Tensor, mu: float | torch.Tensor) -> torch.Tensor:
