@@ -76,7 +76,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_trainer(output_dir: Path, model_dir: Path, max_steps: int) -> GACGRPOTrainer:
+def make_trainer(output_dir: Path, model_dir: Path, max_steps: int, accumulation: int = 1) -> GACGRPOTrainer:
     tokenizer = tiny_tokenizer()
     prompts = datasets.Dataset.from_dict({"prompt": [" ".join(WORDS[i : i + 3]) for i in range(6)] * 4})
     experts = datasets.Dataset.from_dict({"prompt": ["b c d", "e f g", "c d e"], "completion": ["a a a", "a a", "a a a a"]})
@@ -86,6 +86,7 @@ def make_trainer(output_dir: Path, model_dir: Path, max_steps: int) -> GACGRPOTr
         num_generations=2,
         max_completion_length=8,
         max_steps=max_steps,
+        gradient_accumulation_steps=accumulation,
         learning_rate=5e-3,
         beta=0.04,  # load a reference model: the statistics then read ref_per_token_logps
         logging_steps=1,
@@ -151,6 +152,29 @@ def test_train_logs_moving_mu_checkpoints_and_resumes(tmp_path: Path, model_dir:
     assert resumed_mus == pytest.approx(mus, abs=1e-9)
     end_first, end_resumed = first.gac.state_dict()["state"], resumed.gac.state_dict()["state"]
     assert end_resumed == pytest.approx(end_first, rel=1e-6, abs=1e-9)
+
+
+def test_gradient_accumulation_steps_the_controller_once_per_optimizer_step(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    trainer = make_trainer(tmp_path, model_dir, max_steps=2, accumulation=2)
+    weights: list[float] = []
+    original_mu_for = trainer._mu_for
+
+    def spy(*args: object, **kwargs: object) -> object:
+        mu = original_mu_for(*args, **kwargs)
+        weights.append(float(mu))
+        return mu
+
+    trainer._mu_for = spy  # type: ignore[method-assign]
+    trainer.train()
+    assert trainer.gac.step_count == 2  # four micro-batches, two optimizer steps
+    assert trainer._expert_draws == 4
+    assert sorted(logged(trainer, "gac/mu")) == [1, 2]
+    # SPEC: every micro-batch of step t is weighted with the mu left by step t-1.
+    first_step_mu = 0.85  # mu_init
+    second_step_mu = logged(trainer, "gac/mu")[1]
+    assert weights == pytest.approx([first_step_mu, first_step_mu, second_step_mu, second_step_mu])
 
 
 def test_rejects_bad_expert_dataset(tmp_path: Path) -> None:
