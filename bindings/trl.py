@@ -122,12 +122,12 @@ class GACGRPOTrainer(GRPOTrainer):
             expert_ids.size(1),
         )
         expert_loss = sft_loss(expert_logp, expert_mask, sft_coef=self.gac.config.sft_coef)
+        self._metrics[mode]["gac/sft_loss"].append(expert_loss.detach().item())
         if mode == "train":
             # TRL scales its loss for gradient accumulation; scale the SFT term alike.
             expert_loss = expert_loss / self.current_gradient_accumulation_steps
 
         mu = self._mu_for(mode, inputs, rl_logp, expert_logp.detach(), expert_mask)
-        self._metrics[mode]["gac/sft_loss"].append(expert_loss.detach().item())
         return mix(expert_loss, rl_loss, mu)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
