@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
+from gaccore.bindings.torch import mix, sft_loss
 from trl import GRPOTrainer
 from trl.data_utils import maybe_apply_chat_template
 
 from gaccore import Controller
-from gaccore.bindings.torch import mix, sft_loss
 
 __all__ = ["STATE_FILE", "GACGRPOTrainer"]
 
@@ -74,7 +74,9 @@ class GACGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         _check_expert_dataset(expert_dataset)
         if expert_batch_size is None:
-            expert_batch_size = max(1, self.args.per_device_train_batch_size // self.num_generations)
+            # GRPOTrainer resolved num_generations from its config during __init__.
+            generations = cast(int, self.num_generations)
+            expert_batch_size = max(1, self.args.per_device_train_batch_size // generations)
         if isinstance(expert_batch_size, bool) or not isinstance(expert_batch_size, int) or expert_batch_size < 1:
             raise ValueError(f"expert_batch_size must be an integer >= 1, got {expert_batch_size!r}")
         distributed = self.accelerator.num_processes > 1
@@ -112,7 +114,7 @@ class GACGRPOTrainer(GRPOTrainer):
             (rl_logp,) = self._captured_logps
         finally:
             self._captured_logps = None
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if model.training else "eval"
 
         expert_ids, expert_mask, expert_prompt_ids, expert_prompt_mask = self._expert_batch(mode)
         expert_logp, _, _ = super()._get_per_token_logps_and_entropies(
@@ -198,11 +200,12 @@ class GACGRPOTrainer(GRPOTrainer):
         if mode == "train":
             self._expert_draws += 1
         prompts, completions = [], []
+        processing_class: Any = self.processing_class  # a tokenizer or a processor wrapping one
         for index in indices:
-            example = maybe_apply_chat_template(dict(self.expert_dataset[index]), self.processing_class)
+            example = maybe_apply_chat_template(dict(self.expert_dataset[index]), processing_class)
             prompts.append(example["prompt"])
             completions.append(example["completion"])
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        tokenizer: Any = getattr(processing_class, "tokenizer", processing_class)
         prompt_ids = [tokenizer(text=p, add_special_tokens=False)["input_ids"] for p in prompts]
         eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
         limit = self.max_completion_length
