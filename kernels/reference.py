@@ -66,9 +66,8 @@ def row_results(
     """Row results of one batch in float64 torch ops (inputs validated)."""
     check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
     on = mask != 0
-    token_adv = (adv[:, None] if adv.ndim == 1 else adv).to(ROW_DTYPE).expand(on.shape)
     logp64 = logp.to(ROW_DTYPE)
-    finite = torch.isfinite(logp64) & torch.isfinite(token_adv)
+    finite = torch.isfinite(logp64)
     if ref_logp is not None:
         finite &= torch.isfinite(ref_logp)
     n_tokens = on.sum(dim=1).to(ROW_DTYPE)
@@ -77,8 +76,23 @@ def row_results(
 
     clamped = torch.where(on, logp64.clamp(max=0.0), 0.0)
     weight = torch.where(on, sft_coefficient(clamped, sft_coef), 0.0)
-    mean_a, dev_a, m2_a = _row_moments(on, token_adv, count)
     mean_w, dev_w, m2_w = _row_moments(on, weight, count)
+    if adv.ndim == 1:
+        # One advantage per row: a_t is constant along the row, so its mean
+        # is adv_i and its M2 and co-moment are exactly 0.
+        mean_a = adv.to(ROW_DTYPE)
+        valid &= torch.isfinite(mean_a)
+        m2_a = c_aw = torch.zeros_like(mean_a)
+        limit = torch.finfo(ROW_DTYPE).max
+        min_a = torch.where(n_tokens > 0, mean_a, limit)
+        max_a = torch.where(n_tokens > 0, mean_a, -limit)
+    else:
+        token_adv = adv.to(ROW_DTYPE)
+        valid &= (torch.isfinite(token_adv) | ~on).all(dim=1)
+        mean_a, dev_a, m2_a = _row_moments(on, token_adv, count)
+        c_aw = (dev_a * dev_w).sum(dim=1)
+        min_a = _row_extreme(on, token_adv, largest=False)
+        max_a = _row_extreme(on, token_adv, largest=True)
     if ref_logp is None:
         kl_sum = torch.full_like(n_tokens, math.nan)
     else:
@@ -90,14 +104,14 @@ def row_results(
         rl=valid.to(ROW_DTYPE),
         sft=valid.to(ROW_DTYPE),
         nll=-clamped.sum(dim=1) / count,
-        seq_adv=adv.to(ROW_DTYPE) if adv.ndim == 1 else mean_a,
+        seq_adv=mean_a,
         mean_a=mean_a,
         mean_w=mean_w,
         m2_a=m2_a,
         m2_w=m2_w,
-        c_aw=(dev_a * dev_w).sum(dim=1),
-        min_a=_row_extreme(on, token_adv, largest=False),
-        max_a=_row_extreme(on, token_adv, largest=True),
+        c_aw=c_aw,
+        min_a=min_a,
+        max_a=max_a,
         min_w=_row_extreme(on, weight, largest=False),
         max_w=_row_extreme(on, weight, largest=True),
         kl_sum=kl_sum,

@@ -57,3 +57,148 @@ def test_state_lives_on_the_device_as_float64():
     metrics = ctrl.metrics()
     assert isinstance(metrics["mu"], float) and isinstance(ctrl.mu, float)
     assert metrics["batch_n_rl"] >= 0
+
+
+# Every torch.Tensor method that reads a value back to the host. On CUDA each
+# is a device synchronization; on CPU they are cheap, so patching them to
+# raise shows that the update path never calls one.
+HOST_READS = (
+    "item",
+    "tolist",
+    "numpy",
+    "cpu",
+    "__bool__",
+    "__float__",
+    "__int__",
+    "__index__",
+    "__complex__",
+    "__array__",
+)
+
+
+def _forbid_host_reads(monkeypatch):
+    def refuse(name):
+        def method(self, *args, **kwargs):
+            raise AssertionError(f"torch.Tensor.{name} called during update: a host sync on a GPU")
+
+        return method
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, refuse(name))
+
+
+def test_update_never_reads_device_values(monkeypatch):
+    """50 steps (25 with statistics), expert rows, ref_logp and a kl tensor."""
+    steps = list(_steps(50))
+    with monkeypatch.context() as patched:
+        _forbid_host_reads(patched)
+        ctrl = gaccore.Controller(**CONFIG)
+        mus = [ctrl.update(**batch, kl=kl) for batch, kl in steps]
+        with pytest.raises(AssertionError, match="host sync"):
+            bool(mus[0] > 0)  # the patch is live
+    numpy_ctrl = gaccore.Controller(**CONFIG)
+    want = _run_numpy(numpy_ctrl, 50)
+    np.testing.assert_allclose([m.item() for m in mus], want, rtol=1e-6)
+    got_metrics, want_metrics = ctrl.metrics(), numpy_ctrl.metrics()
+    assert got_metrics.keys() == want_metrics.keys()
+    np.testing.assert_allclose(list(got_metrics.values()), list(want_metrics.values()), rtol=1e-6)
+
+
+def test_observe_and_step_never_read_device_values(monkeypatch):
+    """Gradient accumulation: several observes, one step, a Python-float kl."""
+    steps = list(_steps(12))
+    with monkeypatch.context() as patched:
+        _forbid_host_reads(patched)
+        ctrl = gaccore.Controller(**CONFIG)
+        for i in range(0, 12, 3):
+            for batch, _ in steps[i : i + 3]:
+                ctrl.observe(**batch)
+            ctrl.step(kl=0.01)
+
+
+def _json_round_trip(state):
+    return json.loads(json.dumps(state, allow_nan=False))
+
+
+@pytest.mark.parametrize("load_on", ["numpy", "torch"])
+def test_state_dict_round_trip_across_backends(load_on):
+    """Stop a torch controller after 13 steps, resume on numpy or torch: the
+    same mu sequence as the controller that never stopped."""
+    steps = list(_steps(26))
+    whole = gaccore.Controller(**CONFIG)
+    want = [whole.update(**batch, kl=kl).item() for batch, kl in steps]
+
+    first = gaccore.Controller(**CONFIG)
+    for batch, kl in steps[:13]:
+        first.update(**batch, kl=kl)
+    state = _json_round_trip(first.state_dict())
+    second = gaccore.Controller(**CONFIG)
+    if load_on == "numpy":
+        second.load_state_dict(state)
+        rest = [
+            second.update(**{k: _host(v) for k, v in batch.items()}, kl=None if kl is None else float(kl))
+            for batch, kl in steps[13:]
+        ]
+    else:
+        second.load_state_dict(state, device="cpu")
+        assert second._state.mu.device == torch.device("cpu")
+        rest = [second.update(**batch, kl=kl).item() for batch, kl in steps[13:]]
+    np.testing.assert_allclose(rest, want[13:], rtol=1e-6)
+
+
+def test_numpy_state_loads_onto_a_torch_device():
+    ctrl = gaccore.Controller(**CONFIG)
+    for batch, kl in _steps(3):
+        ctrl.update(**{k: _host(v) for k, v in batch.items()})
+    resumed = gaccore.Controller(**CONFIG)
+    resumed.load_state_dict(_json_round_trip(ctrl.state_dict()), device=torch.device("cpu"))
+    assert resumed.mu == pytest.approx(ctrl.mu) and resumed.step_count == 3
+    assert isinstance(resumed._state.rho, torch.Tensor)
+
+
+def test_non_finite_kl_tensor_keeps_state_finite():
+    ctrl = gaccore.Controller(**CONFIG)
+    batch, _ = next(_steps(1))
+    for kl in (math.nan, math.inf, -math.inf):
+        mu = ctrl.update(**batch, kl=torch.tensor(kl))
+        assert torch.isfinite(mu)
+    metrics = ctrl.metrics()
+    assert all(math.isfinite(metrics[k]) for k in ("mu", "rho", "mu_bar", "kl_drift_area"))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_cuda_update_is_sync_free():
+    """torch.cuda.set_sync_debug_mode('error') around 100 updates."""
+    steps = list(_steps(100, device="cuda"))
+    ctrl = gaccore.Controller(**CONFIG)
+    ctrl.update(**steps[0][0])  # compile the kernel outside the checked region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mus = [ctrl.update(**batch, kl=kl) for batch, kl in steps]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(m.device.type == "cuda" and m.dtype == torch.float32 for m in mus)
+    assert 0.0 < ctrl.mu < 1.0
+
+
+@cuda
+def test_cuda_state_moves_between_devices():
+    """Save on GPU, load on CPU and back: the same mu sequence."""
+    steps = list(_steps(20, device="cuda"))
+    whole = gaccore.Controller(**CONFIG)
+    want = [whole.update(**batch, kl=kl).item() for batch, kl in steps]
+    ctrl = gaccore.Controller(**CONFIG)
+    got = [ctrl.update(**batch, kl=kl).item() for batch, kl in steps[:7]]
+    on_cpu = gaccore.Controller(**CONFIG)
+    on_cpu.load_state_dict(_json_round_trip(ctrl.state_dict()), device="cpu")
+    for batch, kl in steps[7:14]:
+        host = {k: None if v is None else v.cpu() for k, v in batch.items()}
+        got.append(on_cpu.update(**host, kl=None if kl is None else kl.cpu()).item())
+    back = gaccore.Controller(**CONFIG)
+    back.load_state_dict(_json_round_trip(on_cpu.state_dict()), device="cuda")
+    got += [back.update(**batch, kl=kl).item() for batch, kl in steps[14:]]
+    np.testing.assert_allclose(got, want, rtol=1e-6)

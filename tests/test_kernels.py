@@ -4,27 +4,24 @@ the float64 numpy reference, edge cases, validation, determinism."""
 from __future__ import annotations
 
 import math
-import os
+import subprocess
+import sys
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-# The Triton kernel runs on CPU under the interpreter; it must be set before
-# gaccore.kernels.fused (and so triton.jit) is first imported.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
+# Without a GPU the Triton kernel runs in the interpreter (conftest.py sets TRITON_INTERPRET).
 import numpy as np  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # noqa: E402
 
 from gaccore.kernels import RowResults, batch_stats  # noqa: E402
-from gaccore.kernels import reference  # noqa: E402
+from gaccore.kernels import fused, reference  # noqa: E402
 from gaccore.kernels.rows import finalize  # noqa: E402
 
-BACKENDS = ["torch"]
+BACKENDS = ["torch", "triton"]
 SHAPES = [(1, 1), (3, 5), (7, 33), (37, 129)]
 
 
@@ -59,6 +56,22 @@ def test_large_advantage_offset(backend, adv_per_token):
 def test_mask_dtypes(backend, mask_dtype):
     batch = make_batch(5, 17, seed=5, mask_dtype=mask_dtype)
     assert_stats_close(batch_stats(**batch, backend=backend), numpy_stats(batch), RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("adv_dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("adv_per_token", [False, True])
+def test_adv_ref_and_expert_dtypes(backend, adv_dtype, adv_per_token):
+    """float64 or bfloat16 advantages, a bfloat16 ref_logp, integer expert flags."""
+    batch = make_batch(7, 23, seed=15, adv_per_token=adv_per_token)
+    batch = {
+        **batch,
+        "adv": batch["adv"].to(adv_dtype),
+        "ref_logp": batch["ref_logp"].to(torch.bfloat16),
+        "expert": batch["expert"].to(torch.int32) * 3,
+    }
+    host = {**batch, "adv": batch["adv"].to(torch.float64)}
+    assert_stats_close(batch_stats(**batch, backend=backend), numpy_stats(host), RTOL[torch.float32])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -99,10 +112,74 @@ def _edge_batches():
     yield "positive_logp_clamped", {**full, "logp": full["logp"].abs() * 1e-3}
 
 
+# The interpreter evaluates both sides of tl.where, so invalid rows warn in numpy.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,batch", list(_edge_batches()), ids=[n for n, _ in _edge_batches()])
 def test_edge_cases(backend, name, batch):
     assert_stats_close(batch_stats(**batch, backend=backend), numpy_stats(batch), RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("adv_offset", [0.0, 1e3])
+@pytest.mark.parametrize("adv_per_token", [False, True])
+def test_kernel_merges_many_blocks(adv_per_token, adv_offset):
+    """Rows longer than a block: Chan merges across 9 blocks of 16 tokens."""
+    batch = make_batch(5, 129, seed=12, adv_per_token=adv_per_token, adv_offset=adv_offset)
+    rows = fused.row_results(**batch, block_t=16)
+    assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_kernel_default_blocks_with_a_partial_last_block():
+    """T = 4100 at the default block size: two full 2048-token blocks and a partial one."""
+    batch = make_batch(2, 4100, seed=16, adv_per_token=True, adv_offset=1e3, mask_rate=0.1)
+    assert fused.block_size(4100) == fused.MAX_BLOCK_T
+    assert_stats_close(batch_stats(**batch, backend="triton"), numpy_stats(batch), RTOL[torch.float32])
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    tokens=st.integers(1, 70),
+    seed=st.integers(0, 2**16),
+    adv_per_token=st.booleans(),
+    mask_rate=st.floats(0.0, 1.0),
+    block_t=st.sampled_from([16, 32, 128]),
+)
+def test_kernel_property(rows, tokens, seed, adv_per_token, mask_rate, block_t):
+    """The kernel equals the numpy reference for any batch and block size."""
+    batch = make_batch(rows, tokens, seed=seed, adv_per_token=adv_per_token, mask_rate=mask_rate)
+    rows_out = fused.row_results(**batch, block_t=block_t)
+    assert_stats_close(finalize(rows_out), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_kernel_writes_every_output_and_is_bit_identical():
+    """Outputs poisoned with NaN before launch; two runs agree bit for bit."""
+    batch = make_batch(9, 129, seed=13, adv_per_token=True)
+    runs = []
+    for _ in range(2):
+        out = torch.full((len(fused.KERNEL_FIELDS), 9), math.nan, dtype=torch.float64)
+        rows = fused.row_results(**batch, out=out, block_t=32)
+        assert not torch.isnan(out).any(), "the kernel left an output unwritten"
+        runs.append(rows.pack())
+    assert torch.equal(runs[0], runs[1])
+    assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_kernel_many_rows():
+    """Hundreds of rows (one program each; the interpreter runs them one by
+    one, so thousands are left to the CUDA test) with B not a power of two."""
+    batch = make_batch(300, 3, seed=14)
+    assert_stats_close(batch_stats(**batch, backend="triton"), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_kernel_out_is_checked():
+    batch = make_batch(3, 4)
+    with pytest.raises(ValueError, match="out must be a contiguous float64 tensor"):
+        fused.row_results(**batch, out=torch.zeros(len(fused.KERNEL_FIELDS), 3))
+
+
+def test_kernel_field_order_matches_row_results():
+    assert set(fused.KERNEL_FIELDS) == set(RowResults.__dataclass_fields__) - {"rl", "sft"}
 
 
 @pytest.mark.parametrize("trim", [0.0, 0.1, 0.25, 0.49])
@@ -168,8 +245,42 @@ def test_validation_names_the_argument():
             batch_stats(**{**batch, "mask": batch["mask"].cuda()})
 
 
+def test_importing_kernels_does_not_import_triton():
+    """The twin and the Controller's torch path work where triton is missing."""
+    code = "import sys, gaccore.kernels; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_outputs_are_0d_on_the_inputs_device():
     stats = batch_stats(**make_batch(3, 4), backend="torch")
     for value in stats.__dict__.values():
         assert value.shape == () and value.device == torch.device("cpu")
     assert stats.var_rl.dtype == torch.float64 and stats.n_rl.dtype == torch.int64
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "rows,tokens,adv_per_token", [(1, 1, False), (37, 129, True), (257, 4099, True), (3, 32768, True), (4099, 17, False)]
+)
+def test_cuda_matches_numpy(backend, dtype, rows, tokens, adv_per_token):
+    batch = make_batch(rows, tokens, seed=rows + tokens, dtype=dtype, adv_per_token=adv_per_token, adv_offset=1e3)
+    on_gpu = {k: None if v is None else v.cuda() for k, v in batch.items()}
+    got = batch_stats(**on_gpu, backend=backend)
+    assert got.var_rl.device.type == "cuda"
+    assert_stats_close(got, numpy_stats(batch), RTOL[dtype])
+
+
+@cuda
+def test_cuda_kernel_poisoned_and_bit_identical():
+    batch = {k: None if v is None else v.cuda() for k, v in make_batch(513, 5000, seed=21, adv_per_token=True).items()}
+    runs = []
+    for _ in range(2):
+        out = torch.full((len(fused.KERNEL_FIELDS), 513), math.nan, dtype=torch.float64, device="cuda")
+        runs.append(fused.row_results(**batch, out=out).pack())
+        assert not torch.isnan(out).any()
+    assert torch.equal(runs[0], runs[1])

@@ -1,0 +1,354 @@
+"""GPU benchmark of the batch statistics and of Controller.update.
+
+    python bench/gpu.py [--out results.json]          # on one CUDA GPU, < 5 min
+    python bench/gpu.py --device cpu --quick          # smoke test of every code path
+
+For each (B, T) and logp dtype it times, per call (median of CUDA events):
+the fused Triton kernel alone (row results) and with its finalize, the torch
+twin (eager), ``torch.compile`` of the twin, and a naive baseline written the
+way per-statistic implementations usually are (separate torch ops with
+boolean indexing and ``.item()`` per statistic). It reports the kernel's
+GB/s (the input bytes it must read, see ``kernel_bytes``, plus its outputs), that as a percentage
+of a device-to-device copy measured in the same run, the host syncs of one
+``Controller.update`` and of one naive call, the time of a whole ``update``
+(device time between events, and host wall time per call when many run back
+to back), and the cost of ``update`` relative to computing the log-probs it
+reads: an LM-head matmul plus log-softmax gather over a 150k vocabulary for
+the same tokens (one chunk of tokens is timed and scaled linearly).
+
+Targets (SPEC §5 and issue #3): kernel >= 60% of copy bandwidth for inputs
+>= 64 MB; >= 20x faster than the naive baseline at (256, 4096); whole update
+< 50 us at (256, 4096) with zero syncs; update < 1% of the log-prob cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FULL_SHAPES = [(64, 1024), (256, 4096), (512, 8192), (1024, 32768)]
+QUICK_SHAPES = [(8, 64), (16, 128)]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke test: kernel interpreted)")
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile of the twin")
+    parser.add_argument("--vocab", type=int, help="LM-head vocabulary (default 151936; 8192 with --quick)")
+    parser.add_argument("--hidden", type=int, help="LM-head hidden size (default 4096; 256 with --quick)")
+    args = parser.parse_args(argv)
+    args.vocab = args.vocab or (8192 if args.quick else 151_936)
+    args.hidden = args.hidden or (256 if args.quick else 4096)
+    return args
+
+
+ARGS = parse_args()
+if ARGS.device == "cpu":
+    # The Triton kernel runs on CPU only in the interpreter, which must be
+    # chosen before triton is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+import gaccore  # noqa: E402
+from gaccore.kernels import fused, reference  # noqa: E402
+from gaccore.kernels.rows import finalize  # noqa: E402
+
+
+# -- timing ----------------------------------------------------------------------
+
+
+class Timer:
+    """Median time per call: CUDA events on a GPU, perf_counter on CPU."""
+
+    def __init__(self, device: torch.device, reps: int, warmup: int) -> None:
+        self.device, self.reps, self.warmup = device, reps, warmup
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def median_s(self, fn: Callable[[], Any], reps: int | None = None) -> float:
+        reps = reps or self.reps
+        for _ in range(self.warmup):
+            fn()
+        self.sync()
+        times = []
+        for _ in range(reps):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def wall_per_call_s(self, fn: Callable[[], Any], calls: int) -> float:
+        """Host time per call of ``calls`` back-to-back calls, then one sync."""
+        for _ in range(self.warmup):
+            fn()
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        self.sync()
+        return (time.perf_counter() - t0) / calls
+
+
+# -- the workloads ---------------------------------------------------------------------
+
+
+def make_inputs(rows: int, tokens: int, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """GRPO-like batch: right-padded responses, one advantage per row, a
+    quarter expert rows, ref_logp for the KL."""
+    gen = torch.Generator(device="cpu").manual_seed(rows * 7 + tokens)
+    lengths = torch.randint(tokens // 4, tokens + 1, (rows, 1), generator=gen)
+    mask = torch.arange(tokens)[None, :] < lengths
+    logp = -(torch.rand(rows, tokens, generator=gen) ** 3) * 4.0
+    ref = logp + 0.05 * torch.randn(rows, tokens, generator=gen)
+    batch = {
+        "logp": logp.to(dtype),
+        "mask": mask,
+        "adv": torch.randn(rows, generator=gen),
+        "expert": torch.rand(rows, generator=gen) < 0.25,
+        "ref_logp": ref.to(dtype),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def kernel_bytes(batch: dict[str, torch.Tensor]) -> int:
+    """What the kernel must move: the mask and adv whole, logp and ref_logp
+    where the mask is on (masked-out elements are never loaded, so counting
+    them would overstate the bandwidth of padded batches), plus its outputs.
+    Counted once per shape, outside the timed region (it reads the mask)."""
+    rows = batch["logp"].shape[0]
+    masked_in = int(batch["mask"].sum().item())
+    read = sum(batch[k].numel() * batch[k].element_size() for k in ("mask", "adv"))
+    read += masked_in * (batch["logp"].element_size() + batch["ref_logp"].element_size())
+    return read + len(fused.KERNEL_FIELDS) * rows * 8
+
+
+def naive_stats(logp, mask, adv, expert, ref_logp, trim=0.1):
+    """Per-statistic torch ops with boolean indexing and a host read per
+    number, the usual way such proxies are written (the baseline)."""
+    on = mask.bool()
+    lp = logp.float().clamp(max=0.0)
+    lp = torch.where(on, lp, torch.zeros_like(lp))
+    lengths = on.sum(dim=1)
+    valid = lengths > 0
+    rl_rows = valid & ~expert
+    sft_rows = valid & expert
+    out = {}
+    out["n_rl"] = int(rl_rows.sum().item())
+    out["n_sft"] = int(sft_rows.sum().item())
+    seq_adv = adv[rl_rows]
+    out["var_rl"] = seq_adv.var().item() if seq_adv.numel() >= 2 else math.nan
+    nll = -(lp.sum(dim=1) / lengths.clamp(min=1))[sft_rows]
+    nll, _ = torch.sort(nll)
+    drop = int(trim * nll.numel())
+    kept = nll[drop : nll.numel() - drop]
+    out["var_sft"] = kept.var().item() if kept.numel() >= 2 else math.nan
+    tokens = on & rl_rows[:, None]
+    a = adv[:, None].expand_as(lp)[tokens]
+    p = lp[tokens].exp()
+    w = p * (1 - p)
+    out["n_tokens"] = int(a.numel())
+    if a.std().item() > 0 and w.std().item() > 0:
+        za = (a - a.mean()) / a.std(unbiased=False)
+        zw = (w - w.mean()) / w.std(unbiased=False)
+        out["disagreement"] = ((za - zw) ** 2).mean().item()
+    else:
+        out["disagreement"] = math.nan
+    x = ref_logp.float()[tokens] - lp[tokens]
+    out["kl"] = (torch.exp(x) - x - 1).mean().item()
+    return out
+
+
+class SyncCounter:
+    """Host syncs of a call: CUDA's sync debug mode on a GPU (it sees
+    boolean indexing too); on CPU, calls of the host-reading Tensor methods."""
+
+    METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def count(self, fn: Callable[[], Any]) -> int:
+        if self.cuda:
+            torch.cuda.synchronize()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    fn()
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            return sum("synchroniz" in str(w.message) for w in caught)
+        calls = 0
+        originals = {name: getattr(torch.Tensor, name) for name in self.METHODS}
+
+        def counting(original):
+            def method(self, *args, **kwargs):
+                nonlocal calls
+                calls += 1
+                return original(self, *args, **kwargs)
+
+            return method
+
+        try:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, counting(original))
+            fn()
+        finally:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
+        return calls
+
+
+def logprob_cost_s(timer: Timer, tokens: int, args: argparse.Namespace, device: torch.device) -> float:
+    """Time of an LM-head matmul + log-softmax + gather for ``tokens`` tokens,
+    from one timed chunk scaled linearly (the full logits would not fit)."""
+    chunk = min(tokens, 256 if args.quick else 4096)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    hidden = torch.randn(chunk, args.hidden, dtype=dtype, device=device)
+    head = torch.randn(args.vocab, args.hidden, dtype=dtype, device=device) / math.sqrt(args.hidden)
+    labels = torch.randint(0, args.vocab, (chunk, 1), device=device)
+
+    def logprobs() -> torch.Tensor:
+        logits = hidden @ head.t()
+        return torch.log_softmax(logits.float(), dim=-1).gather(1, labels)
+
+    per_chunk = timer.median_s(logprobs, reps=3 if args.quick else 5)
+    del hidden, head
+    return per_chunk * tokens / chunk
+
+
+def copy_bandwidth_gbs(timer: Timer, nbytes: int, device: torch.device) -> float:
+    """Device-to-device copy: bytes read plus bytes written per second."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    seconds = timer.median_s(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / seconds / 1e9
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --device cpu --quick for a smoke test")
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    timer = Timer(device, reps=3 if args.quick else 20, warmup=1 if args.quick else 3)
+    syncs = SyncCounter(device)
+    copy_gbs = copy_bandwidth_gbs(timer, (1 << 20) if args.quick else (1 << 30), device)
+    compiled = None
+    if not args.no_compile:
+        compiled = torch.compile(reference.row_results, dynamic=True)
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "copy_GBps": copy_gbs,
+        "rows": [],
+    }
+    for rows, tokens in shapes:
+        for dtype in (torch.bfloat16, torch.float32):
+            batch = make_inputs(rows, tokens, dtype, device)
+            nbytes = kernel_bytes(batch)
+            row: dict[str, Any] = {"B": rows, "T": tokens, "logp": str(dtype).removeprefix("torch."), "MB": nbytes / 1e6}
+            out = fused.empty_out(rows, device)
+            row["kernel_s"] = timer.median_s(lambda: fused.row_results(**batch, out=out))
+            row["kernel_GBps"] = nbytes / row["kernel_s"] / 1e9
+            row["kernel_pct_copy"] = 100 * row["kernel_GBps"] / copy_gbs
+            row["triton_stats_s"] = timer.median_s(lambda: finalize(fused.row_results(**batch, out=out)))
+            row["twin_s"] = timer.median_s(lambda: finalize(reference.row_results(**batch)))
+            if compiled is not None:
+                try:
+                    row["compiled_s"] = timer.median_s(lambda: finalize(compiled(**batch)))
+                except Exception as exc:  # report, keep measuring the rest
+                    row["compiled_s"] = math.nan
+                    row["compiled_error"] = f"{type(exc).__name__}: {exc}"[:200]
+            row["naive_s"] = timer.median_s(lambda: naive_stats(**batch), reps=3 if args.quick else 10)
+            row["naive_syncs"] = syncs.count(lambda: naive_stats(**batch))
+            row["speedup_vs_naive"] = row["naive_s"] / row["triton_stats_s"]
+
+            ctrl = gaccore.Controller()
+            kl = torch.zeros((), device=device)
+            ctrl.update(**batch, kl=kl)  # state onto the device, kernel compiled
+            row["update_syncs"] = syncs.count(lambda: ctrl.update(**batch, kl=kl))
+            row["update_s"] = timer.median_s(lambda: ctrl.update(**batch, kl=kl))
+            row["update_wall_s"] = timer.wall_per_call_s(lambda: ctrl.update(**batch, kl=kl), 10 if args.quick else 100)
+            row["logprob_s"] = logprob_cost_s(timer, rows * tokens, args, device)
+            row["update_pct_logprob"] = 100 * max(row["update_s"], row["update_wall_s"]) / row["logprob_s"]
+            results["rows"].append(row)
+            print_row(row, first=len(results["rows"]) == 1)
+            del batch, out
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return results
+
+
+# (result key, column title, width, decimals); times are printed in microseconds.
+COLUMNS = [
+    ("B", "B", 5, None),
+    ("T", "T", 6, None),
+    ("logp", "logp", 9, None),
+    ("MB", "MB", 7, 1),
+    ("kernel_s", "kernel us", 10, 1),
+    ("kernel_GBps", "GB/s", 7, 0),
+    ("kernel_pct_copy", "%copy", 6, 0),
+    ("triton_stats_s", "k+fin us", 9, 1),
+    ("twin_s", "twin us", 10, 1),
+    ("compiled_s", "compiled us", 12, 1),
+    ("naive_s", "naive us", 10, 1),
+    ("speedup_vs_naive", "x naive", 8, 1),
+    ("naive_syncs", "naive syncs", 11, None),
+    ("update_syncs", "upd syncs", 9, None),
+    ("update_s", "upd us", 8, 1),
+    ("update_wall_s", "upd wall us", 11, 1),
+    ("update_pct_logprob", "%logprob", 9, 4),
+]
+
+
+def print_row(row: dict[str, Any], *, first: bool) -> None:
+    if first:
+        print(" ".join(f"{title:>{width}}" for _, title, width, _ in COLUMNS))
+    cells = []
+    for key, _, width, decimals in COLUMNS:
+        value = row.get(key, math.nan)
+        if decimals is None:
+            cells.append(f"{value:>{width}}")
+        else:
+            scale = 1e6 if key.endswith("_s") else 1.0
+            cells.append(f"{value * scale:>{width}.{decimals}f}")
+    print(" ".join(cells), flush=True)
+
+
+def main() -> None:
+    started = time.perf_counter()
+    results = measure(ARGS)
+    results["seconds"] = time.perf_counter() - started
+    print(f"device: {results['device']}; copy {results['copy_GBps']:.0f} GB/s; {results['seconds']:.0f} s in all")
+    for row in results["rows"]:
+        if "compiled_error" in row:
+            print(f"torch.compile failed at B={row['B']} T={row['T']} {row['logp']}: {row['compiled_error']}")
+    if ARGS.out:
+        ARGS.out.write_text(json.dumps(results, indent=2))
+        print(f"wrote {ARGS.out}")
+
+
+if __name__ == "__main__":
+    main()

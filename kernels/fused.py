@@ -1,0 +1,288 @@
+"""The fused statistics kernel (SPEC §5): one pass over the token tensors.
+
+One Triton program per row walks the row in blocks of ``BLOCK_T`` tokens.
+Every mask element is read once; logp, a per-token adv and ref_logp are read
+once where the mask is on and never where it is off (padding costs no
+bandwidth), and converted to fp32 right after the load (the interpreter
+computes bf16 arithmetic wrongly, and fp32 is the accumulation type anyway).
+Each block's statistics are merged into the row's running ones with Chan's
+update, for every second moment including the (a, w) co-moment, so no
+``sum(x^2) - n mean^2`` cancellation happens. Element-wise work is fp32; the
+block sums that become means are reduced in fp64 and the few running
+scalars are fp64, so advantages around 1e3 with unit spread, or row means
+that differ by 1e-3 of their size, lose nothing to fp32 summation. Token
+tensors given in float64 are read as fp32 (the kernel's element type); a
+per-row ``adv`` of shape [B] is read in float64.
+
+The row results are stored as float64 and finalized by
+``gaccore.kernels.rows.finalize``, shared with the torch twin. There are no
+atomics: every output is written by one program, so results are
+bit-identical from run to run.
+
+fp32 has no accurate ``expm1`` in the interpreter (libdevice is GPU-only),
+so ``expm1`` and the k3 term use their Taylor series where the direct form
+would cancel, with a band wide enough (|x| < 1) that the direct form outside
+it loses no more than a few units in the last place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from gaccore.kernels.rows import ROW_DTYPE, RowResults, check_inputs, with_roles
+
+# The row results the kernel writes, in the order of its stores (rl and sft
+# come from `valid` and the expert flags afterwards, see rows.with_roles).
+KERNEL_FIELDS = (
+    "n_tokens",
+    "valid",
+    "nll",
+    "seq_adv",
+    "mean_a",
+    "mean_w",
+    "m2_a",
+    "m2_w",
+    "c_aw",
+    "min_a",
+    "max_a",
+    "min_w",
+    "max_w",
+    "kl_sum",
+)
+MAX_BLOCK_T = 2048
+
+FLT_MAX = tl.constexpr(3.4028234663852886e38)  # padding for min/max of no tokens
+INF = tl.constexpr(float("inf"))
+
+
+@triton.jit
+def _is_finite(x):
+    return tl.abs(x) < INF  # false for NaN and +-inf
+
+
+@triton.jit
+def _expm1_nonpos(x, b_exp):
+    """``expm1(x)`` for ``x <= 0`` given ``b_exp = exp(x)``: the series to
+    x^11/11! on (-1, 0] (truncation < 4e-9 relative), ``exp(x) - 1`` below."""
+    b_s = 1.0 + x / 11.0
+    b_s = 1.0 + x / 10.0 * b_s
+    b_s = 1.0 + x / 9.0 * b_s
+    b_s = 1.0 + x / 8.0 * b_s
+    b_s = 1.0 + x / 7.0 * b_s
+    b_s = 1.0 + x / 6.0 * b_s
+    b_s = 1.0 + x / 5.0 * b_s
+    b_s = 1.0 + x / 4.0 * b_s
+    b_s = 1.0 + x / 3.0 * b_s
+    b_s = 1.0 + x / 2.0 * b_s
+    return tl.where(x > -1.0, x * b_s, b_exp - 1.0)
+
+
+@triton.jit
+def _k3(x):
+    """k3 ``exp(x) - x - 1``: ``x^2/2 (1 + x/3 (1 + ... x/11))`` for |x| < 1
+    (truncation < 5e-9 relative), ``exp(x) - 1 - x`` outside."""
+    b_s = 1.0 + x / 11.0
+    b_s = 1.0 + x / 10.0 * b_s
+    b_s = 1.0 + x / 9.0 * b_s
+    b_s = 1.0 + x / 8.0 * b_s
+    b_s = 1.0 + x / 7.0 * b_s
+    b_s = 1.0 + x / 6.0 * b_s
+    b_s = 1.0 + x / 5.0 * b_s
+    b_s = 1.0 + x / 4.0 * b_s
+    b_s = 1.0 + x / 3.0 * b_s
+    return tl.where(tl.abs(x) < 1.0, 0.5 * x * x * b_s, tl.exp(x) - 1.0 - x)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _row_stats_kernel(
+    p_logp,
+    p_mask,
+    p_adv,
+    p_ref,
+    p_out,
+    T,
+    s_logp_b,
+    s_logp_t,
+    s_mask_b,
+    s_mask_t,
+    s_adv_b,
+    s_adv_t,
+    s_ref_b,
+    s_ref_t,
+    s_out_f,
+    ADV_PER_TOKEN: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    SFT_COEF_PHI: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    i_b = tl.program_id(0).to(tl.int64)
+    o_t = tl.arange(0, BLOCK_T)
+
+    # Running row statistics. Element-wise work is fp32; the per-block sums
+    # that become means are reduced in fp64 and the running scalars are fp64
+    # (a handful of scalar operations per block), so a row mean carries no
+    # fp32 summation error: the spread of row means can be 1e-3 of their size.
+    b_n = tl.zeros((), tl.float64)
+    b_bad = tl.zeros((), tl.int32)
+    b_lsum = tl.zeros((), tl.float64)
+    b_kl = tl.zeros((), tl.float64)
+    b_ma = tl.zeros((), tl.float64)
+    b_mw = tl.zeros((), tl.float64)
+    b_m2a = tl.zeros((), tl.float64)
+    b_m2w = tl.zeros((), tl.float64)
+    b_caw = tl.zeros((), tl.float64)
+    b_mina = tl.full((), FLT_MAX, tl.float32)
+    b_maxa = tl.full((), -FLT_MAX, tl.float32)
+    b_minw = tl.full((), FLT_MAX, tl.float32)
+    b_maxw = tl.full((), -FLT_MAX, tl.float32)
+
+    for t0 in range(0, T, BLOCK_T):
+        o_tok = (t0 + o_t).to(tl.int64)
+        m_in = o_tok < T
+        b_mask = tl.load(p_mask + i_b * s_mask_b + o_tok * s_mask_t, mask=m_in, other=0)
+        m_on = m_in & (b_mask != 0)
+        b_l = tl.load(p_logp + i_b * s_logp_b + o_tok * s_logp_t, mask=m_on, other=0.0).to(tl.float32)
+        b_bad += tl.sum((m_on & ~_is_finite(b_l)).to(tl.int32))
+        b_l = tl.where(m_on, tl.minimum(b_l, 0.0), 0.0)
+        b_lsum += tl.sum(b_l.to(tl.float64))
+
+        # SFT coefficient w = p (1 - p) or 1 - p, with 1 - p = -expm1(logp).
+        b_p = tl.exp(b_l)
+        b_q = -_expm1_nonpos(b_l, b_p)
+        if SFT_COEF_PHI:
+            b_w = tl.where(m_on, b_p * b_q, 0.0)
+        else:
+            b_w = tl.where(m_on, b_q, 0.0)
+
+        # Chan's merge of this block into the row; b_f is the block's share.
+        # Block deviations are taken from the fp32-rounded block mean: the
+        # moments about it differ from the central ones by n (rounding)^2.
+        b_cnt = tl.sum(m_on.to(tl.int32)).to(tl.float64)
+        b_ntot = b_n + b_cnt
+        b_f = b_cnt / tl.maximum(b_ntot, 1.0)
+        b_bmw = tl.sum(b_w.to(tl.float64)) / tl.maximum(b_cnt, 1.0)
+        b_dw = tl.where(m_on, b_w - b_bmw.to(tl.float32), 0.0)
+        b_delta_w = b_bmw - b_mw
+        b_m2w += tl.sum(b_dw * b_dw).to(tl.float64) + b_delta_w * b_delta_w * b_n * b_f
+        b_mw += b_delta_w * b_f
+        b_minw = tl.minimum(b_minw, tl.min(tl.where(m_on, b_w, FLT_MAX)))
+        b_maxw = tl.maximum(b_maxw, tl.max(tl.where(m_on, b_w, -FLT_MAX)))
+
+        if ADV_PER_TOKEN:
+            b_a = tl.load(p_adv + i_b * s_adv_b + o_tok * s_adv_t, mask=m_on, other=0.0).to(tl.float32)
+            b_bad += tl.sum((m_on & ~_is_finite(b_a)).to(tl.int32))
+            b_a = tl.where(m_on, b_a, 0.0)
+            b_bma = tl.sum(b_a.to(tl.float64)) / tl.maximum(b_cnt, 1.0)
+            b_da = tl.where(m_on, b_a - b_bma.to(tl.float32), 0.0)
+            b_delta_a = b_bma - b_ma
+            b_m2a += tl.sum(b_da * b_da).to(tl.float64) + b_delta_a * b_delta_a * b_n * b_f
+            b_caw += tl.sum(b_da * b_dw).to(tl.float64) + b_delta_a * b_delta_w * b_n * b_f
+            b_ma += b_delta_a * b_f
+            b_mina = tl.minimum(b_mina, tl.min(tl.where(m_on, b_a, FLT_MAX)))
+            b_maxa = tl.maximum(b_maxa, tl.max(tl.where(m_on, b_a, -FLT_MAX)))
+
+        if HAS_REF:
+            b_r = tl.load(p_ref + i_b * s_ref_b + o_tok * s_ref_t, mask=m_on, other=0.0).to(tl.float32)
+            b_bad += tl.sum((m_on & ~_is_finite(b_r)).to(tl.int32))
+            b_kl += tl.sum(tl.where(m_on, _k3(b_r - b_l), 0.0)).to(tl.float64)
+        b_n = b_ntot
+
+    b_valid = (b_n > 0.0) & (b_bad == 0)
+    if ADV_PER_TOKEN:
+        b_mina64 = b_mina.to(tl.float64)
+        b_maxa64 = b_maxa.to(tl.float64)
+    else:
+        # One advantage per row: a_t is constant, so its moments are exact.
+        b_ma = tl.load(p_adv + i_b * s_adv_b).to(tl.float64)
+        b_valid = b_valid & _is_finite(b_ma)
+        b_mina64 = tl.where(b_n > 0.0, b_ma, FLT_MAX)
+        b_maxa64 = tl.where(b_n > 0.0, b_ma, -FLT_MAX)
+
+    # Stores in KERNEL_FIELDS order.
+    p_row = p_out + i_b
+    tl.store(p_row + 0 * s_out_f, b_n)
+    tl.store(p_row + 1 * s_out_f, b_valid.to(tl.float64))
+    tl.store(p_row + 2 * s_out_f, -b_lsum / tl.maximum(b_n, 1.0))
+    tl.store(p_row + 3 * s_out_f, b_ma)  # the row's sequence advantage (Eq. 8)
+    tl.store(p_row + 4 * s_out_f, b_ma)
+    tl.store(p_row + 5 * s_out_f, b_mw)
+    tl.store(p_row + 6 * s_out_f, b_m2a)
+    tl.store(p_row + 7 * s_out_f, b_m2w)
+    tl.store(p_row + 8 * s_out_f, b_caw)
+    tl.store(p_row + 9 * s_out_f, b_mina64)
+    tl.store(p_row + 10 * s_out_f, b_maxa64)
+    tl.store(p_row + 11 * s_out_f, b_minw.to(tl.float64))
+    tl.store(p_row + 12 * s_out_f, b_maxw.to(tl.float64))
+    tl.store(p_row + 13 * s_out_f, b_kl)
+
+
+def block_size(tokens: int) -> int:
+    """Tokens per loop iteration: the whole row up to ``MAX_BLOCK_T`` (a
+    function of T only, so results never depend on the GPU)."""
+    return max(16, min(triton.next_power_of_2(max(tokens, 1)), MAX_BLOCK_T))
+
+
+def empty_out(rows: int, device: torch.device | str) -> torch.Tensor:
+    """A fresh output buffer for ``row_results(..., out=)``."""
+    return torch.empty(len(KERNEL_FIELDS), rows, dtype=ROW_DTYPE, device=device)
+
+
+def row_results(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    adv: torch.Tensor,
+    expert: torch.Tensor | None = None,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    sft_coef: str = "phi",
+    out: torch.Tensor | None = None,
+    block_t: int | None = None,
+) -> RowResults:
+    """Row results of one batch from the fused kernel (inputs validated).
+
+    ``out``, a contiguous float64 ``[len(KERNEL_FIELDS), B]`` tensor on the
+    inputs' device, receives the kernel's stores (tests poison it with NaN).
+    ``block_t`` (a power of two) overrides ``block_size(T)``, so tests can
+    cover many blocks per row with short rows.
+    """
+    rows, tokens = check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+    if out is None:
+        out = empty_out(rows, logp.device)
+    elif out.shape != (len(KERNEL_FIELDS), rows) or out.dtype != ROW_DTYPE or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float64 tensor of shape [{len(KERNEL_FIELDS)}, {rows}]")
+    if mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)  # same bytes; avoids relying on i1 pointer loads
+    ref = logp if ref_logp is None else ref_logp  # never read without HAS_REF
+    block = block_size(tokens) if block_t is None else block_t
+    if rows > 0:
+        _row_stats_kernel[(rows,)](
+            logp,
+            mask,
+            adv,
+            ref,
+            out,
+            tokens,
+            logp.stride(0),
+            logp.stride(1),
+            mask.stride(0),
+            mask.stride(1),
+            adv.stride(0),
+            adv.stride(1) if adv.ndim == 2 else 0,
+            ref.stride(0),
+            ref.stride(1),
+            out.stride(0),
+            ADV_PER_TOKEN=adv.ndim == 2,
+            HAS_REF=ref_logp is not None,
+            SFT_COEF_PHI=sft_coef == "phi",
+            BLOCK_T=block,
+            num_warps=8 if block >= 2048 else 4,
+        )
+    fields = dict(zip(KERNEL_FIELDS, out.unbind(0)))
+    if ref_logp is None:
+        fields["kl_sum"] = torch.full((rows,), math.nan, dtype=ROW_DTYPE, device=logp.device)
+    placeholder = fields["valid"]  # rl and sft are set from valid by with_roles
+    return with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), expert)
