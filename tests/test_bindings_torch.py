@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,13 @@ def test_readme_torch_loop_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert ctrl.metrics()["estimate"] == ctrl.metrics()["estimate"]  # the estimate became defined
     assert 0.05 <= ctrl.mu <= 0.9
     assert "mu=" in capsys.readouterr().out
+
+
+def test_core_and_bindings_package_import_no_trainer_library() -> None:
+    code = (
+        "import sys, numpy as np, gaccore, gaccore.bindings\n"
+        "gaccore.Controller().update(np.array([[-1.0, -2.0]]), np.array([[1, 1]]), np.array([0.5]))\n"
+        "heavy = sorted({'torch', 'trl', 'transformers', 'verl'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
