@@ -43,9 +43,10 @@ EXPERT = torch.tensor([False, False, False, False, True, True])
 CONTROLLER = {"warmup_steps": 1, "decay_steps": 5, "cap": 0.05}
 
 
-def actor_config(loss_mode: str = "gac") -> FSDPActorConfig:
+def actor_config(loss_mode: str = "gac", loss_agg_mode: str = "token-mean") -> FSDPActorConfig:
     return FSDPActorConfig(
         strategy="fsdp",
+        loss_agg_mode=loss_agg_mode,
         ppo_mini_batch_size=6,
         ppo_micro_batch_size_per_gpu=6,
         rollout_n=2,
@@ -110,7 +111,8 @@ def test_compute_mu_writes_mu_for_the_workers_and_returns_metrics() -> None:
     assert stats["batch_kl"] == stats["batch_kl"]  # ref_log_prob was read
 
 
-def test_registered_loss_runs_inside_verl_ppo_loss_and_mixes_exactly() -> None:
+@pytest.mark.parametrize("loss_agg_mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_registered_loss_runs_inside_verl_ppo_loss_and_mixes_exactly(loss_agg_mode: str) -> None:
     batch = driver_batch(1)
     ctrl = Controller(**CONTROLLER)
     gac_verl.compute_mu(batch, ctrl)
@@ -118,7 +120,7 @@ def test_registered_loss_runs_inside_verl_ppo_loss_and_mixes_exactly() -> None:
     assert get_policy_loss_fn("gac") is not None
 
     td, values, model_output = actor_micro_batch(batch)
-    config = actor_config("gac")
+    config = actor_config("gac", loss_agg_mode)
     loss, metrics = gac_verl.gac_ppo_loss(config, model_output, td)
     loss.backward()
     assert torch.isfinite(loss) and values.grad is not None and torch.isfinite(values.grad).all()
@@ -131,10 +133,10 @@ def test_registered_loss_runs_inside_verl_ppo_loss_and_mixes_exactly() -> None:
     config.global_batch_info.update(info)
     rl, _ = get_policy_loss_fn("vanilla")(
         old_log_prob=batch.batch["old_log_probs"], log_prob=log_prob, advantages=batch.batch["advantages"],
-        response_mask=rl_mask, loss_agg_mode="token-mean", config=config,
+        response_mask=rl_mask, loss_agg_mode=loss_agg_mode, config=config,
     )
     p = log_prob.exp()
-    sft = agg_loss(-(p * (1 - p)) * log_prob, sft_mask, "token-mean", **info)
+    sft = agg_loss(-(p * (1 - p)) * log_prob, sft_mask, loss_agg_mode, **info)
     assert loss.item() == pytest.approx(mu * sft.item() + (1 - mu) * rl.item(), rel=1e-5)
     assert metrics["actor/gac_sft_loss"].values == [pytest.approx(sft.item(), rel=1e-5)]
 
