@@ -76,7 +76,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_trainer(output_dir: Path, model_dir: Path, max_steps: int, accumulation: int = 1) -> GACGRPOTrainer:
+def make_trainer(
+    output_dir: Path, model_dir: Path, max_steps: int, accumulation: int = 1, distributed: bool = False
+) -> GACGRPOTrainer:
     tokenizer = tiny_tokenizer()
     prompts = datasets.Dataset.from_dict({"prompt": [" ".join(WORDS[i : i + 3]) for i in range(6)] * 4})
     experts = datasets.Dataset.from_dict({"prompt": ["b c d", "e f g", "c d e"], "completion": ["a a a", "a a", "a a a a"]})
@@ -105,7 +107,8 @@ def make_trainer(output_dir: Path, model_dir: Path, max_steps: int, accumulation
         train_dataset=prompts,
         processing_class=tokenizer,
         expert_dataset=experts,
-        controller=Controller(**CONTROLLER),
+        # The GRPOConfig above initialized torch.distributed when launched on several processes.
+        controller=Controller(process_group=torch.distributed.group.WORLD if distributed else None, **CONTROLLER),
     )
 
 
@@ -175,6 +178,35 @@ def test_gradient_accumulation_steps_the_controller_once_per_optimizer_step(
     first_step_mu = 0.85  # mu_init
     second_step_mu = logged(trainer, "gac/mu")[1]
     assert weights == pytest.approx([first_step_mu, first_step_mu, second_step_mu, second_step_mu])
+
+
+def _data_parallel_rank(rank: int, port: int, out_dir: str, model_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    trainer = make_trainer(Path(out_dir) / "run", Path(model_dir), max_steps=3, distributed=True)
+    trainer.train()
+    result = {"mu": logged(trainer, "gac/mu"), "metrics": trainer.gac.metrics()}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def test_two_data_parallel_processes_use_the_same_mu(tmp_path: Path, model_dir: Path) -> None:
+    """Two gloo processes launched as torch.distributed/accelerate launch them:
+    each rank's controller gathers both ranks' rows, so all ranks agree."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_data_parallel_rank, args=(port, str(tmp_path), str(model_dir)), nprocs=2,
+                       start_method="spawn")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["mu"] == ranks[1]["mu"] and len(ranks[0]["mu"]) == 3
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]  # every proxy and EMA identical
+    # 4 rollouts + 2 expert rows (one per prompt) per micro-batch and rank, from both ranks.
+    assert ranks[0]["metrics"]["batch_n_rl"] == 8 and ranks[0]["metrics"]["batch_n_sft"] == 4
+    assert (tmp_path / "run" / "checkpoint-2" / STATE_FILE).exists()  # written once, by the main process
 
 
 def test_rejects_bad_expert_dataset(tmp_path: Path) -> None:
