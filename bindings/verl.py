@@ -8,8 +8,8 @@ loss per micro-batch. The binding follows that split:
    ``RayPPOTrainer._update_actor``): ``compute_mu(batch, controller)`` feeds
    the controller verl's ``old_log_probs``, ``response_mask`` and
    ``advantages`` (and ``ref_log_prob`` when present) of the global batch,
-   with the expert flag ``batch.batch["gac_expert"]`` (bool ``[B]``; absent:
-   no expert rows, the controller's documented fallback). It writes ``mu``
+   with the expert flag ``batch.batch["gac_expert"]`` (bool ``[B]``, True
+   for the expert rows the data pipeline put in the batch). It writes ``mu``
    into ``batch.meta_info["gac_mu_scalar"]`` and, so it survives verl's mini-
    and micro-batch splits, as a per-row tensor ``batch.batch["gac_mu"]``, and
    returns ``gac/*`` metrics for verl's logger. One controller on the driver
@@ -99,7 +99,13 @@ def compute_mu(batch: DataProto, controller: Controller) -> dict[str, float]:
         raise ValueError(
             f"batch.batch lacks {missing}: call compute_mu after verl computed old log-probs and advantages"
         )
-    expert = tensors[EXPERT_KEY] if EXPERT_KEY in tensors.keys() else None
+    if EXPERT_KEY not in tensors.keys():
+        # Without expert rows the "gac" loss would have no SFT term and would only shrink the RL loss.
+        raise ValueError(
+            f"batch.batch lacks {EXPERT_KEY!r}: add the expert (SFT) rows to the batch with "
+            f"batch.batch[{EXPERT_KEY!r}] = True (a bool [B] tensor, False for rollouts)"
+        )
+    expert = tensors[EXPERT_KEY]
     ref_logp = tensors["ref_log_prob"] if "ref_log_prob" in tensors.keys() else None
     mu = controller.update(
         tensors["old_log_probs"].detach(),

@@ -189,6 +189,8 @@ def test_bad_arguments_are_named() -> None:
     batch.batch.pop("advantages")
     with pytest.raises(ValueError, match="advantages"):
         gac_verl.compute_mu(batch, Controller())
+    with pytest.raises(ValueError, match="gac_expert"):
+        gac_verl.compute_mu(driver_batch(6, expert=None), Controller())
     with pytest.raises(ValueError, match="Unsupported loss mode"):
         gac_verl.register_gac_policy_loss("gac_bad", inner="no-such-loss")
 
