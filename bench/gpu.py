@@ -8,7 +8,7 @@ the fused Triton kernel alone (row results) and with its finalize, the torch
 twin (eager), ``torch.compile`` of the twin, and a naive baseline written the
 way per-statistic implementations usually are (separate torch ops with
 boolean indexing and ``.item()`` per statistic). It reports the kernel's
-GB/s (the input bytes it must read, see ``kernel_bytes``, plus its outputs), that as a percentage
+GB/s (every input byte once plus its outputs), that as a percentage
 of a device-to-device copy measured in the same run, the host syncs of one
 ``Controller.update`` and of one naive call, the time of a whole ``update``
 (device time between events, and host wall time per call when many run back
@@ -133,14 +133,10 @@ def make_inputs(rows: int, tokens: int, dtype: torch.dtype, device: torch.device
 
 
 def kernel_bytes(batch: dict[str, torch.Tensor]) -> int:
-    """What the kernel must move: the mask and adv whole, logp and ref_logp
-    where the mask is on (masked-out elements are never loaded, so counting
-    them would overstate the bandwidth of padded batches), plus its outputs.
-    Counted once per shape, outside the timed region (it reads the mask)."""
+    """What the kernel moves: every element of its inputs once (padding
+    included), plus its outputs."""
     rows = batch["logp"].shape[0]
-    masked_in = int(batch["mask"].sum().item())
-    read = sum(batch[k].numel() * batch[k].element_size() for k in ("mask", "adv"))
-    read += masked_in * (batch["logp"].element_size() + batch["ref_logp"].element_size())
+    read = sum(batch[k].numel() * batch[k].element_size() for k in ("logp", "mask", "adv", "ref_logp"))
     return read + len(fused.KERNEL_FIELDS) * rows * 8
 
 

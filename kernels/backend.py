@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from gaccore.stats import BatchStats
-from gaccore.validation import check_trim
 from gaccore.kernels import reference
 from gaccore.kernels.rows import RowResults, check_inputs, finalize
+from gaccore.stats import BatchStats
+from gaccore.validation import check_trim
 
 BACKENDS = ("auto", "triton", "torch")
 

@@ -1,10 +1,12 @@
 """The fused statistics kernel (SPEC §5): one pass over the token tensors.
 
-One Triton program per row walks the row in blocks of ``BLOCK_T`` tokens.
-Every mask element is read once; logp, a per-token adv and ref_logp are read
-once where the mask is on and never where it is off (padding costs no
-bandwidth), and converted to fp32 right after the load (the interpreter
-computes bf16 arithmetic wrongly, and fp32 is the accumulation type anyway).
+One Triton program per row walks the row in blocks of ``BLOCK_T`` tokens and
+reads every element of logp, mask, adv (when per token) and ref_logp once,
+padding included: loading only where the response mask is on would make
+every load's mask data-dependent, and Triton vectorizes only loads whose
+mask is uniform over a vector. Values are converted to fp32 right after the
+load (the interpreter computes bf16 arithmetic wrongly, and fp32 is the
+accumulation type anyway); masked-out values never enter arithmetic.
 Each block's statistics are merged into the row's running ones with Chan's
 update, for every second moment including the (a, w) co-moment, so no
 ``sum(x^2) - n mean^2`` cancellation happens. Element-wise work is fp32; the
@@ -97,7 +99,10 @@ def _k3(x):
     return tl.where(tl.abs(x) < 1.0, 0.5 * x * x * b_s, tl.exp(x) - 1.0 - x)
 
 
-@triton.jit(do_not_specialize=["T"])
+# T is specialized: Triton compiles at most three variants of an integer
+# argument (== 1, divisible by 16, other), never one per value, and knowing
+# T % 16 == 0 is what lets the in-range masks, and so the loads, vectorize.
+@triton.jit
 def _row_stats_kernel(
     p_logp,
     p_mask,
@@ -145,7 +150,7 @@ def _row_stats_kernel(
         m_in = o_tok < T
         b_mask = tl.load(p_mask + i_b * s_mask_b + o_tok * s_mask_t, mask=m_in, other=0)
         m_on = m_in & (b_mask != 0)
-        b_l = tl.load(p_logp + i_b * s_logp_b + o_tok * s_logp_t, mask=m_on, other=0.0).to(tl.float32)
+        b_l = tl.load(p_logp + i_b * s_logp_b + o_tok * s_logp_t, mask=m_in, other=0.0).to(tl.float32)
         b_bad += tl.sum((m_on & ~_is_finite(b_l)).to(tl.int32))
         b_l = tl.where(m_on, tl.minimum(b_l, 0.0), 0.0)
         b_lsum += tl.sum(b_l.to(tl.float64))
@@ -173,7 +178,7 @@ def _row_stats_kernel(
         b_maxw = tl.maximum(b_maxw, tl.max(tl.where(m_on, b_w, -FLT_MAX)))
 
         if ADV_PER_TOKEN:
-            b_a = tl.load(p_adv + i_b * s_adv_b + o_tok * s_adv_t, mask=m_on, other=0.0).to(tl.float32)
+            b_a = tl.load(p_adv + i_b * s_adv_b + o_tok * s_adv_t, mask=m_in, other=0.0).to(tl.float32)
             b_bad += tl.sum((m_on & ~_is_finite(b_a)).to(tl.int32))
             b_a = tl.where(m_on, b_a, 0.0)
             b_bma = tl.sum(b_a.to(tl.float64)) / tl.maximum(b_cnt, 1.0)
@@ -186,7 +191,7 @@ def _row_stats_kernel(
             b_maxa = tl.maximum(b_maxa, tl.max(tl.where(m_on, b_a, -FLT_MAX)))
 
         if HAS_REF:
-            b_r = tl.load(p_ref + i_b * s_ref_b + o_tok * s_ref_t, mask=m_on, other=0.0).to(tl.float32)
+            b_r = tl.load(p_ref + i_b * s_ref_b + o_tok * s_ref_t, mask=m_in, other=0.0).to(tl.float32)
             b_bad += tl.sum((m_on & ~_is_finite(b_r)).to(tl.int32))
             b_kl += tl.sum(tl.where(m_on, _k3(b_r - b_l), 0.0)).to(tl.float64)
         b_n = b_ntot
@@ -224,6 +229,11 @@ def block_size(tokens: int) -> int:
     """Tokens per loop iteration: the whole row up to ``MAX_BLOCK_T`` (a
     function of T only, so results never depend on the GPU)."""
     return max(16, min(triton.next_power_of_2(max(tokens, 1)), MAX_BLOCK_T))
+
+
+def warps(block: int) -> int:
+    """8 tokens per thread: a 16-byte load of bf16 per thread, 1 to 8 warps."""
+    return min(8, max(1, block // 256))
 
 
 def empty_out(rows: int, device: torch.device | str) -> torch.Tensor:
@@ -279,7 +289,7 @@ def row_results(
             HAS_REF=ref_logp is not None,
             SFT_COEF_PHI=sft_coef == "phi",
             BLOCK_T=block,
-            num_warps=8 if block >= 2048 else 4,
+            num_warps=warps(block),
         )
     fields = dict(zip(KERNEL_FIELDS, out.unbind(0)))
     if ref_logp is None:

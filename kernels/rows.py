@@ -69,10 +69,6 @@ class RowResults:
     max_w: torch.Tensor
     kl_sum: torch.Tensor  # sum of k3 over the row's tokens; NaN without ref_logp
 
-    @property
-    def n_rows(self) -> int:
-        return self.n_tokens.shape[0]
-
     def merge(self, other: RowResults) -> RowResults:
         """The rows of both, ``self`` first: the exact merge of two micro-batches."""
         return RowResults(
@@ -94,9 +90,6 @@ class RowResults:
         return cls(**dict(zip(names, packed.to(ROW_DTYPE).unbind(0))))
 
 
-N_FIELDS = len(fields(RowResults))
-
-
 def with_roles(rows: RowResults, expert: torch.Tensor | None) -> RowResults:
     """Fill ``rl``/``sft`` from ``valid`` and the expert flags (SPEC §2).
 
@@ -106,7 +99,7 @@ def with_roles(rows: RowResults, expert: torch.Tensor | None) -> RowResults:
     if expert is None:
         rl = sft = valid
     else:
-        is_expert = expert.to(rows.valid.device) != 0
+        is_expert = expert != 0
         rl, sft = valid & ~is_expert, valid & is_expert
     return dataclasses.replace(rows, rl=rl.to(ROW_DTYPE), sft=sft.to(ROW_DTYPE))
 
