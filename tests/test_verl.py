@@ -1,0 +1,281 @@
+"""gaccore.bindings.verl against verl's own installed functions, on CPU tensors.
+
+The batch is built as verl's driver holds it (DataProto with prompts,
+responses, masks, old/ref log-probs, GRPO advantages from verl's own
+estimator), converted with verl's own no-padding transform, and the loss runs
+through verl's own ``ppo_loss`` -> ``get_policy_loss_fn("gac")`` -> verl's
+vanilla PPO loss and ``agg_loss``. Ray workers and FSDP are not started.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("verl")
+
+import numpy as np  # noqa: E402
+from gaccore.bindings import verl as gac_verl  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from verl import DataProto  # noqa: E402
+from verl.trainer.ppo.core_algos import (  # noqa: E402
+    agg_loss,
+    compute_grpo_outcome_advantage,
+    get_policy_loss_fn,
+)
+from verl.utils import tensordict_utils as tu  # noqa: E402
+from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path  # noqa: E402
+from verl.workers.config import FSDPActorConfig, PolicyLossConfig  # noqa: E402
+from verl.workers.utils.losses import ppo_loss  # noqa: E402
+from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding  # noqa: E402
+
+from gaccore import Controller  # noqa: E402
+
+SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
+PROMPT_LEN, RESPONSE_LEN = 4, 6
+# Four rollouts in two GRPO groups of two, then two expert rows with uids of their own.
+UIDS = np.array(["q0", "q0", "q1", "q1", "e0", "e1"], dtype=object)
+EXPERT = torch.tensor([False, False, False, False, True, True])
+CONTROLLER = {"warmup_steps": 1, "decay_steps": 5, "cap": 0.05}
+
+
+def actor_config(loss_mode: str = "gac", loss_agg_mode: str = "token-mean") -> FSDPActorConfig:
+    return FSDPActorConfig(
+        strategy="fsdp",
+        loss_agg_mode=loss_agg_mode,
+        ppo_mini_batch_size=6,
+        ppo_micro_batch_size_per_gpu=6,
+        rollout_n=2,
+        policy_loss=PolicyLossConfig(loss_mode=loss_mode),
+    )
+
+
+def driver_batch(seed: int, *, expert: torch.Tensor | None = EXPERT) -> DataProto:
+    """A batch as verl's driver holds it after compute_advantage."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = len(UIDS)
+    prompt_mask = torch.ones(rows, PROMPT_LEN, dtype=torch.int64)
+    prompt_mask[1, :2] = 0  # left padding
+    lengths = torch.randint(2, RESPONSE_LEN + 1, (rows,), generator=gen)
+    response_mask = (torch.arange(RESPONSE_LEN)[None, :] < lengths[:, None]).to(torch.int64)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    prompts = torch.randint(3, 50, (rows, PROMPT_LEN), generator=gen) * prompt_mask
+    responses = torch.randint(3, 50, (rows, RESPONSE_LEN), generator=gen) * response_mask
+    rewards = torch.zeros(rows, RESPONSE_LEN)
+    rewards[torch.arange(rows), lengths - 1] = torch.rand(rows, generator=gen).round()
+    advantages, returns = compute_grpo_outcome_advantage(rewards, response_mask, UIDS)
+    old_log_probs = -torch.rand(rows, RESPONSE_LEN, generator=gen) * 3 * response_mask
+    tensors = {
+        "prompts": prompts,
+        "responses": responses,
+        "input_ids": torch.cat([prompts, responses], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
+        "response_mask": response_mask,
+        "old_log_probs": old_log_probs,
+        "ref_log_prob": (old_log_probs - 0.05 * torch.rand(rows, RESPONSE_LEN, generator=gen)) * response_mask,
+        "advantages": advantages,
+        "returns": returns,
+    }
+    if expert is not None:
+        tensors[gac_verl.EXPERT_KEY] = expert
+    return DataProto.from_dict(tensors=tensors, non_tensors={"uid": UIDS})
+
+
+def actor_micro_batch(batch: DataProto) -> tuple[object, torch.Tensor, dict[str, torch.Tensor]]:
+    """The micro-batch TensorDict and model output as verl's actor worker sees them."""
+    td = left_right_2_no_padding(batch.to_tensordict())
+    tokens = int(batch.batch["response_mask"].sum())
+    tu.assign_non_tensor(td, dp_size=1, batch_num_tokens=tokens, global_batch_size=len(UIDS))
+    gen = torch.Generator().manual_seed(7)
+    nnz = int(batch.batch["attention_mask"].sum())
+    # The model's per-token log-probs in verl's no-padding layout (one value per real token).
+    values = (-torch.rand(nnz, generator=gen) * 3).requires_grad_()
+    return td, values, {"log_probs": values}
+
+
+def test_compute_mu_writes_mu_for_the_workers_and_returns_metrics() -> None:
+    batch = driver_batch(0)
+    ctrl = Controller(**CONTROLLER)
+    metrics = gac_verl.compute_mu(batch, ctrl)
+    assert batch.meta_info[gac_verl.MU_META_KEY] == pytest.approx(ctrl.mu)
+    assert batch.batch[gac_verl.MU_KEY].shape == (len(UIDS),)
+    assert torch.all(batch.batch[gac_verl.MU_KEY] == batch.batch[gac_verl.MU_KEY][0])
+    assert metrics["gac/mu"] == pytest.approx(ctrl.mu)
+    stats = ctrl.metrics()
+    assert stats["batch_n_sft"] == 2 and stats["batch_n_rl"] == 4
+    assert stats["batch_kl"] == stats["batch_kl"]  # ref_log_prob was read
+
+
+@pytest.mark.parametrize("loss_agg_mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_registered_loss_runs_inside_verl_ppo_loss_and_mixes_exactly(loss_agg_mode: str) -> None:
+    batch = driver_batch(1)
+    ctrl = Controller(**CONTROLLER)
+    gac_verl.compute_mu(batch, ctrl)
+    mu = batch.meta_info[gac_verl.MU_META_KEY]
+    assert get_policy_loss_fn("gac") is not None
+
+    td, values, model_output = actor_micro_batch(batch)
+    config = actor_config("gac", loss_agg_mode)
+    loss, metrics = gac_verl.gac_ppo_loss(config, model_output, td)
+    loss.backward()
+    assert torch.isfinite(loss) and values.grad is not None and torch.isfinite(values.grad).all()
+
+    # The same numbers from verl's own functions, term by term.
+    log_prob = no_padding_2_padding(values.detach(), td)
+    mask = batch.batch["response_mask"].bool()
+    rl_mask, sft_mask = mask & ~EXPERT[:, None], mask & EXPERT[:, None]
+    info = {"dp_size": 1, "batch_num_tokens": int(mask.sum()), "global_batch_size": len(UIDS), "loss_scale_factor": None}
+    config.global_batch_info.update(info)
+    rl, _ = get_policy_loss_fn("vanilla")(
+        old_log_prob=batch.batch["old_log_probs"], log_prob=log_prob, advantages=batch.batch["advantages"],
+        response_mask=rl_mask, loss_agg_mode=loss_agg_mode, config=config,
+    )
+    p = log_prob.exp()
+    sft = agg_loss(-(p * (1 - p)) * log_prob, sft_mask, loss_agg_mode, **info)
+    assert loss.item() == pytest.approx(mu * sft.item() + (1 - mu) * rl.item(), rel=1e-5)
+    assert metrics["actor/gac_sft_loss"].values == [pytest.approx(sft.item(), rel=1e-5)]
+
+
+def test_without_expert_rows_and_mu_zero_it_is_verls_vanilla_loss() -> None:
+    batch = driver_batch(2, expert=None)
+    batch.batch[gac_verl.EXPERT_KEY] = torch.zeros(len(UIDS), dtype=torch.bool)
+    batch.batch[gac_verl.MU_KEY] = torch.zeros(len(UIDS))
+    td, _, model_output = actor_micro_batch(batch)
+    ours, _ = gac_verl.gac_ppo_loss(actor_config("gac"), model_output, td)
+    td, _, model_output = actor_micro_batch(batch)
+    theirs, _ = ppo_loss(actor_config("vanilla"), model_output, td)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+
+
+def test_micro_batch_of_only_rl_rows_without_global_info_stays_finite() -> None:
+    batch = driver_batch(3)
+    mask = batch.batch["response_mask"].bool()
+    config = actor_config("gac")
+    expert = torch.zeros(len(UIDS), dtype=torch.bool)
+    with gac_verl.mix_inputs(expert, torch.tensor(0.7)):
+        loss, _ = get_policy_loss_fn("gac")(
+            old_log_prob=batch.batch["old_log_probs"], log_prob=batch.batch["old_log_probs"],
+            advantages=batch.batch["advantages"], response_mask=mask, loss_agg_mode="token-mean", config=config,
+        )
+    assert torch.isfinite(loss)
+    assert config.global_batch_info == {}  # the local normalizers were not left behind
+
+
+def test_registered_loss_outside_gac_ppo_loss_says_how_to_wire_it() -> None:
+    batch = driver_batch(4)
+    with pytest.raises(RuntimeError, match="gac_ppo_loss"):
+        get_policy_loss_fn("gac")(
+            old_log_prob=batch.batch["old_log_probs"], log_prob=batch.batch["old_log_probs"],
+            advantages=batch.batch["advantages"], response_mask=batch.batch["response_mask"],
+            loss_agg_mode="token-mean", config=actor_config(),
+        )
+
+
+def test_gac_ppo_loss_requires_compute_mu_first() -> None:
+    td, _, model_output = actor_micro_batch(driver_batch(5))
+    with pytest.raises(ValueError, match="compute_mu"):
+        gac_verl.gac_ppo_loss(actor_config(), model_output, td)
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(TypeError, match="batch"):
+        gac_verl.compute_mu({"old_log_probs": None}, Controller())
+    batch = driver_batch(6)
+    batch.batch.pop("advantages")
+    with pytest.raises(ValueError, match="advantages"):
+        gac_verl.compute_mu(batch, Controller())
+    with pytest.raises(ValueError, match="gac_expert"):
+        gac_verl.compute_mu(driver_batch(6, expert=None), Controller())
+    with pytest.raises(ValueError, match="Unsupported loss mode"):
+        gac_verl.register_gac_policy_loss("gac_bad", inner="no-such-loss")
+
+
+def test_controller_state_round_trips_through_verls_checkpoint_layout(tmp_path: Path) -> None:
+    config = OmegaConf.create({"default_local_dir": str(tmp_path), "resume_mode": "auto", "resume_from_path": None})
+    ctrl = Controller(**CONTROLLER)
+    for step in range(3):
+        gac_verl.compute_mu(driver_batch(10 + step), ctrl)
+    gac_verl.save_controller(ctrl, gac_verl.step_folder(config, 3))
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("3")  # as RayPPOTrainer writes it
+
+    restored = Controller(**CONTROLLER)
+    folder = find_latest_ckpt_path(str(tmp_path))  # verl's own lookup of the latest step folder
+    assert folder == gac_verl.step_folder(config, 3, resuming=True)
+    gac_verl.load_controller(restored, folder)
+    for step in range(3, 6):  # both continue with the same mu sequence
+        assert gac_verl.compute_mu(driver_batch(10 + step), restored)["gac/mu"] == pytest.approx(
+            gac_verl.compute_mu(driver_batch(10 + step), ctrl)["gac/mu"], abs=1e-12
+        )
+    with pytest.raises(FileNotFoundError, match="save_controller"):
+        gac_verl.load_controller(restored, str(tmp_path / "global_step_9"))
+
+
+class _RayPPOTrainerStandIn:
+    """The driver-side methods of RayPPOTrainer that the snippet's overrides
+    call, patched onto verl's class: the real ones drive Ray worker groups."""
+
+    def init_workers(self) -> None:
+        self.actor_rollout_wg = _WorkerGroup()
+
+    def _update_actor(self, batch: DataProto) -> DataProto:
+        return DataProto.from_single_dict(data={}, meta_info={"metrics": {"actor/pg_loss": 0.0}})
+
+    def _save_checkpoint(self) -> None:
+        pass
+
+    def _load_checkpoint(self) -> int:
+        self.global_steps = 2  # as verl does when it finds global_step_2
+        return 0
+
+
+class _WorkerGroup:
+    def __init__(self) -> None:
+        self.loss_fns: list[object] = []
+
+    def set_loss_fn(self, loss_fn: object) -> None:
+        self.loss_fns.append(loss_fn)
+
+
+def test_readme_verl_snippet_wires_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+    for name in ("init_workers", "_update_actor", "_save_checkpoint", "_load_checkpoint"):
+        monkeypatch.setattr(RayPPOTrainer, name, getattr(_RayPPOTrainerStandIn, name))
+    trainer_cls = runpy.run_path(str(SNIPPETS / "verl.py"))["GACRayPPOTrainer"]
+    monkeypatch.chdir(tmp_path)
+    config = OmegaConf.create({
+        "trainer": {"default_local_dir": "ckpts", "resume_mode": "auto", "resume_from_path": None},
+        "actor_rollout_ref": {"actor": {  # as verl's YAML spells an actor config
+            "_target_": "verl.workers.config.FSDPActorConfig", "strategy": "fsdp", "ppo_mini_batch_size": 6,
+            "ppo_micro_batch_size_per_gpu": 6, "rollout_n": 2,
+            "policy_loss": {"_target_": "verl.workers.config.PolicyLossConfig", "loss_mode": "gac"},
+        }},
+    })
+
+    def new_trainer() -> object:
+        trainer = object.__new__(trainer_cls)  # RayPPOTrainer.__init__ needs Ray resource pools
+        trainer.config, trainer.global_steps, trainer.gac = config, 0, Controller(**CONTROLLER)
+        return trainer
+
+    trainer = new_trainer()
+    trainer.init_workers()
+    (loss_fn,) = trainer.actor_rollout_wg.loss_fns
+    assert loss_fn.func is gac_verl.gac_ppo_loss
+    assert loss_fn.keywords["config"].policy_loss.loss_mode == "gac"
+
+    batch = driver_batch(20)
+    output = trainer._update_actor(batch)
+    assert output.meta_info["metrics"]["gac/mu"] == pytest.approx(trainer.gac.mu)
+    assert gac_verl.MU_KEY in batch.batch.keys()
+
+    trainer.global_steps = 2
+    trainer._save_checkpoint()
+    saved = json.loads((tmp_path / "ckpts" / "global_step_2" / gac_verl.STATE_FILE).read_text())
+    resumed = new_trainer()
+    resumed._load_checkpoint()
+    assert resumed.gac.state_dict() == saved
