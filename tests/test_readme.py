@@ -19,3 +19,12 @@ def _python_block(section: str) -> str:
 def test_quickstart_runs(capsys):
     exec(compile(_python_block("Quickstart"), "README-quickstart", "exec"), {})
     assert "mu=" in capsys.readouterr().out
+
+
+def test_readme_shows_each_executed_snippet_verbatim():
+    """The snippet files are what the binding tests execute; the README must show them unchanged."""
+    text = README.read_text()
+    snippets = sorted((README.parent / "docs" / "snippets").glob("*.py"))
+    assert snippets
+    for path in snippets:
+        assert path.read_text().rstrip("\n") in text, f"{path.name} differs from its README copy"

@@ -1,10 +1,10 @@
 from datasets import Dataset
-from gaccore.bindings.trl import GACGRPOTrainer
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import GRPOConfig
 
 from gaccore import Controller
+from gaccore.bindings.trl import GACGRPOTrainer
 
 # A tiny local model so this runs anywhere; in practice: AutoModelForCausalLM.from_pretrained(...)
 words = ["<pad>", "<eos>", "<unk>", "a", "b", "c", "d"]

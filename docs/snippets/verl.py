@@ -1,10 +1,10 @@
 from functools import partial
 
-from gaccore.bindings.verl import compute_mu, gac_ppo_loss, load_controller, save_controller, step_folder
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.utils.config import omega_conf_to_dataclass
 
 from gaccore import Controller
+from gaccore.bindings.verl import compute_mu, gac_ppo_loss, load_controller, save_controller, step_folder
 
 
 class GACRayPPOTrainer(RayPPOTrainer):
