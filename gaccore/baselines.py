@@ -375,7 +375,7 @@ class RewardVariance(MixingRule):
 
     ``var_ema`` is an EMA (``beta``) of the mean over prompt groups of the
     within-group reward variance (population, ddof=0) of ``rewards``; groups
-    with a non-finite reward are skipped. A variance of 0 (no group has a
+    whose variance is not finite are skipped, a step without any is ignored. A variance of 0 (no group has a
     mixed outcome: nothing for GRPO to learn from) gives ``mu_max``.
     """
 
@@ -401,10 +401,16 @@ class RewardVariance(MixingRule):
 
     def _next_mu(self, *, rewards: Any, **_: Any) -> float:
         groups = _group_rewards(rewards)
-        finite = np.isfinite(groups).all(axis=1)
-        if not finite.any():
+        with np.errstate(over="ignore", invalid="ignore"):
+            variances = groups.var(axis=1)
+        # Groups with a non-finite reward (or a variance beyond float range) carry no usable information.
+        variances = variances[np.isfinite(variances)]
+        if variances.size == 0:
             return self._mu
-        observed = float(groups[finite].var(axis=1).mean())
+        with np.errstate(over="ignore"):
+            observed = float(variances.mean())
+        if not math.isfinite(observed):
+            return self._mu
         if math.isfinite(self.var_ema):
             self.var_ema = self.beta * self.var_ema + (1.0 - self.beta) * observed
         else:
