@@ -1,0 +1,321 @@
+"""Hybrid SFT + RL training of the tiny policy under one mixing rule.
+
+Every optimizer step, for every method alike:
+
+1. draw ``prompts_per_step`` training prompts;
+2. sample ``group_size`` rollouts per prompt (temperature 1), reward them,
+   and normalize the rewards within each prompt's group (GRPO);
+3. one forward pass over the rollouts and the expert's demonstrations of the
+   same prompts gives the answer-token log-probabilities; a frozen-in-time
+   reference (see below) gives the KL;
+4. the mixing rule reads the detached statistics and returns ``mu``;
+5. ``loss = mean_p(w_sft[p] * L_SFT[p]) + mean_p(w_rl[p] * L_RL[p])`` with
+   ``w_sft = mu, w_rl = 1 - mu`` (HPT: the per-prompt gate), one backward,
+   gradient clipping, AdamW.
+
+L_RL is the on-policy GRPO policy gradient (one update per batch, so the
+PPO ratio is 1 and clipping never acts); L_SFT is the token-weighted SFT
+loss of CHORD, ``phi(p) = p (1 - p)`` detached, or plain NLL.
+
+The KL reference. The policy is trained from scratch, so there is no
+pretrained reference to stay close to; the KL that the KL-controlled rules
+(GAC's rho, KL-ctrl) watch is the k3 KL of the rollouts between the policy
+and an exponential moving average of its own weights (``ref_decay``,
+about the last 1/(1 - ref_decay) steps): the recent drift of the policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaccore import Config, Controller
+from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
+from gaccore.demo.model import TinyTransformer
+from gaccore.demo.task import ANSWER_LEN, AdditionTask, reward
+
+# Below this within-group reward spread the group carries no RL signal.
+GROUP_STD_EPS = 1e-4
+# A move of the raw estimate larger than this counts as a large shift (Config.large_shift).
+LARGE_SHIFT = 0.02
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run depends on besides the method and the seed; the
+    same for every method of a comparison."""
+
+    steps: int = 600
+    prompts_per_step: int = 16
+    group_size: int = 8
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    sft_loss: str = "phi"  # "phi" (CHORD token weighting) or "nll"
+    ref_decay: float = 0.99
+    kl_target: float = 0.2
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    threads: int = 1
+
+    @property
+    def warmup_steps(self) -> int:
+        """Warmup of the schedule prior (GAC) and of CHORD's schedule: 10% of the run."""
+        return self.steps // 10
+
+    @property
+    def decay_steps(self) -> int:
+        """Cosine decay of both schedules: the next 60% of the run, then the valley."""
+        return (6 * self.steps) // 10
+
+
+@dataclass
+class RunResult:
+    method: str
+    seed: int
+    eval_steps: list[int] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    accuracy_carry: list[float] = field(default_factory=list)
+    accuracy_no_carry: list[float] = field(default_factory=list)
+    mu: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    train_reward: list[float] = field(default_factory=list)
+    # GAC only: the proxies (EMAs), rho and the raw estimate, per step.
+    proxies: dict[str, list[float]] = field(default_factory=dict)
+    large_shifts: int = 0
+    kl_drift_area: float = 0.0
+    wall_s: float = 0.0
+    step_s: float = 0.0
+    controller_s: float = 0.0
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.accuracy[-1] if self.accuracy else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- the methods ---------------------------------------------------------------
+
+RuleFactory = Callable[[RunSettings], Any]
+
+
+def _gac(settings: RunSettings, **overrides: Any) -> Controller:
+    """GAC with the library defaults, the schedule prior scaled to the run
+    length, the demo's KL target, and the statistic matching the SFT loss."""
+    prior_off = overrides.pop("prior_off", False)
+    config = Config(
+        warmup_steps=settings.warmup_steps,
+        decay_steps=settings.decay_steps,
+        kl_target=settings.kl_target,
+        sft_coef=settings.sft_loss,
+        large_shift=LARGE_SHIFT,
+    )
+    if prior_off:
+        return Controller(config, prior=None, **overrides)
+    return Controller(config, **overrides)
+
+
+# Each baseline gets its knob from the shared settings by a rule written down
+# before any run (no per-method tuning): the KL rule gives mu = 0.5 at the KL
+# target; the reward-variance rule gives mu = 0.5 at half the largest
+# within-group variance of a 0/1 reward (0.25 / 2).
+METHODS: dict[str, RuleFactory] = {
+    "gac": _gac,
+    "chord": lambda s: ScheduleMu(s.warmup_steps, s.decay_steps, mu_peak=0.85, mu_valley=0.15, mu_start=0.0),
+    "fixed-0.5": lambda s: FixedMu(0.5),
+    "kl-ctrl": lambda s: KLProportional(0.5 / s.kl_target),
+    "rewvar-ctrl": lambda s: RewardVariance(0.5 * 0.125),
+    "hpt": lambda s: HPTGate(success_reward=1.0),
+    "pure-rl": lambda s: FixedMu(0.0),
+    "pure-sft": lambda s: FixedMu(1.0),
+    "gac-no-cap": lambda s: _gac(s, cap=1.0),
+    "gac-no-ema": lambda s: _gac(s, ema_beta=0.0),
+    "gac-no-prior": lambda s: _gac(s, prior_off=True),
+    "gac-nll": lambda s: _gac(s, sft_coef="nll"),
+}
+MAIN_METHODS = ["gac", "chord", "fixed-0.5", "kl-ctrl", "rewvar-ctrl", "hpt", "pure-rl", "pure-sft"]
+ABLATIONS = ["gac-no-cap", "gac-no-ema", "gac-no-prior", "gac-nll"]
+
+
+def sft_loss_kind(method: str, settings: RunSettings) -> str:
+    """The SFT loss a method trains with: the shared one, except the GAC
+    ablation without token weighting, which trains and measures plain NLL."""
+    return "nll" if method == "gac-nll" else settings.sft_loss
+
+
+# -- losses --------------------------------------------------------------------
+
+
+def token_weighted_sft_loss(logp: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-row SFT loss ``[B]``: token mean of ``-w_t log p_t``.
+
+    ``kind="phi"``: CHORD's ``w_t = p_t (1 - p_t)``, detached (a weight, not
+    a path for gradients); ``"nll"``: ``w_t = 1``. To be replaced by
+    ``gaccore.bindings.torch.chord_sft_loss`` once that lands.
+    """
+    if kind == "nll":
+        return -logp.mean(dim=-1)
+    p = logp.detach().exp()
+    return -(p * (1.0 - p) * logp).mean(dim=-1)
+
+
+def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """GRPO: rewards ``[P, G]`` normalized within each prompt's group."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, unbiased=False, keepdim=True)
+    return (rewards - mean) / (std + GROUP_STD_EPS)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Mean k3 KL estimate ``expm1(x) - x``, ``x = ref_logp - logp``."""
+    x = ref_logp - logp
+    return (torch.expm1(x) - x).mean()
+
+
+# -- one run ---------------------------------------------------------------------
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def evaluate(policy: TinyTransformer, task: AdditionTask) -> tuple[float, float, float]:
+    """Greedy exact-match accuracy on the held-out pairs: all, carry, no carry."""
+    policy.eval()
+    answers = policy.generate(torch.from_numpy(task.test_prompts), greedy=True).numpy()
+    policy.train()
+    correct = reward(answers, task.test_answers).astype(bool)
+    carry = task.test_carry
+    return float(correct.mean()), float(correct[carry].mean()), float(correct[~carry].mean())
+
+
+def mixing_weights(rule: Any, mu: float, n_prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prompt (SFT, RL) weights: the scalar ``mu`` everywhere, or HPT's gate."""
+    if isinstance(rule, HPTGate):
+        gate = torch.from_numpy(rule.sft_weights).float()
+        return gate, 1.0 - gate
+    sft = torch.full((n_prompts,), float(mu))
+    return sft, 1.0 - sft
+
+
+def train_one(
+    method: str,
+    seed: int,
+    task: AdditionTask,
+    settings: RunSettings,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Train a fresh policy with ``method``'s mixing rule; return its record."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    seed_everything(seed, settings.threads)
+    policy = TinyTransformer(settings.width, settings.layers, settings.heads)
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr)
+    rule = METHODS[method](settings)
+    sft_kind = sft_loss_kind(method, settings)
+    sampler = torch.Generator().manual_seed(seed)
+    prompt_rng = np.random.default_rng(seed)
+    result = RunResult(method=method, seed=seed)
+
+    P, G = settings.prompts_per_step, settings.group_size
+    mask = np.ones((P * G + P, ANSWER_LEN), dtype=bool)
+    expert = np.concatenate([np.zeros(P * G, dtype=bool), np.ones(P, dtype=bool)])
+    previous_raw: float | None = None
+    started = time.perf_counter()
+    for step in range(settings.steps):
+        step_started = time.perf_counter()
+        chosen = prompt_rng.choice(task.train_prompts.shape[0], size=P, replace=False)
+        prompts = torch.from_numpy(task.train_prompts[chosen])
+        demos = torch.from_numpy(task.train_demos[chosen])
+        group_prompts = prompts.repeat_interleave(G, dim=0)
+        rollouts = policy.generate(group_prompts, greedy=False, generator=sampler)
+        rewards_np = reward(rollouts.numpy(), task.train_answers[chosen].repeat(G, axis=0)).reshape(P, G)
+        rewards = torch.from_numpy(rewards_np).float()
+        advantages = group_advantages(rewards)
+
+        rows_prompts = torch.cat([group_prompts, prompts])
+        rows_answers = torch.cat([rollouts, demos])
+        logp = policy.answer_logp(rows_prompts, rows_answers)
+        with torch.no_grad():
+            ref_logp = reference.answer_logp(group_prompts, rollouts)
+            kl = k3_kl(logp[: P * G].detach(), ref_logp)
+
+        controller_started = time.perf_counter()
+        adv_rows = np.concatenate([advantages.reshape(-1).numpy(), np.zeros(P)])
+        mu = float(
+            rule.update(
+                logp.detach().float().numpy(), mask, adv_rows, expert, kl=float(kl), **_extra_inputs(rule, rewards_np)
+            )
+        )
+        controller_s = time.perf_counter() - controller_started
+
+        w_sft, w_rl = mixing_weights(rule, mu, P)
+        rl_rows = -(advantages.reshape(-1) * logp[: P * G].mean(dim=-1))
+        rl_per_prompt = rl_rows.view(P, G).mean(dim=1)
+        sft_per_prompt = token_weighted_sft_loss(logp[P * G :], sft_kind)
+        loss = (w_sft * sft_per_prompt).mean() + (w_rl * rl_per_prompt).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), settings.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(
+                list(reference.parameters()), list(policy.parameters()), 1.0 - settings.ref_decay
+            )
+
+        result.step_s += time.perf_counter() - step_started
+        result.controller_s += controller_s
+        kl_value = float(kl)
+        result.mu.append(mu)
+        result.kl.append(kl_value)
+        result.train_reward.append(float(rewards_np.mean()))
+        result.kl_drift_area += max(0.0, kl_value - settings.kl_target)
+        raw = _raw_estimate(rule, mu)
+        if raw is not None:
+            if previous_raw is not None and abs(raw - previous_raw) > LARGE_SHIFT:
+                result.large_shifts += 1
+            previous_raw = raw
+        if isinstance(rule, Controller):
+            metrics = rule.metrics()
+            for name in ("ema_disagreement", "ema_var_sft", "ema_var_rl", "rho", "estimate"):
+                result.proxies.setdefault(name, []).append(metrics[name])
+        if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
+            accuracy, carry, no_carry = evaluate(policy, task)
+            result.eval_steps.append(step + 1)
+            result.accuracy.append(accuracy)
+            result.accuracy_carry.append(carry)
+            result.accuracy_no_carry.append(no_carry)
+        if progress is not None:
+            progress(1)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _extra_inputs(rule: Any, rewards: np.ndarray) -> dict[str, Any]:
+    """The rewards for the rules that read them (``Controller`` takes none)."""
+    return {} if isinstance(rule, Controller) else {"rewards": rewards}
+
+
+def _raw_estimate(rule: Any, mu: float) -> float | None:
+    """The unsmoothed value a rule proposes this step: GAC's clipped ``mu^``
+    (None until defined), the output itself for the baselines."""
+    if isinstance(rule, Controller):
+        estimate = rule.metrics()["estimate"]
+        return None if math.isnan(estimate) else estimate
+    if isinstance(rule, MixingRule):
+        return mu
+    raise TypeError(f"unsupported rule {type(rule).__name__}")
