@@ -99,3 +99,10 @@ def test_same_seed_same_numbers(tmp_path: Path) -> None:
 def test_command_line(tmp_path: Path) -> None:
     assert main(["demo", "--steps", "4", "--methods", "pure-rl", "--out", str(tmp_path), "--no-progress"]) == 0
     assert json.loads((tmp_path / "report.json").read_text())["settings"]["steps"] == 4
+
+
+def test_worker_processes_give_the_same_numbers(tmp_path: Path) -> None:
+    methods, seeds = ["gac", "pure-sft"], [0, 1]
+    serial = run_demo(methods, seeds, TINY, tmp_path / "serial", command="test", jobs=1, show_progress=False)
+    parallel = run_demo(methods, seeds, TINY, tmp_path / "parallel", command="test", jobs=2, show_progress=False)
+    assert deterministic_view(serial) == deterministic_view(parallel)

@@ -142,14 +142,15 @@ def _stored_run(run: RunResult) -> dict[str, Any]:
 
 
 def deterministic_view(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without anything that measures time (for determinism checks)."""
+    """The report without anything that measures time, NaN as None (so
+    that equal runs compare equal): for determinism checks."""
     methods = {
         m: {k: v for k, v in s.items() if k not in TIMING_KEYS} for m, s in report["methods"].items()
     }
     runs = [
         {k: v for k, v in r.items() if k not in ("wall_s", "step_s", "controller_s")} for r in report["runs"]
     ]
-    return {"methods": methods, "runs": runs, "verdict": report["verdict"]}
+    return _finite_or_none({"methods": methods, "runs": runs, "verdict": report["verdict"]})
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:

@@ -210,6 +210,75 @@ def mixing_weights(rule: Any, mu: float, n_prompts: int) -> tuple[torch.Tensor, 
     return sft, 1.0 - sft
 
 
+@dataclass
+class StepOutcome:
+    mu: float
+    kl: float
+    train_reward: float
+    controller_s: float  # time in the rule's update
+
+
+class Trainer:
+    """One policy, its optimizer, and one mixing rule; ``step()`` trains once."""
+
+    def __init__(self, method: str, seed: int, task: AdditionTask, settings: RunSettings) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+        seed_everything(seed, settings.threads)
+        self.task, self.settings = task, settings
+        self.policy = TinyTransformer(settings.width, settings.layers, settings.heads)
+        self.reference = copy.deepcopy(self.policy).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=settings.lr)
+        self.rule = METHODS[method](settings)
+        self.sft_kind = sft_loss_kind(method, settings)
+        self.sampler = torch.Generator().manual_seed(seed)
+        self.prompt_rng = np.random.default_rng(seed)
+        P, G = settings.prompts_per_step, settings.group_size
+        # Rows of every batch: P * G rollouts, then the P demonstrations.
+        self.mask = np.ones((P * G + P, ANSWER_LEN), dtype=bool)
+        self.expert = np.concatenate([np.zeros(P * G, dtype=bool), np.ones(P, dtype=bool)])
+        # The arguments of the rule's last update (the overhead benchmark replays them).
+        self.last_rule_inputs: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
+
+    def step(self) -> StepOutcome:
+        P, G = self.settings.prompts_per_step, self.settings.group_size
+        task, policy = self.task, self.policy
+        chosen = self.prompt_rng.choice(task.train_prompts.shape[0], size=P, replace=False)
+        prompts = torch.from_numpy(task.train_prompts[chosen])
+        demos = torch.from_numpy(task.train_demos[chosen])
+        group_prompts = prompts.repeat_interleave(G, dim=0)
+        rollouts = policy.generate(group_prompts, greedy=False, generator=self.sampler)
+        rewards_np = reward(rollouts.numpy(), task.train_answers[chosen].repeat(G, axis=0)).reshape(P, G)
+        advantages = group_advantages(torch.from_numpy(rewards_np).float())
+
+        logp = policy.answer_logp(torch.cat([group_prompts, prompts]), torch.cat([rollouts, demos]))
+        with torch.no_grad():
+            ref_logp = self.reference.answer_logp(group_prompts, rollouts)
+            kl = float(k3_kl(logp[: P * G].detach(), ref_logp))
+
+        adv_rows = np.concatenate([advantages.reshape(-1).numpy(), np.zeros(P)])
+        args = (logp.detach().float().numpy(), self.mask, adv_rows, self.expert)
+        kwargs = {"kl": kl, **_extra_inputs(self.rule, rewards_np)}
+        self.last_rule_inputs = (args, kwargs)
+        controller_started = time.perf_counter()
+        mu = float(self.rule.update(*args, **kwargs))
+        controller_s = time.perf_counter() - controller_started
+
+        w_sft, w_rl = mixing_weights(self.rule, mu, P)
+        rl_per_prompt = (-(advantages.reshape(-1) * logp[: P * G].mean(dim=-1))).view(P, G).mean(dim=1)
+        sft_per_prompt = token_weighted_sft_loss(logp[P * G :], self.sft_kind)
+        loss = (w_sft * sft_per_prompt).mean() + (w_rl * rl_per_prompt).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(
+                list(self.reference.parameters()), list(policy.parameters()), 1.0 - self.settings.ref_decay
+            )
+        return StepOutcome(mu=mu, kl=kl, train_reward=float(rewards_np.mean()), controller_s=controller_s)
+
+
 def train_one(
     method: str,
     seed: int,
@@ -219,72 +288,21 @@ def train_one(
     progress: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Train a fresh policy with ``method``'s mixing rule; return its record."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    seed_everything(seed, settings.threads)
-    policy = TinyTransformer(settings.width, settings.layers, settings.heads)
-    reference = copy.deepcopy(policy).requires_grad_(False)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr)
-    rule = METHODS[method](settings)
-    sft_kind = sft_loss_kind(method, settings)
-    sampler = torch.Generator().manual_seed(seed)
-    prompt_rng = np.random.default_rng(seed)
+    trainer = Trainer(method, seed, task, settings)
+    rule = trainer.rule
     result = RunResult(method=method, seed=seed)
-
-    P, G = settings.prompts_per_step, settings.group_size
-    mask = np.ones((P * G + P, ANSWER_LEN), dtype=bool)
-    expert = np.concatenate([np.zeros(P * G, dtype=bool), np.ones(P, dtype=bool)])
     previous_raw: float | None = None
     started = time.perf_counter()
     for step in range(settings.steps):
         step_started = time.perf_counter()
-        chosen = prompt_rng.choice(task.train_prompts.shape[0], size=P, replace=False)
-        prompts = torch.from_numpy(task.train_prompts[chosen])
-        demos = torch.from_numpy(task.train_demos[chosen])
-        group_prompts = prompts.repeat_interleave(G, dim=0)
-        rollouts = policy.generate(group_prompts, greedy=False, generator=sampler)
-        rewards_np = reward(rollouts.numpy(), task.train_answers[chosen].repeat(G, axis=0)).reshape(P, G)
-        rewards = torch.from_numpy(rewards_np).float()
-        advantages = group_advantages(rewards)
-
-        rows_prompts = torch.cat([group_prompts, prompts])
-        rows_answers = torch.cat([rollouts, demos])
-        logp = policy.answer_logp(rows_prompts, rows_answers)
-        with torch.no_grad():
-            ref_logp = reference.answer_logp(group_prompts, rollouts)
-            kl = k3_kl(logp[: P * G].detach(), ref_logp)
-
-        controller_started = time.perf_counter()
-        adv_rows = np.concatenate([advantages.reshape(-1).numpy(), np.zeros(P)])
-        mu = float(
-            rule.update(
-                logp.detach().float().numpy(), mask, adv_rows, expert, kl=float(kl), **_extra_inputs(rule, rewards_np)
-            )
-        )
-        controller_s = time.perf_counter() - controller_started
-
-        w_sft, w_rl = mixing_weights(rule, mu, P)
-        rl_rows = -(advantages.reshape(-1) * logp[: P * G].mean(dim=-1))
-        rl_per_prompt = rl_rows.view(P, G).mean(dim=1)
-        sft_per_prompt = token_weighted_sft_loss(logp[P * G :], sft_kind)
-        loss = (w_sft * sft_per_prompt).mean() + (w_rl * rl_per_prompt).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), settings.grad_clip)
-        optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(
-                list(reference.parameters()), list(policy.parameters()), 1.0 - settings.ref_decay
-            )
-
+        outcome = trainer.step()
         result.step_s += time.perf_counter() - step_started
-        result.controller_s += controller_s
-        kl_value = float(kl)
-        result.mu.append(mu)
-        result.kl.append(kl_value)
-        result.train_reward.append(float(rewards_np.mean()))
-        result.kl_drift_area += max(0.0, kl_value - settings.kl_target)
-        raw = _raw_estimate(rule, mu)
+        result.controller_s += outcome.controller_s
+        result.mu.append(outcome.mu)
+        result.kl.append(outcome.kl)
+        result.train_reward.append(outcome.train_reward)
+        result.kl_drift_area += max(0.0, outcome.kl - settings.kl_target)
+        raw = _raw_estimate(rule, outcome.mu)
         if raw is not None:
             if previous_raw is not None and abs(raw - previous_raw) > LARGE_SHIFT:
                 result.large_shifts += 1
@@ -294,7 +312,7 @@ def train_one(
             for name in ("ema_disagreement", "ema_var_sft", "ema_var_rl", "rho", "estimate"):
                 result.proxies.setdefault(name, []).append(metrics[name])
         if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
-            accuracy, carry, no_carry = evaluate(policy, task)
+            accuracy, carry, no_carry = evaluate(trainer.policy, task)
             result.eval_steps.append(step + 1)
             result.accuracy.append(accuracy)
             result.accuracy_carry.append(carry)
