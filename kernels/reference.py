@@ -1,0 +1,121 @@
+"""The torch twin of the fused kernel: the same row results in plain torch ops.
+
+It is the one reference that tests and benchmarks compare the Triton kernel
+with, and the statistics path on devices without Triton (``backend="auto"``
+on CPU). Row results are computed in float64 from the inputs as given, with
+the same semantics as the float64 numpy reference ``gaccore.stats`` (SPEC
+§2): the mask is binarized, masked-out positions never enter arithmetic
+(padding may be NaN or -inf), logp is clamped to ``<= 0``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gaccore.stats import BatchStats
+from gaccore.validation import check_trim
+from gaccore.kernels.rows import ROW_DTYPE, RowResults, check_inputs, finalize, with_roles
+
+# Below this |x| the k3 term expm1(x) - x is evaluated by its series, as in
+# gaccore.stats (float64 has the headroom; the fp32 kernel uses a wider band).
+K3_SERIES_BELOW = 1e-3
+
+
+def k3(x: torch.Tensor) -> torch.Tensor:
+    """The k3 KL term ``exp(x) - x - 1`` as ``expm1(x) - x``, by its series
+    for tiny ``|x|`` where the subtraction would cancel."""
+    series = 0.5 * x * x * (1 + x / 3 * (1 + x / 4 * (1 + x / 5 * (1 + x / 6))))
+    return torch.where(x.abs() < K3_SERIES_BELOW, series, torch.expm1(x) - x)
+
+
+def sft_coefficient(logp: torch.Tensor, sft_coef: str) -> torch.Tensor:
+    """``w_t``: ``p (1 - p)`` ("phi") or ``1 - p`` ("nll"), with ``1 - p = -expm1(logp)``."""
+    one_minus_p = -torch.expm1(logp)
+    return torch.exp(logp) * one_minus_p if sft_coef == "phi" else one_minus_p
+
+
+def _row_moments(
+    on: torch.Tensor, values: torch.Tensor, count: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masked mean, deviations from it (0 where masked out) and their sum of squares, per row."""
+    mean = torch.where(on, values, 0.0).sum(dim=1) / count
+    dev = torch.where(on, values - mean[:, None], 0.0)
+    return mean, dev, (dev * dev).sum(dim=1)
+
+
+def _row_extreme(on: torch.Tensor, values: torch.Tensor, *, largest: bool) -> torch.Tensor:
+    limit = torch.finfo(ROW_DTYPE).max
+    fill = -limit if largest else limit
+    masked = torch.where(on, values, fill)
+    if masked.shape[1] == 0:  # no tokens at all (T = 0): a shape, not a value
+        return masked.new_full((masked.shape[0],), fill)
+    return masked.amax(dim=1) if largest else masked.amin(dim=1)
+
+
+def row_results(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    adv: torch.Tensor,
+    expert: torch.Tensor | None = None,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    sft_coef: str = "phi",
+) -> RowResults:
+    """Row results of one batch in float64 torch ops (inputs validated)."""
+    check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+    on = mask != 0
+    token_adv = (adv[:, None] if adv.ndim == 1 else adv).to(ROW_DTYPE).expand(on.shape)
+    logp64 = logp.to(ROW_DTYPE)
+    finite = torch.isfinite(logp64) & torch.isfinite(token_adv)
+    if ref_logp is not None:
+        finite &= torch.isfinite(ref_logp)
+    n_tokens = on.sum(dim=1).to(ROW_DTYPE)
+    valid = (n_tokens > 0) & (finite | ~on).all(dim=1)
+    count = n_tokens.clamp(min=1)
+
+    clamped = torch.where(on, logp64.clamp(max=0.0), 0.0)
+    weight = torch.where(on, sft_coefficient(clamped, sft_coef), 0.0)
+    mean_a, dev_a, m2_a = _row_moments(on, token_adv, count)
+    mean_w, dev_w, m2_w = _row_moments(on, weight, count)
+    if ref_logp is None:
+        kl_sum = torch.full_like(n_tokens, math.nan)
+    else:
+        kl_sum = torch.where(on, k3(ref_logp.to(ROW_DTYPE) - clamped), 0.0).sum(dim=1)
+
+    rows = RowResults(
+        n_tokens=n_tokens,
+        valid=valid.to(ROW_DTYPE),
+        rl=valid.to(ROW_DTYPE),
+        sft=valid.to(ROW_DTYPE),
+        nll=-clamped.sum(dim=1) / count,
+        seq_adv=adv.to(ROW_DTYPE) if adv.ndim == 1 else mean_a,
+        mean_a=mean_a,
+        mean_w=mean_w,
+        m2_a=m2_a,
+        m2_w=m2_w,
+        c_aw=(dev_a * dev_w).sum(dim=1),
+        min_a=_row_extreme(on, token_adv, largest=False),
+        max_a=_row_extreme(on, token_adv, largest=True),
+        min_w=_row_extreme(on, weight, largest=False),
+        max_w=_row_extreme(on, weight, largest=True),
+        kl_sum=kl_sum,
+    )
+    return with_roles(rows, expert)
+
+
+def batch_stats(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    adv: torch.Tensor,
+    expert: torch.Tensor | None = None,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    trim: float = 0.1,
+    sft_coef: str = "phi",
+) -> BatchStats[torch.Tensor, torch.Tensor]:
+    """The proxies of SPEC §2 through the torch twin (0-d tensors on the inputs' device)."""
+    check_trim(trim)
+    rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
+    return finalize(rows, trim=trim)

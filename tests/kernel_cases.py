@@ -1,0 +1,95 @@
+"""Batches and comparisons shared by the torch-path tests.
+
+Inputs are made in float32 on the host and converted per test, so the numpy
+float64 reference sees exactly the values the torch paths see (bfloat16 and
+float16 values are exact in float32).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+
+import numpy as np
+import torch
+
+import gaccore
+
+# float32 inputs: 1e-5 relative (SPEC §5). Low-precision logp is read exactly
+# into fp32 by every path, so the arithmetic, and its tolerance, is the same;
+# the looser float16 bound covers phi near p = 1, where float16's coarse logp
+# grid leaves few distinct w values and D is a difference of close numbers.
+RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 2e-5, torch.float64: 1e-12}
+# SPEC §5: absolute 1e-6 for D near 0 and for variances below 1e-6.
+ATOL = {"var_sft": 1e-6, "var_rl": 1e-6, "disagreement": 1e-6, "kl": 1e-9}
+COUNTS = ("n_sft", "n_rl", "n_tokens", "n_dropped")
+
+
+def make_batch(
+    rows: int,
+    tokens: int,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    adv_per_token: bool = False,
+    adv_offset: float = 0.0,
+    mask_dtype: torch.dtype = torch.bool,
+    expert: bool = True,
+    ref: bool = True,
+    mask_rate: float = 0.3,
+) -> dict[str, torch.Tensor | None]:
+    """A random batch with log-probs near 0, NaN/-inf padding under the mask."""
+    gen = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(rows, tokens, generator=gen) ** 3 * 4.0  # many values near 0
+    on = torch.rand(rows, tokens, generator=gen) >= mask_rate
+    pad = torch.where(torch.rand(rows, tokens, generator=gen) < 0.5, math.nan, -math.inf)
+    logp = torch.where(on, logp, pad)
+    shape = (rows, tokens) if adv_per_token else (rows,)
+    adv = adv_offset + torch.randn(shape, generator=gen)
+    if adv_per_token:
+        adv = torch.where(on, adv, math.nan)
+    batch: dict[str, torch.Tensor | None] = {
+        "logp": logp.to(dtype),
+        "mask": on.to(mask_dtype),
+        "adv": adv,
+        "expert": torch.rand(rows, generator=gen) < 0.4 if expert else None,
+        "ref_logp": torch.where(on, logp + 0.05 * torch.randn(rows, tokens, generator=gen), math.nan)
+        if ref
+        else None,
+    }
+    return batch
+
+
+def numpy_stats(batch: dict[str, torch.Tensor | None], **kwargs) -> gaccore.BatchStats:
+    """The float64 numpy reference on exactly the same values."""
+    def host(x: torch.Tensor | None) -> np.ndarray | None:
+        if x is None:
+            return None
+        x = x.detach().cpu()
+        return (x.float() if x.dtype in (torch.bfloat16, torch.float16) else x).numpy()
+
+    return gaccore.batch_stats(
+        host(batch["logp"]),
+        host(batch["mask"]),
+        host(batch["adv"]),
+        host(batch["expert"]),
+        ref_logp=host(batch["ref_logp"]),
+        **kwargs,
+    )
+
+
+def assert_stats_close(got: gaccore.BatchStats, want: gaccore.BatchStats, rtol: float) -> None:
+    """Every proxy within ``rtol`` (plus the SPEC's absolute floor), NaN where
+    the reference is NaN, counts exact; the message names the first mismatch."""
+    for f in fields(want):
+        g, w = getattr(got, f.name), getattr(want, f.name)
+        assert isinstance(g, torch.Tensor) and g.ndim == 0, f"{f.name}: expected a 0-d tensor, got {g!r}"
+        g = g.item()
+        if f.name in COUNTS:
+            assert g == w, f"{f.name}: got {g}, want {w}"
+        elif math.isnan(w):
+            assert math.isnan(g), f"{f.name}: got {g}, want NaN"
+        else:
+            assert abs(g - w) <= rtol * abs(w) + ATOL[f.name], (
+                f"{f.name}: got {g!r}, want {w!r} (rel err {abs(g - w) / max(abs(w), 1e-300):.2e})"
+            )
