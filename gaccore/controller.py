@@ -297,7 +297,13 @@ class Controller:
         self._pending = (backend, merged, backend.device_of(logp))
 
     def step(self, *, kl: Any = None) -> Any:
-        """Close the optimizer step: fold statistics, update rho and mu."""
+        """Close the optimizer step: fold statistics, update rho and mu.
+
+        With a ``process_group``, the step's row results are gathered from
+        every rank (in rank order) and ``kl`` is averaged over the group, so
+        every rank computes the same ``mu``; every rank must call ``step``.
+        """
+        _check_kl(kl)  # before any collective: a rejected call must not leave peers waiting
         batch: BatchStats[Any, Any] | None = None
         backend, device = self._backend, self._device
         if self._pending is not None:
@@ -324,7 +330,9 @@ class Controller:
 
     def update_stats(self, stats: BatchStats[Any, Any], *, kl: Any = None) -> Any:
         """A step from statistics computed elsewhere (``batch_stats`` of
-        either backend); ``stats=None`` steps without statistics."""
+        either backend); ``stats=None`` steps without statistics. With a
+        ``process_group``, ``stats`` are used as given (they are not gathered)
+        and ``kl`` is averaged over the group."""
         if stats is not None and not isinstance(stats, BatchStats):
             raise TypeError(f"stats must be a gaccore.BatchStats or None, got {type(stats).__name__}")
         if self._pending is not None:
@@ -338,6 +346,12 @@ class Controller:
         self, backend: StatsBackend, device: Any, batch: BatchStats[Any, Any] | None, kl: Any
     ) -> Any:
         _check_kl(kl)
+        if kl is not None and self.process_group is not None:
+            # SPEC: a caller's kl is averaged over the group, so every rank
+            # steers rho with the same observation (lazy: torch only here).
+            from gaccore.kernels.distributed import mean_over_group
+
+            kl = mean_over_group(kl, self.process_group, device)
         prior_value = self._prior_value()
         state = self._state_on(backend, device)
         placed_batch = None

@@ -1,0 +1,79 @@
+"""The pieces a hand-written torch loop needs around ``gaccore.Controller``.
+
+``sft_loss`` is the expert (SFT) term of the hybrid loss with CHORD's token
+weighting, and ``mix`` forms ``mu * L_SFT + (1 - mu) * L_RL``. The weighting
+matches the controller's ``sft_coef``: the disagreement proxy (Eq. 10)
+compares the RL coefficients with exactly the SFT gradient coefficient this
+loss produces, so use the same setting for both.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from gaccore.validation import check_sft_coef
+
+__all__ = ["mix", "sft_loss"]
+
+
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor, *, sft_coef: str = "phi") -> torch.Tensor:
+    """Token-mean SFT loss on expert tokens, CHORD-weighted by default.
+
+    ``logp`` ``[B, T]`` holds the policy's log-probabilities of the expert
+    tokens (with gradient), ``mask`` ``[B, T]`` marks them (nonzero = token).
+    ``sft_coef="phi"``: each token's NLL is weighted by ``phi(p) = p (1 - p)``,
+    ``p = exp(logp)``, detached, so confident and hopeless tokens both push
+    less (CHORD); ``"nll"``: plain negative log-likelihood. The loss is the
+    mean over all masked-in tokens of the batch (0 when there are none).
+    Masked-out positions are never used in arithmetic, so padding may hold
+    anything, NaN and -inf included.
+    """
+    check_sft_coef(sft_coef)
+    if not isinstance(logp, torch.Tensor) or not logp.dtype.is_floating_point:
+        raise TypeError(f"logp must be a floating-point torch.Tensor, got {_describe(logp)}")
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {_describe(mask)}")
+    if logp.ndim != 2:
+        raise ValueError(f"logp must have shape [B, T], got {list(logp.shape)}")
+    if mask.shape != logp.shape:
+        raise ValueError(f"mask must have the shape of logp [B, T] = {list(logp.shape)}, got {list(mask.shape)}")
+    tokens = mask.to(device=logp.device) != 0
+    # Clamp like the statistics do: low precision can round logp above 0.
+    safe_logp = torch.where(tokens, logp.clamp(max=0.0), torch.zeros((), dtype=logp.dtype, device=logp.device))
+    if sft_coef == "phi":
+        prob = safe_logp.detach().exp()
+        weight = prob * (1.0 - prob)
+    else:
+        weight = torch.ones_like(safe_logp)
+    weight = torch.where(tokens, weight, torch.zeros_like(weight))
+    count = tokens.sum().clamp(min=1).to(logp.dtype)
+    return -(weight * safe_logp).sum() / count
+
+
+def mix(sft_loss: torch.Tensor, rl_loss: torch.Tensor, mu: float | torch.Tensor) -> torch.Tensor:
+    """``mu * sft_loss + (1 - mu) * rl_loss``, with no gradient through ``mu``.
+
+    ``mu`` is the controller's output: a Python float, or the 0-d tensor that
+    ``Controller.update``/``step`` return for torch inputs (it is used on the
+    losses' device without a host read). A Python ``mu`` must lie in [0, 1].
+    """
+    for name, loss in (("sft_loss", sft_loss), ("rl_loss", rl_loss)):
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise ValueError(f"{name} must be a 0-d torch.Tensor (a reduced loss), got {_describe(loss)}")
+    if isinstance(mu, torch.Tensor):
+        if mu.ndim != 0:
+            raise ValueError(f"mu must be a number or a 0-d tensor, got shape {list(mu.shape)}")
+        weight = mu.detach().to(device=rl_loss.device, dtype=rl_loss.dtype)
+    elif isinstance(mu, numbers.Real) and not isinstance(mu, bool) and 0.0 <= float(mu) <= 1.0:
+        weight = float(mu)
+    else:
+        raise ValueError(f"mu must be a number in [0, 1] or a 0-d tensor, got {mu!r}")
+    return weight * sft_loss + (1 - weight) * rl_loss
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    return type(value).__name__

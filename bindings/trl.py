@@ -1,0 +1,297 @@
+"""TRL binding: ``GACGRPOTrainer``, GRPO with a GAC-weighted expert SFT loss.
+
+Per micro-batch the trainer computes TRL's own GRPO loss (whatever
+``loss_type``, clipping and KL term the config selects), draws a batch of
+expert (prompt, completion) examples, computes the CHORD token-weighted SFT
+loss on them, and returns ``mu * L_SFT + (1 - mu) * L_GRPO``.
+
+``mu`` comes from a ``gaccore.Controller`` fed, per micro-batch, the detached
+log-probabilities TRL computed for the rollouts (``per_token_logps``,
+``completion_mask``, ``advantages``, and ``ref_per_token_logps`` when
+``beta > 0``) together with the expert rows (``expert=True``). Following
+SPEC §3, every micro-batch of an optimizer step is weighted with the ``mu``
+of the previous step and the controller steps at the accumulation boundary;
+without accumulation the step's own ``mu`` is used. On several processes the
+controller reduces its statistics over the default group, so every rank uses
+the same ``mu``.
+
+``mu``, ``rho`` and the proxies' EMAs are logged through TRL's metrics (keys
+``gac/...``); the controller's state and the expert sampler's position are
+saved in every checkpoint (``gaccore_state.json``) and restored by
+``trainer.train(resume_from_checkpoint=...)``.
+
+The expert dataset has ``prompt`` and ``completion`` columns, as TRL's
+prompt-completion datasets: plain strings, or conversations rendered with
+the tokenizer's chat template. The completion is followed by the EOS token
+when the tokenizer has one, and truncated to ``max_completion_length``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from trl import GRPOTrainer
+from trl.data_utils import maybe_apply_chat_template
+
+from gaccore import Controller
+from gaccore.bindings.torch import mix, sft_loss
+
+__all__ = ["STATE_FILE", "GACGRPOTrainer"]
+
+STATE_FILE = "gaccore_state.json"
+
+# Controller metrics worth a line in the trainer's logs, under "gac/<name>".
+_LOGGED = ("mu", "rho", "estimate", "ema_disagreement", "ema_var_sft", "ema_var_rl", "kl_ema", "n_dropped")
+
+
+class GACGRPOTrainer(GRPOTrainer):
+    """A TRL ``GRPOTrainer`` that mixes in an expert SFT loss weighted by GAC's ``mu``.
+
+    Takes every argument of ``GRPOTrainer`` plus:
+
+    - ``expert_dataset``: a ``datasets.Dataset`` (or any sized sequence of
+      dicts) with ``prompt`` and ``completion`` columns.
+    - ``controller``: a ``gaccore.Controller`` (default ``Controller()``, with
+      ``process_group`` set to the default group when several processes run).
+      Its ``sft_coef`` also selects the SFT loss's token weighting.
+    - ``expert_batch_size``: expert examples per micro-batch and process
+      (default ``per_device_train_batch_size // num_generations``, at least
+      1: as many demonstrations as prompts).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        expert_dataset: Any,
+        controller: Controller | None = None,
+        expert_batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        _check_expert_dataset(expert_dataset)
+        if expert_batch_size is None:
+            expert_batch_size = max(1, self.args.per_device_train_batch_size // self.num_generations)
+        if isinstance(expert_batch_size, bool) or not isinstance(expert_batch_size, int) or expert_batch_size < 1:
+            raise ValueError(f"expert_batch_size must be an integer >= 1, got {expert_batch_size!r}")
+        distributed = self.accelerator.num_processes > 1
+        if controller is None:
+            controller = Controller(process_group=dist.group.WORLD if distributed else None)
+        elif not isinstance(controller, Controller):
+            raise TypeError(f"controller must be a gaccore.Controller, got {type(controller).__name__}")
+        elif distributed and controller.process_group is None:
+            raise ValueError(
+                "controller: training runs on several processes, so the controller needs "
+                "process_group=torch.distributed.group.WORLD (or your data-parallel group) "
+                "for every rank to compute the same mu"
+            )
+        self.gac = controller
+        self.expert_dataset = expert_dataset
+        self.expert_batch_size = expert_batch_size
+        self._expert_draws = 0  # micro-batches that drew expert examples so far (resumable)
+        self._window_mu: Any = None  # the mu weighting the current accumulation window
+        self._captured_logps: list[torch.Tensor] | None = None
+
+    # -- TRL hooks -------------------------------------------------------------
+
+    def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
+        # TRL computes the rollouts' log-probs inside its loss; keep a detached
+        # copy for the controller instead of running the model a second time.
+        result = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if self._captured_logps is not None:
+            self._captured_logps.append(result[0].detach())
+        return result
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        self._captured_logps = []
+        try:
+            rl_loss = super()._compute_loss(model, inputs)
+            (rl_logp,) = self._captured_logps
+        finally:
+            self._captured_logps = None
+        mode = "train" if self.model.training else "eval"
+
+        expert_ids, expert_mask, expert_prompt_ids, expert_prompt_mask = self._expert_batch(mode)
+        expert_logp, _, _ = super()._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([expert_prompt_ids, expert_ids], dim=1),
+            torch.cat([expert_prompt_mask, expert_mask], dim=1),
+            expert_ids.size(1),
+        )
+        expert_loss = sft_loss(expert_logp, expert_mask, sft_coef=self.gac.config.sft_coef)
+        if mode == "train":
+            # TRL scales its loss for gradient accumulation; scale the SFT term alike.
+            expert_loss = expert_loss / self.current_gradient_accumulation_steps
+
+        mu = self._mu_for(mode, inputs, rl_logp, expert_logp.detach(), expert_mask)
+        self._metrics[mode]["gac/sft_loss"].append(expert_loss.detach().item())
+        return mix(expert_loss, rl_loss, mu)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            state = {"controller": self.gac.state_dict(), "expert_draws": self._expert_draws}
+            with open(os.path.join(folder, STATE_FILE), "w") as f:
+                json.dump(state, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, STATE_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"checkpoint {checkpoint} has no {STATE_FILE}: it was not written by GACGRPOTrainer, "
+                "so the controller cannot continue where it stopped"
+            )
+        with open(path) as f:
+            state = json.load(f)
+        self.gac.load_state_dict(state["controller"], device=self.accelerator.device)
+        self._expert_draws = int(state["expert_draws"])
+        self._window_mu = None
+
+    # -- the mixing weight -----------------------------------------------------
+
+    def _mu_for(
+        self,
+        mode: str,
+        inputs: dict[str, Any],
+        rl_logp: torch.Tensor,
+        expert_logp: torch.Tensor,
+        expert_mask: torch.Tensor,
+    ) -> Any:
+        """The weight of this micro-batch's SFT loss; observes and steps in training."""
+        if mode != "train":
+            return self.gac.mu
+        logp, mask, adv, expert, ref_logp = _statistics_batch(
+            rl_logp,
+            _completion_mask(inputs),
+            inputs["advantages"],
+            inputs.get("ref_per_token_logps") if self.beta != 0.0 else None,
+            expert_logp,
+            expert_mask,
+        )
+        if self._window_mu is None:
+            self._window_mu = torch.tensor(self.gac.mu, device=logp.device)
+        self.gac.observe(logp, mask, adv, expert, ref_logp=ref_logp)
+        mu = self._window_mu
+        if self.accelerator.sync_gradients:
+            stepped = self.gac.step()
+            if self.current_gradient_accumulation_steps == 1:
+                mu = stepped  # one micro-batch per step: SPEC uses this step's own mu
+            self._window_mu = stepped
+            metrics = self.gac.metrics()
+            for name in _LOGGED:
+                self._metrics[mode][f"gac/{name}"].append(metrics[name])
+        return mu
+
+    # -- expert batches ----------------------------------------------------------
+
+    def _expert_batch(self, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokenized expert examples: completion ids/mask (right-padded) and
+        prompt ids/mask (left-padded, as TRL pads its prompts)."""
+        indices = self._expert_indices()
+        if mode == "train":
+            self._expert_draws += 1
+        prompts, completions = [], []
+        for index in indices:
+            example = maybe_apply_chat_template(dict(self.expert_dataset[index]), self.processing_class)
+            prompts.append(example["prompt"])
+            completions.append(example["completion"])
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        prompt_ids = [tokenizer(text=p, add_special_tokens=False)["input_ids"] for p in prompts]
+        eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        limit = self.max_completion_length
+        completion_ids = [
+            (tokenizer(text=c, add_special_tokens=False)["input_ids"] + eos)[:limit] for c in completions
+        ]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        device = self.accelerator.device
+        prompt_tensor, prompt_mask = _pad(prompt_ids, pad, left=True, device=device)
+        completion_tensor, completion_mask = _pad(completion_ids, pad, left=False, device=device)
+        return completion_tensor, completion_mask, prompt_tensor, prompt_mask
+
+    def _expert_indices(self) -> list[int]:
+        """This process's examples for the next draw: a fresh permutation of
+        the dataset per epoch (seeded by ``args.seed``), dealt out to the
+        processes in turn, so ranks see different examples and a resumed run
+        continues with the examples the stopped one would have drawn."""
+        n = len(self.expert_dataset)
+        size, rank, world = self.expert_batch_size, self.accelerator.process_index, self.accelerator.num_processes
+        first = (self._expert_draws * world + rank) * size
+        indices = []
+        for position in range(first, first + size):
+            epoch, offset = divmod(position, n)
+            generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
+            indices.append(int(torch.randperm(n, generator=generator)[offset]))
+        return indices
+
+
+def _completion_mask(inputs: dict[str, Any]) -> torch.Tensor:
+    # TRL excludes tool-output tokens from its loss through tool_mask; so do the statistics.
+    mask = inputs["completion_mask"]
+    return mask if "tool_mask" not in inputs else mask * inputs["tool_mask"]
+
+
+def _statistics_batch(
+    rl_logp: torch.Tensor,
+    rl_mask: torch.Tensor,
+    advantages: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    expert_logp: torch.Tensor,
+    expert_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Rollout rows then expert rows, right-padded to one width with a zero mask.
+
+    Expert rows get advantage 0 and, under ``beta > 0``, their own log-probs
+    as reference: neither enters a statistic, which reads advantages and KL
+    from RL rows only."""
+    width = max(rl_logp.size(1), expert_logp.size(1))
+
+    def widen(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.size(1)))
+
+    logp = torch.cat([widen(rl_logp), widen(expert_logp)])
+    mask = torch.cat([widen(rl_mask.to(torch.int64)), widen(expert_mask.to(torch.int64))])
+    n_rl, n_expert = rl_logp.size(0), expert_logp.size(0)
+    adv_rows = advantages.detach().float()
+    if adv_rows.ndim == 1:
+        adv = torch.cat([adv_rows, adv_rows.new_zeros(n_expert)])
+    else:
+        adv = torch.cat([widen(adv_rows), adv_rows.new_zeros(n_expert, width)])
+    expert = torch.arange(n_rl + n_expert, device=logp.device) >= n_rl
+    ref = None if ref_logp is None else torch.cat([widen(ref_logp.detach()), widen(expert_logp)])
+    return logp, mask, adv, expert, ref
+
+
+def _pad(rows: list[list[int]], pad: int, *, left: bool, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if not row:
+            continue
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _check_expert_dataset(dataset: Any) -> None:
+    try:
+        size = len(dataset)
+    except TypeError:
+        raise TypeError(
+            f"expert_dataset must be a sized dataset of prompt/completion examples, got {type(dataset).__name__}"
+        ) from None
+    if size == 0:
+        raise ValueError("expert_dataset is empty: it must hold at least one prompt/completion example")
+    first = dataset[0]
+    missing = [key for key in ("prompt", "completion") if key not in first]
+    if missing:
+        raise ValueError(f"expert_dataset examples must have 'prompt' and 'completion' columns; missing {missing}")
+

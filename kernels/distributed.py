@@ -1,0 +1,93 @@
+"""Reduction of the controller's statistics over a ``torch.distributed`` group.
+
+Row results hold one fixed-size tensor per field, one entry per row of the
+batch. Gathering every rank's rows and concatenating them in rank order gives
+every rank the exact row results of the concatenated global batch, so each
+rank finalizes the same proxies (sums, Chan merges and the SFT rows' NLL
+values for the trimmed variance alike) and computes the same, deterministic
+``mu``: no float reduction order depends on the collective's algorithm.
+
+Every rank must call with the same number of rows (the same per-step batch
+size). A rank with fewer real rows pads with rows whose mask is all zero:
+rows without tokens take part in no statistic and are not counted as dropped.
+The tensors must live where the group's backend communicates (CPU for gloo,
+the rank's CUDA device for NCCL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+RowsT = TypeVar("RowsT")
+
+# The gathered block is float64: it holds every float64 row field exactly, and
+# integer counts exactly up to 2**53, so one collective carries all fields.
+_WIRE_DTYPE = torch.float64
+
+
+def all_gather_partials(partials: RowsT, process_group: Any) -> RowsT:
+    """The rows of every rank of ``process_group``, concatenated in rank order.
+
+    ``partials`` is a dataclass whose fields are all 1-D tensors of one
+    length ``B`` on one device; the result is the same dataclass type with
+    each field of length ``world_size * B`` and its original dtype. All
+    fields travel in one ``all_gather``.
+    """
+    if not dataclasses.is_dataclass(partials) or isinstance(partials, type):
+        raise TypeError(f"partials must be a dataclass instance of row tensors, got {type(partials).__name__}")
+    names = [f.name for f in dataclasses.fields(partials)]
+    columns = [getattr(partials, name) for name in names]
+    _check_rows(names, columns)
+    _check_initialized()
+    packed = torch.stack([column.to(_WIRE_DTYPE) for column in columns])  # [n_fields, B]
+    world_size = dist.get_world_size(process_group)
+    gathered = [torch.empty_like(packed) for _ in range(world_size)]
+    dist.all_gather(gathered, packed, group=process_group)
+    merged = torch.cat(gathered, dim=1)  # rank order, as the list is
+    return dataclasses.replace(
+        partials,
+        **{name: row.to(column.dtype) for name, row, column in zip(names, merged.unbind(0), columns)},
+    )
+
+
+def mean_over_group(value: Any, process_group: Any, device: Any) -> torch.Tensor:
+    """The mean of a scalar over every rank of ``process_group`` (0-d float64).
+
+    ``value`` is a Python number or a 0-d tensor; ``device`` is where the
+    group communicates (``None``: the CPU). A non-finite value on any rank
+    makes the mean non-finite on every rank, so all ranks fall back alike.
+    """
+    _check_initialized()
+    placement = torch.device("cpu") if device is None else device
+    if isinstance(value, torch.Tensor):
+        total = value.detach().to(device=placement, dtype=torch.float64).clone()
+    else:
+        total = torch.tensor(float(value), dtype=torch.float64, device=placement)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=process_group)
+    return total / dist.get_world_size(process_group)
+
+
+def _check_initialized() -> None:
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "process_group was given but torch.distributed is not initialized: "
+            "call torch.distributed.init_process_group first"
+        )
+
+
+def _check_rows(names: list[str], columns: list[Any]) -> None:
+    if not columns:
+        raise ValueError("partials has no fields to gather")
+    first = columns[0]
+    for name, column in zip(names, columns):
+        if not isinstance(column, torch.Tensor) or column.ndim != 1:
+            raise ValueError(f"partials.{name} must be a 1-D tensor of per-row values, got {column!r:.80}")
+        if column.shape != first.shape or column.device != first.device:
+            raise ValueError(
+                f"partials.{name} has shape {list(column.shape)} on {column.device}; every field must "
+                f"have shape {list(first.shape)} on {first.device} (one entry per row)"
+            )
