@@ -12,10 +12,12 @@ pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from gaccore.demo.__main__ import main, run_demo  # noqa: E402
+from gaccore.demo.__main__ import main
+from gaccore.demo.runner import run_demo  # noqa: E402
 from gaccore.demo.report import SCHEMA, deterministic_view  # noqa: E402
 from gaccore.demo.task import EQUALS, PLUS, make_task, reward  # noqa: E402
-from gaccore.demo.train import RunSettings, group_advantages, token_weighted_sft_loss  # noqa: E402
+from gaccore.baselines import FixedMu, HPTGate  # noqa: E402
+from gaccore.demo.train import RunSettings, group_advantages, hybrid_loss  # noqa: E402
 
 TINY = RunSettings(steps=12, prompts_per_step=4, group_size=4, eval_every=6)
 
@@ -54,16 +56,22 @@ def test_expert_drops_the_carry_on_the_expected_share() -> None:
     assert make_task(0, drop_carry_rate=0.0).demo_error_rate == 0.0
 
 
-def test_losses() -> None:
+def test_group_advantages_and_hpt_loss() -> None:
     torch = pytest.importorskip("torch")
-    logp = torch.log(torch.tensor([[0.5, 0.25], [1.0, 0.1]]))
-    p = logp.exp()
-    expected_phi = -(p * (1 - p) * logp).mean(dim=-1)
-    assert torch.allclose(token_weighted_sft_loss(logp, "phi"), expected_phi)
-    assert torch.allclose(token_weighted_sft_loss(logp, "nll"), -logp.mean(dim=-1))
     advantages = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]))
     assert torch.allclose(advantages[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-3)
     assert torch.equal(advantages[1], torch.zeros(4))  # no signal in a uniform group
+
+    gate = HPTGate()
+    mu = gate.update(rewards=np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]))
+    logp = torch.log(torch.tensor([[0.5, 0.25], [0.9, 0.9], [0.2, 0.6], [0.3, 0.3]]))
+    rl_loss = torch.tensor(0.7)
+    loss = hybrid_loss(gate, mu, logp, rl_loss, "nll")
+    # SFT only on the demos of prompts 0 and 2, weighted by their share (1/2 of the prompts).
+    expected = -(logp[0].sum() + logp[2].sum()) / 4 * 0.5 + rl_loss
+    assert torch.allclose(loss, expected)
+    assert torch.allclose(hybrid_loss(FixedMu(0.25), 0.25, logp, rl_loss, "nll"),
+                          0.25 * -logp.mean() + 0.75 * rl_loss)
 
 
 def _tiny_run(out: Path) -> dict:

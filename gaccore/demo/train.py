@@ -9,13 +9,14 @@ Every optimizer step, for every method alike:
    same prompts gives the answer-token log-probabilities; a frozen-in-time
    reference (see below) gives the KL;
 4. the mixing rule reads the detached statistics and returns ``mu``;
-5. ``loss = mean_p(w_sft[p] * L_SFT[p]) + mean_p(w_rl[p] * L_RL[p])`` with
-   ``w_sft = mu, w_rl = 1 - mu`` (HPT: the per-prompt gate), one backward,
-   gradient clipping, AdamW.
+5. ``loss = mu * L_SFT + (1 - mu) * L_RL`` (HPT: its per-prompt gate, see
+   ``hybrid_loss``), one backward, gradient clipping, AdamW.
 
 L_RL is the on-policy GRPO policy gradient (one update per batch, so the
 PPO ratio is 1 and clipping never acts); L_SFT is the token-weighted SFT
-loss of CHORD, ``phi(p) = p (1 - p)`` detached, or plain NLL.
+loss of CHORD, ``phi(p) = p (1 - p)`` detached, or plain NLL
+(``gaccore.bindings.torch.sft_loss``). The rules get torch tensors: GAC's
+statistics run through ``gaccore.kernels`` (the torch twin on CPU).
 
 The KL reference. The policy is trained from scratch, so there is no
 pretrained reference to stay close to; the KL that the KL-controlled rules
@@ -38,6 +39,7 @@ import torch
 
 from gaccore import Config, Controller
 from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
+from gaccore.bindings.torch import mix, sft_loss
 from gaccore.demo.model import TinyTransformer
 from gaccore.demo.task import ANSWER_LEN, AdditionTask, reward
 
@@ -156,19 +158,6 @@ def sft_loss_kind(method: str, settings: RunSettings) -> str:
 # -- losses --------------------------------------------------------------------
 
 
-def token_weighted_sft_loss(logp: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-row SFT loss ``[B]``: token mean of ``-w_t log p_t``.
-
-    ``kind="phi"``: CHORD's ``w_t = p_t (1 - p_t)``, detached (a weight, not
-    a path for gradients); ``"nll"``: ``w_t = 1``. To be replaced by
-    ``gaccore.bindings.torch.chord_sft_loss`` once that lands.
-    """
-    if kind == "nll":
-        return -logp.mean(dim=-1)
-    p = logp.detach().exp()
-    return -(p * (1.0 - p) * logp).mean(dim=-1)
-
-
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """GRPO: rewards ``[P, G]`` normalized within each prompt's group."""
     mean = rewards.mean(dim=1, keepdim=True)
@@ -201,13 +190,18 @@ def evaluate(policy: TinyTransformer, task: AdditionTask) -> tuple[float, float,
     return float(correct.mean()), float(correct[carry].mean()), float(correct[~carry].mean())
 
 
-def mixing_weights(rule: Any, mu: float, n_prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-prompt (SFT, RL) weights: the scalar ``mu`` everywhere, or HPT's gate."""
+def hybrid_loss(
+    rule: Any, mu: float, logp_demos: torch.Tensor, rl_loss: torch.Tensor, sft_coef: str
+) -> torch.Tensor:
+    """``mu * L_SFT + (1 - mu) * L_RL`` for a scalar rule; for HPT's per-prompt
+    gate, SFT on the demonstrations of the gated prompts (weighted by their
+    share, ``mu``) plus the RL loss of all groups, where the gated ones (all
+    rollouts failed) have zero advantages and so contribute nothing."""
+    demo_tokens = torch.ones_like(logp_demos, dtype=torch.bool)
     if isinstance(rule, HPTGate):
-        gate = torch.from_numpy(rule.sft_weights).float()
-        return gate, 1.0 - gate
-    sft = torch.full((n_prompts,), float(mu))
-    return sft, 1.0 - sft
+        gated = torch.from_numpy(rule.sft_weights > 0).unsqueeze(-1) & demo_tokens
+        return mu * sft_loss(logp_demos, gated, sft_coef=sft_coef) + rl_loss
+    return mix(sft_loss(logp_demos, demo_tokens, sft_coef=sft_coef), rl_loss, mu)
 
 
 @dataclass
@@ -235,8 +229,8 @@ class Trainer:
         self.prompt_rng = np.random.default_rng(seed)
         P, G = settings.prompts_per_step, settings.group_size
         # Rows of every batch: P * G rollouts, then the P demonstrations.
-        self.mask = np.ones((P * G + P, ANSWER_LEN), dtype=bool)
-        self.expert = np.concatenate([np.zeros(P * G, dtype=bool), np.ones(P, dtype=bool)])
+        self.mask = torch.ones((P * G + P, ANSWER_LEN), dtype=torch.bool)
+        self.expert = torch.cat([torch.zeros(P * G, dtype=torch.bool), torch.ones(P, dtype=torch.bool)])
         # The arguments of the rule's last update (the overhead benchmark replays them).
         self.last_rule_inputs: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
 
@@ -254,20 +248,21 @@ class Trainer:
         logp = policy.answer_logp(torch.cat([group_prompts, prompts]), torch.cat([rollouts, demos]))
         with torch.no_grad():
             ref_logp = self.reference.answer_logp(group_prompts, rollouts)
-            kl = float(k3_kl(logp[: P * G].detach(), ref_logp))
+            kl = k3_kl(logp[: P * G].detach(), ref_logp)
 
-        adv_rows = np.concatenate([advantages.reshape(-1).numpy(), np.zeros(P)])
-        args = (logp.detach().float().numpy(), self.mask, adv_rows, self.expert)
+        # The rule reads detached tensors; GAC computes its statistics on them
+        # with gaccore.kernels (on CPU, the plain-torch twin of the Triton kernel).
+        adv_rows = torch.cat([advantages.reshape(-1), torch.zeros(P)])
+        args = (logp.detach(), self.mask, adv_rows, self.expert)
         kwargs = {"kl": kl, **_extra_inputs(self.rule, rewards_np)}
         self.last_rule_inputs = (args, kwargs)
         controller_started = time.perf_counter()
         mu = float(self.rule.update(*args, **kwargs))
         controller_s = time.perf_counter() - controller_started
 
-        w_sft, w_rl = mixing_weights(self.rule, mu, P)
-        rl_per_prompt = (-(advantages.reshape(-1) * logp[: P * G].mean(dim=-1))).view(P, G).mean(dim=1)
-        sft_per_prompt = token_weighted_sft_loss(logp[P * G :], self.sft_kind)
-        loss = (w_sft * sft_per_prompt).mean() + (w_rl * rl_per_prompt).mean()
+        # On-policy GRPO: one update per batch, so the PPO ratio is 1 and its gradient is adv * grad log p.
+        rl_loss = -(advantages.reshape(-1) * logp[: P * G].mean(dim=-1)).mean()
+        loss = hybrid_loss(self.rule, mu, logp[P * G :], rl_loss, self.sft_kind)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), self.settings.grad_clip)
@@ -276,7 +271,7 @@ class Trainer:
             torch._foreach_lerp_(
                 list(self.reference.parameters()), list(policy.parameters()), 1.0 - self.settings.ref_decay
             )
-        return StepOutcome(mu=mu, kl=kl, train_reward=float(rewards_np.mean()), controller_s=controller_s)
+        return StepOutcome(mu=mu, kl=float(kl), train_reward=float(rewards_np.mean()), controller_s=controller_s)
 
 
 def train_one(
