@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gaccore.demo.runner import run_demo
-from gaccore.demo.train import ABLATIONS, MAIN_METHODS, METHODS, RunSettings
+from gaccore.demo.train import MAIN_METHODS, METHODS, RunSettings, ablations
 
-QUICK_STEPS, FULL_STEPS = 600, 1500
+QUICK_STEPS, FULL_STEPS = 1000, 2000
 QUICK_SEEDS, FULL_SEEDS = 1, 3
 
 
@@ -37,8 +37,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, help="optimizer steps per run")
     demo.add_argument("--methods", nargs="+", choices=sorted(METHODS), metavar="METHOD",
                       help=f"methods to run, from: {', '.join(METHODS)}")
-    demo.add_argument("--sft-loss", choices=("phi", "nll"), default="phi",
-                      help="SFT loss for every method: CHORD's token-weighted phi (default) or plain NLL")
+    demo.add_argument("--sft-loss", choices=("nll", "phi"), default="nll",
+                      help="SFT loss for every method: plain NLL (default) or CHORD's token-weighted phi")
     demo.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                       help="runs trained at once, one process each (default: 2, or 1 on one core); "
                       "results do not depend on it")
@@ -50,10 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     steps = args.steps or (FULL_STEPS if args.full else QUICK_STEPS)
     n_seeds = args.seeds or (FULL_SEEDS if args.full else QUICK_SEEDS)
-    methods = args.methods or (MAIN_METHODS + ABLATIONS if args.full else MAIN_METHODS)
     if steps < 1 or n_seeds < 1 or args.jobs < 1:
         raise SystemExit("--steps, --seeds and --jobs must be at least 1")
     settings = RunSettings(steps=steps, sft_loss=args.sft_loss, eval_every=max(1, min(50, steps // 10)))
+    methods = args.methods or (MAIN_METHODS + ablations(settings) if args.full else MAIN_METHODS)
     command = "gaccore " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     run_demo(methods, range(n_seeds), settings, args.out, command=command, jobs=args.jobs,
              show_progress=not args.no_progress)

@@ -211,7 +211,7 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 def write_figures(runs: Sequence[RunResult], out: Path) -> list[Path]:
     methods = list(dict.fromkeys(r.method for r in runs))
-    colors = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}  # ablations repeat, dashed
     styles = {m: "-" if not m.startswith("gac") or m == "gac" else "--" for m in methods}
     widths = {m: 2.4 if m == "gac" else 1.2 for m in methods}
     steps = len(runs[0].mu)
