@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gaccore.demo.task import AdditionTask  # noqa: E402
-from gaccore.demo.train import RunResult, RunSettings  # noqa: E402
+from gaccore.demo.train import DESCRIPTIONS, RunResult, RunSettings  # noqa: E402
 
 SCHEMA = "gaccore.demo.report/1"
 # Per-step curves are stored every CURVE_STRIDE steps in report.json to keep it small.
@@ -181,6 +181,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"| {s['mean_mu']:.2f} | {s['wall_s_mean']:.1f} | {s['step_ms_mean']:.1f} "
             f"| {s['controller_overhead_pct']:.2f}% |"
         )
+    lines += ["", "Methods (every one with the same model, data, steps, batch and learning rate; no per-method tuning):", ""]
+    lines += [f"- `{m}`: {DESCRIPTIONS[m]}" for m in report["methods"]]
     lines += [
         "",
         "Columns: accuracy is greedy exact match on the held-out pairs at the last step, mean ± sample std "

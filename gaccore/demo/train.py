@@ -150,6 +150,22 @@ METHODS: dict[str, RuleFactory] = {
     "gac-phi": lambda s: _gac(s, sft_coef="phi"),
     "gac-nll": lambda s: _gac(s, sft_coef="nll"),
 }
+DESCRIPTIONS = {
+    "gac": "gaccore.Controller, library defaults (Eq. 3 + EMA + prior blend + cap, KL-controlled rho); "
+    "prior 0.85 -> 0.15 over the same phases as chord",
+    "chord": "CHORD's global schedule alone: warmup-cosine 0 -> 0.85 -> 0.15",
+    "fixed-0.5": "constant mu = 0.5",
+    "kl-ctrl": "mu = clip(gain * KL EMA, 0.05, 0.9), gain = 0.5 / KL target",
+    "rewvar-ctrl": "mu = clip(0.0625 / within-group reward variance EMA, 0.05, 0.9)",
+    "hpt": "per prompt: SFT on its demo if none of its rollouts succeeded, else RL (mu = gated share)",
+    "pure-rl": "mu = 0 (GRPO only)",
+    "pure-sft": "mu = 1 (imitation only)",
+    "gac-no-cap": "GAC with cap = 1 (no per-step limit)",
+    "gac-no-ema": "GAC with ema_beta = 0 (no smoothing of the estimate)",
+    "gac-no-prior": "GAC with prior = None (no schedule blend)",
+    "gac-phi": "GAC trained with CHORD's token-weighted SFT loss phi = p(1-p) (statistic sft_coef='phi')",
+    "gac-nll": "GAC trained with the plain NLL SFT loss (statistic sft_coef='nll')",
+}
 MAIN_METHODS = ["gac", "chord", "fixed-0.5", "kl-ctrl", "rewvar-ctrl", "hpt", "pure-rl", "pure-sft"]
 OTHER_SFT_LOSS = {"nll": "gac-phi", "phi": "gac-nll"}
 
