@@ -70,7 +70,8 @@ def summarize(runs: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
 
 
 def verdict(summary: dict[str, dict[str, Any]]) -> str:
-    """One computed sentence: GAC against the best non-GAC method."""
+    """Computed sentences: GAC against the best non-GAC method, and the best
+    method overall (a GAC ablation may be it)."""
     if "gac" not in summary:
         return "GAC was not run."
     baselines = {m: s for m, s in summary.items() if not m.startswith("gac")}
@@ -81,20 +82,28 @@ def verdict(summary: dict[str, dict[str, Any]]) -> str:
     gap = gac["final_accuracy_mean"] - best["final_accuracy_mean"]
     spread = max(gac["final_accuracy_std"], best["final_accuracy_std"])
     if len(gac["seeds"]) < 2:
-        outcome = "is ahead of" if gap > 0 else "is behind" if gap < 0 else "is level with"
-        outcome += " (one seed: no spread to judge the difference by)"
+        outcome = "is ahead of" if gap > 0 else "does not beat"
+        caveat = "one seed: no spread to judge the difference by"
     elif gap > spread:
-        outcome = "beats"
-    elif gap >= -spread:
-        outcome = "is within one standard deviation of"
+        outcome, caveat = "beats", "more than one standard deviation"
+    elif gap > 0:
+        outcome, caveat = "is ahead of", "within one standard deviation: not a clear win"
     else:
         outcome = "does not beat"
-    return (
+        caveat = "within one standard deviation" if gap >= -spread else "more than one standard deviation"
+    sentence = (
         f"GAC {outcome} the best baseline, {best_name}: final held-out accuracy "
         f"{gac['final_accuracy_mean']:.3f} ± {gac['final_accuracy_std']:.3f} vs "
         f"{best['final_accuracy_mean']:.3f} ± {best['final_accuracy_std']:.3f} "
-        f"(difference {gap:+.3f}, {len(gac['seeds'])} seed(s))."
+        f"(difference {gap:+.3f}, {caveat}; {len(gac['seeds'])} seed(s))."
     )
+    top_name, top = max(summary.items(), key=lambda item: item[1]["final_accuracy_mean"])
+    if top_name not in ("gac", best_name):
+        sentence += (
+            f" Highest mean overall: {top_name}, {top['final_accuracy_mean']:.3f} ± "
+            f"{top['final_accuracy_std']:.3f}."
+        )
+    return sentence
 
 
 def build_report(
