@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -133,6 +134,19 @@ def k3_kl(logp: Any, mask: Any, ref_logp: Any, expert: Any = None) -> float:
     return float((np.expm1(x) - x)[keep].mean())
 
 
+@dataclass(frozen=True)
+class StepInputs:
+    """What ``update`` received, for the rule to read what it needs."""
+
+    logp: Any
+    mask: Any
+    adv: Any
+    expert: Any
+    kl: Any
+    ref_logp: Any
+    rewards: Any
+
+
 class MixingRule:
     """Shared plumbing: the step counter, ``mu``, and state (de)serialisation.
 
@@ -171,13 +185,11 @@ class MixingRule:
         The positional arguments match ``Controller.update``; a rule ignores
         the ones it does not need (they may be ``None``).
         """
-        self._mu = self._next_mu(
-            logp=logp, mask=mask, adv=adv, expert=expert, kl=kl, ref_logp=ref_logp, rewards=rewards
-        )
+        self._mu = self._next_mu(StepInputs(logp, mask, adv, expert, kl, ref_logp, rewards))
         self._step += 1
         return self._mu
 
-    def _next_mu(self, **inputs: Any) -> float:
+    def _next_mu(self, inputs: StepInputs) -> float:
         raise NotImplementedError
 
     def metrics(self) -> dict[str, float]:
@@ -267,7 +279,7 @@ class FixedMu(MixingRule):
         super().__init__(mu)
         self.value = float(mu)
 
-    def _next_mu(self, **inputs: Any) -> float:
+    def _next_mu(self, inputs: StepInputs) -> float:
         return self.value
 
     def _config(self) -> dict[str, Any]:
@@ -292,7 +304,7 @@ class ScheduleMu(MixingRule):
         self.schedule = warmup_cosine(warmup_steps, decay_steps, mu_peak, mu_valley, mu_start)
         super().__init__(self.schedule(0))
 
-    def _next_mu(self, **inputs: Any) -> float:
+    def _next_mu(self, inputs: StepInputs) -> float:
         return float(self.schedule(self._step))
 
     def _config(self) -> dict[str, Any]:
@@ -335,10 +347,10 @@ class KLProportional(MixingRule):
         self.mu_init, self.beta = float(mu_init), float(beta)
         self.kl_ema = math.nan
 
-    def _next_mu(self, *, kl: Any, ref_logp: Any, logp: Any, mask: Any, expert: Any, **_: Any) -> float:
-        observed = math.nan if kl is None else _to_float(kl, "kl")
-        if not math.isfinite(observed) and ref_logp is not None:
-            observed = k3_kl(logp, mask, ref_logp, expert)
+    def _next_mu(self, inputs: StepInputs) -> float:
+        observed = math.nan if inputs.kl is None else _to_float(inputs.kl, "kl")
+        if not math.isfinite(observed) and inputs.ref_logp is not None:
+            observed = k3_kl(inputs.logp, inputs.mask, inputs.ref_logp, inputs.expert)
         if not math.isfinite(observed):
             return self._mu
         if math.isfinite(self.kl_ema):
@@ -399,8 +411,8 @@ class RewardVariance(MixingRule):
         self.mu_init, self.beta = float(mu_init), float(beta)
         self.var_ema = math.nan
 
-    def _next_mu(self, *, rewards: Any, **_: Any) -> float:
-        groups = _group_rewards(rewards)
+    def _next_mu(self, inputs: StepInputs) -> float:
+        groups = _group_rewards(inputs.rewards)
         with np.errstate(over="ignore", invalid="ignore"):
             variances = groups.var(axis=1)
         # Groups with a non-finite reward (or a variance beyond float range) carry no usable information.
@@ -455,8 +467,8 @@ class HPTGate(MixingRule):
         self.success_reward = float(success_reward)
         self.sft_weights: FloatArray = np.zeros(0)
 
-    def _next_mu(self, *, rewards: Any, **_: Any) -> float:
-        groups = _group_rewards(rewards)
+    def _next_mu(self, inputs: StepInputs) -> float:
+        groups = _group_rewards(inputs.rewards)
         solved = (np.where(np.isfinite(groups), groups, -math.inf) >= self.success_reward).any(axis=1)
         self.sft_weights = np.where(solved, 0.0, 1.0)
         return float(self.sft_weights.mean()) if self.sft_weights.size else 0.0

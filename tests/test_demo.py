@@ -12,11 +12,11 @@ pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from gaccore.demo.__main__ import main
-from gaccore.demo.runner import run_demo  # noqa: E402
-from gaccore.demo.report import SCHEMA, deterministic_view  # noqa: E402
-from gaccore.demo.task import EQUALS, PLUS, make_task, reward  # noqa: E402
 from gaccore.baselines import FixedMu, HPTGate  # noqa: E402
+from gaccore.demo.__main__ import main
+from gaccore.demo.report import SCHEMA, deterministic_view  # noqa: E402
+from gaccore.demo.runner import run_demo  # noqa: E402
+from gaccore.demo.task import EQUALS, PLUS, make_task, reward  # noqa: E402
 from gaccore.demo.train import RunSettings, group_advantages, hybrid_loss  # noqa: E402
 
 TINY = RunSettings(steps=12, prompts_per_step=4, group_size=4, eval_every=6)

@@ -58,7 +58,9 @@ class TinyTransformer(nn.Module):
         return torch.log_softmax(logits, dim=-1).gather(-1, answers.unsqueeze(-1)).squeeze(-1)
 
     @torch.no_grad()
-    def generate(self, prompts: torch.Tensor, *, greedy: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self, prompts: torch.Tensor, *, greedy: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Answer tokens ``[B, ANSWER_LEN]``: greedy, or sampled at temperature 1."""
         tokens = prompts
         for _ in range(ANSWER_LEN):

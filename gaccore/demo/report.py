@@ -190,7 +190,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"| {s['mean_mu']:.2f} | {s['wall_s_mean']:.1f} | {s['step_ms_mean']:.1f} "
             f"| {s['controller_overhead_pct']:.2f}% |"
         )
-    lines += ["", "Methods (every one with the same model, data, steps, batch and learning rate; no per-method tuning):", ""]
+    lines += [
+        "",
+        "Methods (every one with the same model, data, steps, batch and learning rate; no per-method tuning):",
+        "",
+    ]
     lines += [f"- `{m}`: {DESCRIPTIONS[m]}" for m in report["methods"]]
     lines += [
         "",
