@@ -32,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--full", action="store_true",
                       help=f"{FULL_STEPS} steps, {FULL_SEEDS} seeds, main methods and GAC ablations")
-    demo.add_argument("--out", type=Path, default=Path("gaccore-demo"), help="output directory")
+    demo.add_argument("--out", type=Path, default=Path("gaccore-demo"),
+                      help="output directory (default: gaccore-demo)")
     demo.add_argument("--seeds", type=int, help="number of training seeds (0, 1, ...)")
     demo.add_argument("--steps", type=int, help="optimizer steps per run")
     demo.add_argument("--methods", nargs="+", choices=sorted(METHODS), metavar="METHOD",
