@@ -5,6 +5,7 @@ once per optimizer step. The core needs numpy only; torch inputs are handled
 by ``gaccore.kernels`` (fused Triton statistics), imported on first use.
 """
 
+from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
 from gaccore.closed_form import mu_star, mu_star_biased
 from gaccore.config import Config
 from gaccore.controller import Controller
@@ -15,6 +16,12 @@ __all__ = [
     "BatchStats",
     "Config",
     "Controller",
+    "FixedMu",
+    "HPTGate",
+    "KLProportional",
+    "MixingRule",
+    "RewardVariance",
+    "ScheduleMu",
     "WarmupCosine",
     "batch_stats",
     "mu_star",

@@ -1,0 +1,477 @@
+"""Baseline mixing rules with the ``Controller`` interface, for comparisons.
+
+These are the schedules and rule-based controllers that hybrid SFT/RL runs
+use today (and that the GAC paper compares against), written so that a
+training loop can swap them for ``gaccore.Controller`` without other changes:
+
+    ``update(logp, mask, adv, expert=None, *, kl=None, ref_logp=None,
+    rewards=None) -> mu``, the ``mu`` property, ``metrics()``,
+    ``state_dict()`` / ``load_state_dict()``.
+
+They are numpy-only and deliberately simple: torch inputs are converted to
+host numpy arrays (a synchronization), and only the rules that need a tensor
+look at one. They are reference points for experiments, not something to put
+in the hot path of a GPU run.
+
+Rules and the information each one reads:
+
+- ``FixedMu(mu)``: a constant; ``FixedMu(0.0)`` is pure RL, ``FixedMu(1.0)``
+  pure SFT. Reads nothing.
+- ``ScheduleMu(...)``: the warmup-cosine schedule alone (CHORD's global
+  schedule with ``mu_start=0``). Reads nothing but the step.
+- ``KLProportional(gain, ...)``: ``mu = clip(gain * kl_ema, mu_min,
+  mu_max)``, more imitation as the policy drifts ("KL-ctrl"). Reads ``kl=``,
+  or computes the k3 KL of the non-expert rows from ``ref_logp``.
+- ``RewardVariance(var_ref, ...)``: ``mu = clip(var_ref / var_ema, mu_min,
+  mu_max)``, inversely proportional to the within-group reward variance
+  ("RewVar-ctrl"): little reward signal, more imitation. Reads ``rewards=``.
+- ``HPTGate(...)``: per prompt, SFT only for prompts none of whose rollouts
+  succeed, RL for the others (HPT's accuracy gate). Reads ``rewards=``.
+
+Decision on HPT: its mixing is per prompt, not one scalar, so ``HPTGate``
+exposes ``sft_weights`` (one weight per prompt group, 1.0 = train on the
+demonstration, 0.0 = train on the rollouts) and ``update`` returns the
+scalar ``mu`` = the fraction of gated prompts, which is what to log and what
+the scalar loss ``mu * L_SFT + (1 - mu) * L_RL`` would use if a loop cannot
+apply per-prompt weights.
+
+``rewards`` is an array ``[n_groups, group_size]`` of the step's rollout
+rewards, one row per prompt (GRPO's groups), in the order of the prompts.
+
+State dicts are JSON-ready (``format``, ``version``, ``step``, ``config``,
+``state``; non-finite numbers as ``None``). ``load_state_dict`` refuses a
+state of another rule, version, or configuration, or with missing or
+malformed values, with an error naming what is wrong, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from gaccore.schedules import warmup_cosine
+
+STATE_VERSION = 1
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def _to_numpy(value: Any, name: str) -> FloatArray:
+    """A numpy float64 copy of an array or tensor (torch is never imported here)."""
+    if hasattr(value, "detach"):  # a torch tensor: move to host numpy
+        value = value.detach().float().cpu().numpy()
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be a numeric array or tensor, got {type(value).__name__}") from error
+
+
+def _to_float(value: Any, name: str) -> float:
+    if hasattr(value, "detach") or isinstance(value, np.ndarray):
+        array = _to_numpy(value, name)
+        if array.shape != ():
+            raise ValueError(f"{name} must be a scalar (0-d), got shape {array.shape}")
+        return float(array)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{name} must be a real number or a 0-d array/tensor, got {type(value).__name__}")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_unit_interval(**values: float) -> None:
+    for name, value in values.items():
+        _require(
+            isinstance(value, numbers.Real) and math.isfinite(value) and 0.0 <= value <= 1.0,
+            f"{name} must be a finite number in [0, 1], got {value!r}",
+        )
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        _require(
+            isinstance(value, numbers.Real) and math.isfinite(value) and value > 0.0,
+            f"{name} must be a finite number > 0, got {value!r}",
+        )
+
+
+def _check_beta(beta: float) -> None:
+    _require(
+        isinstance(beta, numbers.Real) and math.isfinite(beta) and 0.0 <= beta < 1.0,
+        f"beta must be a finite number in [0, 1), got {beta!r}",
+    )
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def k3_kl(logp: Any, mask: Any, ref_logp: Any, expert: Any = None) -> float:
+    """Mean k3 KL ``expm1(x) - x``, ``x = ref_logp - logp``, over masked-in
+    tokens of non-expert rows with finite values (NaN when there are none)."""
+    logp_np = np.minimum(_to_numpy(logp, "logp"), 0.0)
+    ref_np = _to_numpy(ref_logp, "ref_logp")
+    keep = _to_numpy(mask, "mask") != 0
+    if logp_np.shape != ref_np.shape or keep.shape != logp_np.shape:
+        raise ValueError(f"logp, mask and ref_logp must share one shape [B, T], got {logp_np.shape}, "
+                         f"{keep.shape}, {ref_np.shape}")
+    if expert is not None:
+        keep &= ~(_to_numpy(expert, "expert") != 0)[:, None]
+    x = np.where(keep, ref_np - logp_np, 0.0)
+    keep &= np.isfinite(x)
+    if not keep.any():
+        return math.nan
+    x = np.where(keep, x, 0.0)
+    return float((np.expm1(x) - x)[keep].mean())
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What ``update`` received, for the rule to read what it needs."""
+
+    logp: Any
+    mask: Any
+    adv: Any
+    expert: Any
+    kl: Any
+    ref_logp: Any
+    rewards: Any
+
+
+class MixingRule:
+    """Shared plumbing: the step counter, ``mu``, and state (de)serialisation.
+
+    A subclass names its configuration in ``_config()`` and its evolving
+    numbers in ``_state()`` / ``_set_state()`` and implements ``_next_mu``.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, mu_init: float) -> None:
+        self._step = 0
+        self._mu = float(mu_init)
+
+    @property
+    def mu(self) -> float:
+        """The current mixing weight: weight the next loss with it."""
+        return self._mu
+
+    @property
+    def step_count(self) -> int:
+        return self._step
+
+    def update(
+        self,
+        logp: Any = None,
+        mask: Any = None,
+        adv: Any = None,
+        expert: Any = None,
+        *,
+        kl: Any = None,
+        ref_logp: Any = None,
+        rewards: Any = None,
+    ) -> float:
+        """One optimizer step; returns the mixing weight for this step's loss.
+
+        The positional arguments match ``Controller.update``; a rule ignores
+        the ones it does not need (they may be ``None``).
+        """
+        self._mu = self._next_mu(StepInputs(logp, mask, adv, expert, kl, ref_logp, rewards))
+        self._step += 1
+        return self._mu
+
+    def _next_mu(self, inputs: StepInputs) -> float:
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, float]:
+        return {"step": float(self._step), "mu": self._mu}
+
+    def _config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, float]:
+        return {}
+
+    def _set_state(self, values: dict[str, float]) -> None:
+        """Install parsed values (all keys of ``_state()`` present)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": f"gaccore.baselines.{self.kind}",
+            "version": STATE_VERSION,
+            "step": self._step,
+            "config": self._config(),
+            "state": {"mu": self._mu, **{k: _json_number(v) for k, v in self._state().items()}},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from ``state_dict()``; a bad state raises and changes nothing."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        missing = sorted({"format", "version", "step", "config", "state"} - set(state))
+        _require(not missing, f"state dict is missing keys: {missing}")
+        expected_format = f"gaccore.baselines.{self.kind}"
+        _require(
+            state["format"] == expected_format,
+            f"state dict format is {state['format']!r}, expected {expected_format!r}",
+        )
+        _require(
+            state["version"] == STATE_VERSION,
+            f"state dict version is {state['version']!r}; this gaccore reads version {STATE_VERSION}",
+        )
+        step = state["step"]
+        _require(
+            isinstance(step, int) and not isinstance(step, bool) and step >= 0,
+            f"state dict step must be an integer >= 0, got {step!r}",
+        )
+        ours = self._config()
+        saved = state["config"]
+        _require(isinstance(saved, Mapping), f"state dict config must be a dict, got {saved!r}")
+        differs = sorted(set(ours) ^ set(saved) | {k for k in set(ours) & set(saved) if ours[k] != saved[k]})
+        _require(
+            not differs,
+            "state dict was made under a different config ("
+            + ", ".join(f"{k}: saved {saved.get(k)!r}, this rule {ours.get(k)!r}" for k in differs)
+            + ")",
+        )
+        values = state["state"]
+        _require(isinstance(values, Mapping), f"state dict 'state' must be a dict, got {values!r}")
+        names = ["mu", *self._state()]
+        missing = sorted(set(names) - set(values))
+        _require(not missing, f"state dict 'state' is missing keys: {missing}")
+        unknown = sorted(set(values) - set(names))
+        _require(not unknown, f"state dict 'state' has unknown keys: {unknown}")
+        parsed: dict[str, float] = {}
+        for name in names:
+            value = values[name]
+            if value is None:
+                parsed[name] = math.nan
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+                parsed[name] = float(value)
+            else:
+                raise ValueError(f"state dict 'state.{name}' must be a number or null, got {value!r}")
+        _require(
+            math.isfinite(parsed["mu"]) and 0.0 <= parsed["mu"] <= 1.0,
+            f"state dict 'state.mu' must be a number in [0, 1], got {values['mu']!r}",
+        )
+        # Everything is checked: commit.
+        self._step = step
+        self._mu = parsed.pop("mu")
+        self._set_state(parsed)
+
+
+class FixedMu(MixingRule):
+    """A constant mixing weight: ``FixedMu(0.0)`` is pure RL, ``FixedMu(1.0)`` pure SFT."""
+
+    kind = "FixedMu"
+
+    def __init__(self, mu: float) -> None:
+        _check_unit_interval(mu=mu)
+        super().__init__(mu)
+        self.value = float(mu)
+
+    def _next_mu(self, inputs: StepInputs) -> float:
+        return self.value
+
+    def _config(self) -> dict[str, Any]:
+        return {"mu": self.value}
+
+
+class ScheduleMu(MixingRule):
+    """The warmup-cosine schedule alone, no feedback: CHORD's global schedule
+    with the default ``mu_start=0`` (``gaccore.warmup_cosine``)."""
+
+    kind = "ScheduleMu"
+
+    def __init__(
+        self,
+        warmup_steps: int,
+        decay_steps: int,
+        mu_peak: float,
+        mu_valley: float,
+        mu_start: float = 0.0,
+    ) -> None:
+        _check_unit_interval(mu_peak=mu_peak, mu_valley=mu_valley, mu_start=mu_start)
+        self.schedule = warmup_cosine(warmup_steps, decay_steps, mu_peak, mu_valley, mu_start)
+        super().__init__(self.schedule(0))
+
+    def _next_mu(self, inputs: StepInputs) -> float:
+        return float(self.schedule(self._step))
+
+    def _config(self) -> dict[str, Any]:
+        s = self.schedule
+        return {
+            "warmup_steps": s.warmup_steps,
+            "decay_steps": s.decay_steps,
+            "mu_peak": float(s.mu_peak),
+            "mu_valley": float(s.mu_valley),
+            "mu_start": float(s.mu_start),
+        }
+
+
+class KLProportional(MixingRule):
+    """KL-ctrl: ``mu = clip(gain * kl_ema, mu_min, mu_max)``.
+
+    ``kl_ema`` is an EMA (``beta``) of the step's KL: the ``kl`` argument when
+    finite, else the k3 KL of the non-expert rows from ``ref_logp``. Until
+    the first finite KL, and on steps without one, ``mu`` keeps its value
+    (``mu_init`` at the start).
+    """
+
+    kind = "KLProportional"
+
+    def __init__(
+        self,
+        gain: float,
+        *,
+        mu_min: float = 0.05,
+        mu_max: float = 0.9,
+        mu_init: float = 0.5,
+        beta: float = 0.9,
+    ) -> None:
+        _check_positive(gain=gain)
+        _check_unit_interval(mu_min=mu_min, mu_max=mu_max, mu_init=mu_init)
+        _require(mu_min <= mu_init <= mu_max, f"need mu_min <= mu_init <= mu_max, got {mu_min}, {mu_init}, {mu_max}")
+        _check_beta(beta)
+        super().__init__(mu_init)
+        self.gain, self.mu_min, self.mu_max = float(gain), float(mu_min), float(mu_max)
+        self.mu_init, self.beta = float(mu_init), float(beta)
+        self.kl_ema = math.nan
+
+    def _next_mu(self, inputs: StepInputs) -> float:
+        observed = math.nan if inputs.kl is None else _to_float(inputs.kl, "kl")
+        if not math.isfinite(observed) and inputs.ref_logp is not None:
+            observed = k3_kl(inputs.logp, inputs.mask, inputs.ref_logp, inputs.expert)
+        if not math.isfinite(observed):
+            return self._mu
+        if math.isfinite(self.kl_ema):
+            self.kl_ema = self.beta * self.kl_ema + (1.0 - self.beta) * observed
+        else:
+            self.kl_ema = observed
+        return float(np.clip(self.gain * self.kl_ema, self.mu_min, self.mu_max))
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "kl_ema": self.kl_ema}
+
+    def _config(self) -> dict[str, Any]:
+        return {"gain": self.gain, "mu_min": self.mu_min, "mu_max": self.mu_max,
+                "mu_init": self.mu_init, "beta": self.beta}
+
+    def _state(self) -> dict[str, float]:
+        return {"kl_ema": self.kl_ema}
+
+    def _set_state(self, values: dict[str, float]) -> None:
+        self.kl_ema = values["kl_ema"]
+
+
+def _group_rewards(rewards: Any) -> FloatArray:
+    if rewards is None:
+        raise ValueError("rewards is required: an array [n_groups, group_size] of rollout rewards")
+    array = _to_numpy(rewards, "rewards")
+    _require(array.ndim == 2 and array.shape[1] >= 1,
+             f"rewards must have shape [n_groups, group_size], got {array.shape}")
+    return array
+
+
+class RewardVariance(MixingRule):
+    """RewVar-ctrl: ``mu = clip(var_ref / var_ema, mu_min, mu_max)``.
+
+    ``var_ema`` is an EMA (``beta``) of the mean over prompt groups of the
+    within-group reward variance (population, ddof=0) of ``rewards``; groups
+    whose variance is not finite are skipped, a step without any is ignored. A variance of 0 (no group has a
+    mixed outcome: nothing for GRPO to learn from) gives ``mu_max``.
+    """
+
+    kind = "RewardVariance"
+
+    def __init__(
+        self,
+        var_ref: float,
+        *,
+        mu_min: float = 0.05,
+        mu_max: float = 0.9,
+        mu_init: float = 0.5,
+        beta: float = 0.9,
+    ) -> None:
+        _check_positive(var_ref=var_ref)
+        _check_unit_interval(mu_min=mu_min, mu_max=mu_max, mu_init=mu_init)
+        _require(mu_min <= mu_init <= mu_max, f"need mu_min <= mu_init <= mu_max, got {mu_min}, {mu_init}, {mu_max}")
+        _check_beta(beta)
+        super().__init__(mu_init)
+        self.var_ref, self.mu_min, self.mu_max = float(var_ref), float(mu_min), float(mu_max)
+        self.mu_init, self.beta = float(mu_init), float(beta)
+        self.var_ema = math.nan
+
+    def _next_mu(self, inputs: StepInputs) -> float:
+        groups = _group_rewards(inputs.rewards)
+        with np.errstate(over="ignore", invalid="ignore"):
+            variances = groups.var(axis=1)
+        # Groups with a non-finite reward (or a variance beyond float range) carry no usable information.
+        variances = variances[np.isfinite(variances)]
+        if variances.size == 0:
+            return self._mu
+        with np.errstate(over="ignore"):
+            observed = float(variances.mean())
+        if not math.isfinite(observed):
+            return self._mu
+        if math.isfinite(self.var_ema):
+            self.var_ema = self.beta * self.var_ema + (1.0 - self.beta) * observed
+        else:
+            self.var_ema = observed
+        if self.var_ema <= 0.0:
+            return self.mu_max
+        return float(np.clip(self.var_ref / self.var_ema, self.mu_min, self.mu_max))
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "reward_var_ema": self.var_ema}
+
+    def _config(self) -> dict[str, Any]:
+        return {"var_ref": self.var_ref, "mu_min": self.mu_min, "mu_max": self.mu_max,
+                "mu_init": self.mu_init, "beta": self.beta}
+
+    def _state(self) -> dict[str, float]:
+        return {"var_ema": self.var_ema}
+
+    def _set_state(self, values: dict[str, float]) -> None:
+        self.var_ema = values["var_ema"]
+
+
+class HPTGate(MixingRule):
+    """HPT's accuracy gate: SFT for prompts none of whose rollouts succeed.
+
+    A rollout succeeds when its reward is ``>= success_reward``. After
+    ``update``, ``sft_weights[g]`` is 1.0 for prompt group ``g`` when all of
+    its rollouts failed (train on its demonstration) and 0.0 otherwise (train
+    on its rollouts with the RL loss); ``mu`` is the mean of ``sft_weights``,
+    the fraction of gated prompts. Groups with a non-finite reward count as
+    failed. Stateless between steps apart from the last gate.
+    """
+
+    kind = "HPTGate"
+
+    def __init__(self, success_reward: float = 1.0) -> None:
+        _require(
+            isinstance(success_reward, numbers.Real) and math.isfinite(success_reward),
+            f"success_reward must be a finite number, got {success_reward!r}",
+        )
+        super().__init__(0.0)
+        self.success_reward = float(success_reward)
+        self.sft_weights: FloatArray = np.zeros(0)
+
+    def _next_mu(self, inputs: StepInputs) -> float:
+        groups = _group_rewards(inputs.rewards)
+        solved = (np.where(np.isfinite(groups), groups, -math.inf) >= self.success_reward).any(axis=1)
+        self.sft_weights = np.where(solved, 0.0, 1.0)
+        return float(self.sft_weights.mean()) if self.sft_weights.size else 0.0
+
+    def _config(self) -> dict[str, Any]:
+        return {"success_reward": self.success_reward}

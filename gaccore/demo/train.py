@@ -1,0 +1,361 @@
+"""Hybrid SFT + RL training of the tiny policy under one mixing rule.
+
+Every optimizer step, for every method alike:
+
+1. draw ``prompts_per_step`` training prompts;
+2. sample ``group_size`` rollouts per prompt (temperature 1), reward them,
+   and normalize the rewards within each prompt's group (GRPO);
+3. one forward pass over the rollouts and the expert's demonstrations of the
+   same prompts gives the answer-token log-probabilities; a frozen-in-time
+   reference (see below) gives the KL;
+4. the mixing rule reads the detached statistics and returns ``mu``;
+5. ``loss = mu * L_SFT + (1 - mu) * L_RL`` (HPT: its per-prompt gate, see
+   ``hybrid_loss``), one backward, gradient clipping, AdamW.
+
+L_RL is the on-policy GRPO policy gradient (one update per batch, so the
+PPO ratio is 1 and clipping never acts); L_SFT is the token-weighted SFT
+loss of CHORD, ``phi(p) = p (1 - p)`` detached, or plain NLL
+(``gaccore.bindings.torch.sft_loss``). The rules get torch tensors: GAC's
+statistics run through ``gaccore.kernels`` (the torch twin on CPU).
+
+The KL reference. The policy is trained from scratch, so there is no
+pretrained reference to stay close to; the KL that the KL-controlled rules
+(GAC's rho, KL-ctrl) watch is the k3 KL of the rollouts between the policy
+and an exponential moving average of its own weights (``ref_decay``,
+about the last 1/(1 - ref_decay) steps): the recent drift of the policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaccore import Config, Controller
+from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
+from gaccore.bindings.torch import mix, sft_loss
+from gaccore.demo.model import TinyTransformer
+from gaccore.demo.task import ANSWER_LEN, AdditionTask, reward
+
+# Below this within-group reward spread the group carries no RL signal.
+GROUP_STD_EPS = 1e-4
+# A move of the raw estimate larger than this counts as a large shift (Config.large_shift).
+LARGE_SHIFT = 0.02
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run depends on besides the method and the seed; the
+    same for every method of a comparison."""
+
+    steps: int = 600
+    prompts_per_step: int = 16
+    group_size: int = 8
+    lr: float = 1e-3
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    # Plain NLL by default: with this task's systematically wrong demos, CHORD's
+    # phi weighting kept every method at the no-carry plateau (carry accuracy 0
+    # after 1000 steps); the "gac-phi" ablation and --sft-loss phi run it.
+    sft_loss: str = "nll"  # "nll" or "phi" (CHORD token weighting)
+    ref_decay: float = 0.99
+    kl_target: float = 0.2
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    threads: int = 1
+
+    @property
+    def warmup_steps(self) -> int:
+        """Warmup of the schedule prior (GAC) and of CHORD's schedule: 10% of the run."""
+        return self.steps // 10
+
+    @property
+    def decay_steps(self) -> int:
+        """Cosine decay of both schedules: the next 60% of the run, then the valley."""
+        return (6 * self.steps) // 10
+
+
+@dataclass
+class RunResult:
+    method: str
+    seed: int
+    eval_steps: list[int] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    accuracy_carry: list[float] = field(default_factory=list)
+    accuracy_no_carry: list[float] = field(default_factory=list)
+    mu: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    train_reward: list[float] = field(default_factory=list)
+    # GAC only: the proxies (EMAs), rho and the raw estimate, per step.
+    proxies: dict[str, list[float]] = field(default_factory=dict)
+    large_shifts: int = 0
+    kl_drift_area: float = 0.0
+    wall_s: float = 0.0
+    step_s: float = 0.0
+    controller_s: float = 0.0
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.accuracy[-1] if self.accuracy else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- the methods ---------------------------------------------------------------
+
+RuleFactory = Callable[[RunSettings], Any]
+
+
+def _gac(settings: RunSettings, **overrides: Any) -> Controller:
+    """GAC with the library defaults, the schedule prior scaled to the run
+    length, the demo's KL target, and the statistic matching the SFT loss."""
+    prior_off = overrides.pop("prior_off", False)
+    config = Config(
+        warmup_steps=settings.warmup_steps,
+        decay_steps=settings.decay_steps,
+        kl_target=settings.kl_target,
+        sft_coef=settings.sft_loss,
+        large_shift=LARGE_SHIFT,
+    )
+    if prior_off:
+        return Controller(config, prior=None, **overrides)
+    return Controller(config, **overrides)
+
+
+# Each baseline gets its knob from the shared settings by a rule written down
+# before any run (no per-method tuning): the KL rule gives mu = 0.5 at the KL
+# target; the reward-variance rule gives mu = 0.5 at half the largest
+# within-group variance of a 0/1 reward (0.25 / 2).
+METHODS: dict[str, RuleFactory] = {
+    "gac": _gac,
+    "chord": lambda s: ScheduleMu(s.warmup_steps, s.decay_steps, mu_peak=0.85, mu_valley=0.15, mu_start=0.0),
+    "fixed-0.5": lambda s: FixedMu(0.5),
+    "kl-ctrl": lambda s: KLProportional(0.5 / s.kl_target),
+    "rewvar-ctrl": lambda s: RewardVariance(0.5 * 0.125),
+    "hpt": lambda s: HPTGate(success_reward=1.0),
+    "pure-rl": lambda s: FixedMu(0.0),
+    "pure-sft": lambda s: FixedMu(1.0),
+    "gac-no-cap": lambda s: _gac(s, cap=1.0),
+    "gac-no-ema": lambda s: _gac(s, ema_beta=0.0),
+    "gac-no-prior": lambda s: _gac(s, prior_off=True),
+    # GAC trained (and measured) with the other SFT loss than the comparison's.
+    "gac-phi": lambda s: _gac(s, sft_coef="phi"),
+    "gac-nll": lambda s: _gac(s, sft_coef="nll"),
+}
+DESCRIPTIONS = {
+    "gac": "gaccore.Controller, library defaults (Eq. 3 + EMA + prior blend + cap, KL-controlled rho); "
+    "prior 0.85 -> 0.15 over the same phases as chord",
+    "chord": "CHORD's global schedule alone: warmup-cosine 0 -> 0.85 -> 0.15",
+    "fixed-0.5": "constant mu = 0.5",
+    "kl-ctrl": "mu = clip(gain * KL EMA, 0.05, 0.9), gain = 0.5 / KL target",
+    "rewvar-ctrl": "mu = clip(0.0625 / within-group reward variance EMA, 0.05, 0.9)",
+    "hpt": "per prompt: SFT on its demo if none of its rollouts succeeded, else RL (mu = gated share)",
+    "pure-rl": "mu = 0 (GRPO only)",
+    "pure-sft": "mu = 1 (imitation only)",
+    "gac-no-cap": "GAC with cap = 1 (no per-step limit)",
+    "gac-no-ema": "GAC with ema_beta = 0 (no smoothing of the estimate)",
+    "gac-no-prior": "GAC with prior = None (no schedule blend)",
+    "gac-phi": "GAC trained with CHORD's token-weighted SFT loss phi = p(1-p) (statistic sft_coef='phi')",
+    "gac-nll": "GAC trained with the plain NLL SFT loss (statistic sft_coef='nll')",
+}
+MAIN_METHODS = ["gac", "chord", "fixed-0.5", "kl-ctrl", "rewvar-ctrl", "hpt", "pure-rl", "pure-sft"]
+OTHER_SFT_LOSS = {"nll": "gac-phi", "phi": "gac-nll"}
+
+
+def ablations(settings: RunSettings) -> list[str]:
+    """GAC without each of its parts: cap, EMA, prior, and its SFT loss
+    (with CHORD's token phi when the comparison uses NLL, and the reverse)."""
+    return ["gac-no-cap", "gac-no-ema", "gac-no-prior", OTHER_SFT_LOSS[settings.sft_loss]]
+
+
+def sft_loss_kind(method: str, settings: RunSettings) -> str:
+    """The SFT loss a method trains with: the shared one, except the GAC
+    ablations that swap it (their statistic follows the loss)."""
+    return {"gac-phi": "phi", "gac-nll": "nll"}.get(method, settings.sft_loss)
+
+
+# -- losses --------------------------------------------------------------------
+
+
+def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """GRPO: rewards ``[P, G]`` normalized within each prompt's group."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, unbiased=False, keepdim=True)
+    return (rewards - mean) / (std + GROUP_STD_EPS)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Mean k3 KL estimate ``expm1(x) - x``, ``x = ref_logp - logp``."""
+    x = ref_logp - logp
+    return (torch.expm1(x) - x).mean()
+
+
+# -- one run ---------------------------------------------------------------------
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def evaluate(policy: TinyTransformer, task: AdditionTask) -> tuple[float, float, float]:
+    """Greedy exact-match accuracy on the held-out pairs: all, carry, no carry."""
+    policy.eval()
+    answers = policy.generate(torch.from_numpy(task.test_prompts), greedy=True).numpy()
+    policy.train()
+    correct = reward(answers, task.test_answers).astype(bool)
+    carry = task.test_carry
+    return float(correct.mean()), float(correct[carry].mean()), float(correct[~carry].mean())
+
+
+def hybrid_loss(
+    rule: Any, mu: float, logp_demos: torch.Tensor, rl_loss: torch.Tensor, sft_coef: str
+) -> torch.Tensor:
+    """``mu * L_SFT + (1 - mu) * L_RL`` for a scalar rule; for HPT's per-prompt
+    gate, SFT on the demonstrations of the gated prompts (weighted by their
+    share, ``mu``) plus the RL loss of all groups, where the gated ones (all
+    rollouts failed) have zero advantages and so contribute nothing."""
+    demo_tokens = torch.ones_like(logp_demos, dtype=torch.bool)
+    if isinstance(rule, HPTGate):
+        gated = torch.from_numpy(rule.sft_weights > 0).unsqueeze(-1) & demo_tokens
+        return mu * sft_loss(logp_demos, gated, sft_coef=sft_coef) + rl_loss
+    return mix(sft_loss(logp_demos, demo_tokens, sft_coef=sft_coef), rl_loss, mu)
+
+
+@dataclass
+class StepOutcome:
+    mu: float
+    kl: float
+    train_reward: float
+    controller_s: float  # time in the rule's update
+
+
+class Trainer:
+    """One policy, its optimizer, and one mixing rule; ``step()`` trains once."""
+
+    def __init__(self, method: str, seed: int, task: AdditionTask, settings: RunSettings) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+        seed_everything(seed, settings.threads)
+        self.task, self.settings = task, settings
+        self.policy = TinyTransformer(settings.width, settings.layers, settings.heads)
+        self.reference = copy.deepcopy(self.policy).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=settings.lr)
+        self.rule = METHODS[method](settings)
+        self.sft_kind = sft_loss_kind(method, settings)
+        self.sampler = torch.Generator().manual_seed(seed)
+        self.prompt_rng = np.random.default_rng(seed)
+        P, G = settings.prompts_per_step, settings.group_size
+        # Rows of every batch: P * G rollouts, then the P demonstrations.
+        self.mask = torch.ones((P * G + P, ANSWER_LEN), dtype=torch.bool)
+        self.expert = torch.cat([torch.zeros(P * G, dtype=torch.bool), torch.ones(P, dtype=torch.bool)])
+        # The arguments of the rule's last update (the overhead benchmark replays them).
+        self.last_rule_inputs: tuple[tuple[Any, ...], dict[str, Any]] = ((), {})
+
+    def step(self) -> StepOutcome:
+        P, G = self.settings.prompts_per_step, self.settings.group_size
+        task, policy = self.task, self.policy
+        chosen = self.prompt_rng.choice(task.train_prompts.shape[0], size=P, replace=False)
+        prompts = torch.from_numpy(task.train_prompts[chosen])
+        demos = torch.from_numpy(task.train_demos[chosen])
+        group_prompts = prompts.repeat_interleave(G, dim=0)
+        rollouts = policy.generate(group_prompts, greedy=False, generator=self.sampler)
+        rewards_np = reward(rollouts.numpy(), task.train_answers[chosen].repeat(G, axis=0)).reshape(P, G)
+        advantages = group_advantages(torch.from_numpy(rewards_np).float())
+
+        logp = policy.answer_logp(torch.cat([group_prompts, prompts]), torch.cat([rollouts, demos]))
+        with torch.no_grad():
+            ref_logp = self.reference.answer_logp(group_prompts, rollouts)
+            kl = k3_kl(logp[: P * G].detach(), ref_logp)
+
+        # The rule reads detached tensors; GAC computes its statistics on them
+        # with gaccore.kernels (on CPU, the plain-torch twin of the Triton kernel).
+        adv_rows = torch.cat([advantages.reshape(-1), torch.zeros(P)])
+        args = (logp.detach(), self.mask, adv_rows, self.expert)
+        kwargs = {"kl": kl, **_extra_inputs(self.rule, rewards_np)}
+        self.last_rule_inputs = (args, kwargs)
+        controller_started = time.perf_counter()
+        mu = float(self.rule.update(*args, **kwargs))
+        controller_s = time.perf_counter() - controller_started
+
+        # On-policy GRPO: one update per batch, so the PPO ratio is 1 and its gradient is adv * grad log p.
+        rl_loss = -(advantages.reshape(-1) * logp[: P * G].mean(dim=-1)).mean()
+        loss = hybrid_loss(self.rule, mu, logp[P * G :], rl_loss, self.sft_kind)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(
+                list(self.reference.parameters()), list(policy.parameters()), 1.0 - self.settings.ref_decay
+            )
+        return StepOutcome(mu=mu, kl=float(kl), train_reward=float(rewards_np.mean()), controller_s=controller_s)
+
+
+def train_one(
+    method: str,
+    seed: int,
+    task: AdditionTask,
+    settings: RunSettings,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Train a fresh policy with ``method``'s mixing rule; return its record."""
+    trainer = Trainer(method, seed, task, settings)
+    rule = trainer.rule
+    result = RunResult(method=method, seed=seed)
+    previous_raw: float | None = None
+    started = time.perf_counter()
+    for step in range(settings.steps):
+        step_started = time.perf_counter()
+        outcome = trainer.step()
+        result.step_s += time.perf_counter() - step_started
+        result.controller_s += outcome.controller_s
+        result.mu.append(outcome.mu)
+        result.kl.append(outcome.kl)
+        result.train_reward.append(outcome.train_reward)
+        result.kl_drift_area += max(0.0, outcome.kl - settings.kl_target)
+        raw = _raw_estimate(rule, outcome.mu)
+        if raw is not None:
+            if previous_raw is not None and abs(raw - previous_raw) > LARGE_SHIFT:
+                result.large_shifts += 1
+            previous_raw = raw
+        if isinstance(rule, Controller):
+            metrics = rule.metrics()
+            for name in ("ema_disagreement", "ema_var_sft", "ema_var_rl", "rho", "estimate"):
+                result.proxies.setdefault(name, []).append(metrics[name])
+        if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
+            accuracy, carry, no_carry = evaluate(trainer.policy, task)
+            result.eval_steps.append(step + 1)
+            result.accuracy.append(accuracy)
+            result.accuracy_carry.append(carry)
+            result.accuracy_no_carry.append(no_carry)
+        if progress is not None:
+            progress(1)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _extra_inputs(rule: Any, rewards: np.ndarray) -> dict[str, Any]:
+    """The rewards for the rules that read them (``Controller`` takes none)."""
+    return {} if isinstance(rule, Controller) else {"rewards": rewards}
+
+
+def _raw_estimate(rule: Any, mu: float) -> float | None:
+    """The unsmoothed value a rule proposes this step: GAC's clipped ``mu^``
+    (None until defined), the output itself for the baselines."""
+    if isinstance(rule, Controller):
+        estimate = rule.metrics()["estimate"]
+        return None if math.isnan(estimate) else estimate
+    if isinstance(rule, MixingRule):
+        return mu
+    raise TypeError(f"unsupported rule {type(rule).__name__}")
