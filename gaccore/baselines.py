@@ -55,6 +55,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from gaccore.persistence import check_envelope, check_same_config, json_number, parse_values
 from gaccore.schedules import warmup_cosine
 
 STATE_VERSION = 1
@@ -109,10 +110,6 @@ def _check_beta(beta: float) -> None:
         isinstance(beta, numbers.Real) and math.isfinite(beta) and 0.0 <= beta < 1.0,
         f"beta must be a finite number in [0, 1), got {beta!r}",
     )
-
-
-def _json_number(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def k3_kl(logp: Any, mask: Any, ref_logp: Any, expert: Any = None) -> float:
@@ -210,58 +207,19 @@ class MixingRule:
             "version": STATE_VERSION,
             "step": self._step,
             "config": self._config(),
-            "state": {"mu": self._mu, **{k: _json_number(v) for k, v in self._state().items()}},
+            "state": {"mu": self._mu, **{k: json_number(v) for k, v in self._state().items()}},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from ``state_dict()``; a bad state raises and changes nothing."""
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
-        missing = sorted({"format", "version", "step", "config", "state"} - set(state))
-        _require(not missing, f"state dict is missing keys: {missing}")
-        expected_format = f"gaccore.baselines.{self.kind}"
-        _require(
-            state["format"] == expected_format,
-            f"state dict format is {state['format']!r}, expected {expected_format!r}",
-        )
-        _require(
-            state["version"] == STATE_VERSION,
-            f"state dict version is {state['version']!r}; this gaccore reads version {STATE_VERSION}",
-        )
-        step = state["step"]
-        _require(
-            isinstance(step, int) and not isinstance(step, bool) and step >= 0,
-            f"state dict step must be an integer >= 0, got {step!r}",
-        )
-        ours = self._config()
+        step = check_envelope(state, f"gaccore.baselines.{self.kind}", STATE_VERSION)
         saved = state["config"]
         _require(isinstance(saved, Mapping), f"state dict config must be a dict, got {saved!r}")
-        differs = sorted(set(ours) ^ set(saved) | {k for k in set(ours) & set(saved) if ours[k] != saved[k]})
-        _require(
-            not differs,
-            "state dict was made under a different config ("
-            + ", ".join(f"{k}: saved {saved.get(k)!r}, this rule {ours.get(k)!r}" for k in differs)
-            + ")",
-        )
-        values = state["state"]
-        _require(isinstance(values, Mapping), f"state dict 'state' must be a dict, got {values!r}")
-        names = ["mu", *self._state()]
-        missing = sorted(set(names) - set(values))
-        _require(not missing, f"state dict 'state' is missing keys: {missing}")
-        unknown = sorted(set(values) - set(names))
-        _require(not unknown, f"state dict 'state' has unknown keys: {unknown}")
-        parsed: dict[str, float] = {}
-        for name in names:
-            value = values[name]
-            if value is None:
-                parsed[name] = math.nan
-            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-                parsed[name] = float(value)
-            else:
-                raise ValueError(f"state dict 'state.{name}' must be a number or null, got {value!r}")
+        check_same_config(saved, self._config(), "this rule")
+        parsed = {k: float(v) for k, v in parse_values(state["state"], ["mu", *self._state()]).items()}
         _require(
             math.isfinite(parsed["mu"]) and 0.0 <= parsed["mu"] <= 1.0,
-            f"state dict 'state.mu' must be a number in [0, 1], got {values['mu']!r}",
+            f"state dict 'state.mu' must be a number in [0, 1], got {state['state']['mu']!r}",
         )
         # Everything is checked: commit.
         self._step = step
@@ -318,7 +276,41 @@ class ScheduleMu(MixingRule):
         }
 
 
-class KLProportional(MixingRule):
+class _SignalRule(MixingRule):
+    """A rule that maps an EMA (``beta``) of one observed signal to ``mu``
+    inside [mu_min, mu_max]; ``mu`` keeps its value (``mu_init`` at the
+    start) on steps without a finite observation."""
+
+    signal: ClassVar[str]  # the EMA's name in state dicts and metrics
+
+    def __init__(self, *, mu_min: float, mu_max: float, mu_init: float, beta: float) -> None:
+        _check_unit_interval(mu_min=mu_min, mu_max=mu_max, mu_init=mu_init)
+        _require(mu_min <= mu_init <= mu_max, f"need mu_min <= mu_init <= mu_max, got {mu_min}, {mu_init}, {mu_max}")
+        _check_beta(beta)
+        super().__init__(mu_init)
+        self.mu_min, self.mu_max = float(mu_min), float(mu_max)
+        self.mu_init, self.beta = float(mu_init), float(beta)
+        self.ema = math.nan
+
+    def _fold(self, observed: float) -> float:
+        """Fold a finite observation into the EMA (the first one initializes it)."""
+        self.ema = observed if not math.isfinite(self.ema) else self.beta * self.ema + (1.0 - self.beta) * observed
+        return self.ema
+
+    def _bounds(self) -> dict[str, Any]:
+        return {"mu_min": self.mu_min, "mu_max": self.mu_max, "mu_init": self.mu_init, "beta": self.beta}
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), self.signal: self.ema}
+
+    def _state(self) -> dict[str, float]:
+        return {self.signal: self.ema}
+
+    def _set_state(self, values: dict[str, float]) -> None:
+        self.ema = values[self.signal]
+
+
+class KLProportional(_SignalRule):
     """KL-ctrl: ``mu = clip(gain * kl_ema, mu_min, mu_max)``.
 
     ``kl_ema`` is an EMA (``beta``) of the step's KL: the ``kl`` argument when
@@ -328,6 +320,7 @@ class KLProportional(MixingRule):
     """
 
     kind = "KLProportional"
+    signal = "kl_ema"
 
     def __init__(
         self,
@@ -339,13 +332,8 @@ class KLProportional(MixingRule):
         beta: float = 0.9,
     ) -> None:
         _check_positive(gain=gain)
-        _check_unit_interval(mu_min=mu_min, mu_max=mu_max, mu_init=mu_init)
-        _require(mu_min <= mu_init <= mu_max, f"need mu_min <= mu_init <= mu_max, got {mu_min}, {mu_init}, {mu_max}")
-        _check_beta(beta)
-        super().__init__(mu_init)
-        self.gain, self.mu_min, self.mu_max = float(gain), float(mu_min), float(mu_max)
-        self.mu_init, self.beta = float(mu_init), float(beta)
-        self.kl_ema = math.nan
+        super().__init__(mu_min=mu_min, mu_max=mu_max, mu_init=mu_init, beta=beta)
+        self.gain = float(gain)
 
     def _next_mu(self, inputs: StepInputs) -> float:
         observed = math.nan if inputs.kl is None else _to_float(inputs.kl, "kl")
@@ -353,24 +341,10 @@ class KLProportional(MixingRule):
             observed = k3_kl(inputs.logp, inputs.mask, inputs.ref_logp, inputs.expert)
         if not math.isfinite(observed):
             return self._mu
-        if math.isfinite(self.kl_ema):
-            self.kl_ema = self.beta * self.kl_ema + (1.0 - self.beta) * observed
-        else:
-            self.kl_ema = observed
-        return float(np.clip(self.gain * self.kl_ema, self.mu_min, self.mu_max))
-
-    def metrics(self) -> dict[str, float]:
-        return {**super().metrics(), "kl_ema": self.kl_ema}
+        return float(np.clip(self.gain * self._fold(observed), self.mu_min, self.mu_max))
 
     def _config(self) -> dict[str, Any]:
-        return {"gain": self.gain, "mu_min": self.mu_min, "mu_max": self.mu_max,
-                "mu_init": self.mu_init, "beta": self.beta}
-
-    def _state(self) -> dict[str, float]:
-        return {"kl_ema": self.kl_ema}
-
-    def _set_state(self, values: dict[str, float]) -> None:
-        self.kl_ema = values["kl_ema"]
+        return {"gain": self.gain, **self._bounds()}
 
 
 def _group_rewards(rewards: Any) -> FloatArray:
@@ -382,16 +356,18 @@ def _group_rewards(rewards: Any) -> FloatArray:
     return array
 
 
-class RewardVariance(MixingRule):
+class RewardVariance(_SignalRule):
     """RewVar-ctrl: ``mu = clip(var_ref / var_ema, mu_min, mu_max)``.
 
     ``var_ema`` is an EMA (``beta``) of the mean over prompt groups of the
     within-group reward variance (population, ddof=0) of ``rewards``; groups
-    whose variance is not finite are skipped, a step without any is ignored. A variance of 0 (no group has a
-    mixed outcome: nothing for GRPO to learn from) gives ``mu_max``.
+    whose variance is not finite are skipped, a step without any is ignored.
+    A variance of 0 (no group has a mixed outcome: nothing for GRPO to learn
+    from) gives ``mu_max``.
     """
 
     kind = "RewardVariance"
+    signal = "var_ema"
 
     def __init__(
         self,
@@ -403,13 +379,8 @@ class RewardVariance(MixingRule):
         beta: float = 0.9,
     ) -> None:
         _check_positive(var_ref=var_ref)
-        _check_unit_interval(mu_min=mu_min, mu_max=mu_max, mu_init=mu_init)
-        _require(mu_min <= mu_init <= mu_max, f"need mu_min <= mu_init <= mu_max, got {mu_min}, {mu_init}, {mu_max}")
-        _check_beta(beta)
-        super().__init__(mu_init)
-        self.var_ref, self.mu_min, self.mu_max = float(var_ref), float(mu_min), float(mu_max)
-        self.mu_init, self.beta = float(mu_init), float(beta)
-        self.var_ema = math.nan
+        super().__init__(mu_min=mu_min, mu_max=mu_max, mu_init=mu_init, beta=beta)
+        self.var_ref = float(var_ref)
 
     def _next_mu(self, inputs: StepInputs) -> float:
         groups = _group_rewards(inputs.rewards)
@@ -423,26 +394,12 @@ class RewardVariance(MixingRule):
             observed = float(variances.mean())
         if not math.isfinite(observed):
             return self._mu
-        if math.isfinite(self.var_ema):
-            self.var_ema = self.beta * self.var_ema + (1.0 - self.beta) * observed
-        else:
-            self.var_ema = observed
-        if self.var_ema <= 0.0:
+        if self._fold(observed) <= 0.0:
             return self.mu_max
-        return float(np.clip(self.var_ref / self.var_ema, self.mu_min, self.mu_max))
-
-    def metrics(self) -> dict[str, float]:
-        return {**super().metrics(), "reward_var_ema": self.var_ema}
+        return float(np.clip(self.var_ref / self.ema, self.mu_min, self.mu_max))
 
     def _config(self) -> dict[str, Any]:
-        return {"var_ref": self.var_ref, "mu_min": self.mu_min, "mu_max": self.mu_max,
-                "mu_init": self.mu_init, "beta": self.beta}
-
-    def _state(self) -> dict[str, float]:
-        return {"var_ema": self.var_ema}
-
-    def _set_state(self, values: dict[str, float]) -> None:
-        self.var_ema = values["var_ema"]
+        return {"var_ref": self.var_ref, **self._bounds()}
 
 
 class HPTGate(MixingRule):

@@ -23,6 +23,7 @@ from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, isfinite, where
 from gaccore.backend import NUMPY_BACKEND, StatsBackend, backend_for
 from gaccore.closed_form import mu_star
 from gaccore.config import Config
+from gaccore.persistence import check_envelope, check_same_config, json_number, parse_values
 from gaccore.schedules import warmup_cosine
 from gaccore.stats import BatchStats
 from gaccore.validation import check_batch
@@ -444,7 +445,7 @@ class Controller:
             "version": STATE_VERSION,
             "step": self._step,
             "config": self.config.to_dict(),
-            "state": {k: _json_number(v) for k, v in host.items()},
+            "state": {k: json_number(v) for k, v in host.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any], *, device: Any = None) -> None:
@@ -476,52 +477,12 @@ def _check_kl(kl: Any) -> None:
     raise TypeError(f"kl must be a real number or a 0-d array/tensor, got {type(kl).__name__}")
 
 
-def _json_number(value: float | bool) -> float | bool | None:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _parse_state(state: Mapping[str, Any], config: Config) -> tuple[dict[str, float | bool], int]:
-    if not isinstance(state, Mapping):
-        raise TypeError(f"state must be a dict from Controller.state_dict(), got {type(state).__name__}")
-    missing = sorted({"format", "version", "step", "config", "state"} - set(state))
-    if missing:
-        raise ValueError(f"state dict is missing keys: {missing}")
-    if state["format"] != STATE_FORMAT:
-        raise ValueError(f"state dict format is {state['format']!r}, expected {STATE_FORMAT!r}")
-    if state["version"] != STATE_VERSION:
-        raise ValueError(
-            f"state dict version is {state['version']!r}; this gaccore reads version {STATE_VERSION}"
-        )
-    step = state["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"state dict step must be an integer >= 0, got {step!r}")
-    saved = Config.from_dict(dict(state["config"]))
-    if saved != config:
-        ours = config.to_dict()
-        differs = {k: (v, ours[k]) for k, v in saved.to_dict().items() if v != ours[k]}
-        detail = ", ".join(f"{k}: saved {a!r}, this controller {b!r}" for k, (a, b) in differs.items())
-        raise ValueError(f"state dict was made under a different config ({detail})")
-    values = state["state"]
+    step = check_envelope(state, STATE_FORMAT, STATE_VERSION)
+    saved = state["config"]
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"state dict config must be a dict, got {saved!r}")
+    check_same_config(saved, config.to_dict(), "this controller")
     names = [f.name for f in fields(ControllerState)]
-    missing = sorted(set(names) - set(values))
-    if missing:
-        raise ValueError(f"state dict 'state' is missing keys: {missing}")
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"state dict 'state' has unknown keys: {unknown}")
-    host: dict[str, float | bool] = {}
-    for name in names:
-        value = values[name]
-        if ControllerState.is_flag(name):
-            if not isinstance(value, bool):
-                raise ValueError(f"state dict 'state.{name}' must be a bool, got {value!r}")
-            host[name] = value
-        elif value is None:
-            host[name] = math.nan
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-            host[name] = float(value)
-        else:
-            raise ValueError(f"state dict 'state.{name}' must be a number or null, got {value!r}")
-    return host, step
+    flags = [name for name in names if ControllerState.is_flag(name)]
+    return parse_values(state["state"], names, flags), step
