@@ -64,7 +64,6 @@ import gaccore  # noqa: E402
 from gaccore.kernels import fused, reference  # noqa: E402
 from gaccore.kernels.rows import finalize  # noqa: E402
 
-
 # -- timing ----------------------------------------------------------------------
 
 

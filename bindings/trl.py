@@ -34,11 +34,11 @@ from typing import Any, cast
 
 import torch
 import torch.distributed as dist
-from gaccore.bindings.torch import mix, sft_loss
 from trl import GRPOTrainer
 from trl.data_utils import maybe_apply_chat_template
 
 from gaccore import Controller
+from gaccore.bindings.torch import mix, sft_loss
 
 __all__ = ["STATE_FILE", "GACGRPOTrainer"]
 

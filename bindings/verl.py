@@ -48,12 +48,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from gaccore.bindings.torch import sft_token_loss
 from verl import DataProto
 from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, register_policy_loss
 from verl.workers.utils.losses import ppo_loss
 
 from gaccore import Controller
+from gaccore.bindings.torch import sft_token_loss
 from gaccore.validation import check_sft_coef
 
 __all__ = [

@@ -14,9 +14,9 @@ import math
 
 import torch
 
+from gaccore.kernels.rows import ROW_DTYPE, RowResults, check_inputs, finalize, with_roles
 from gaccore.stats import BatchStats
 from gaccore.validation import check_trim
-from gaccore.kernels.rows import ROW_DTYPE, RowResults, check_inputs, finalize, with_roles
 
 # Below this |x| the k3 term expm1(x) - x is evaluated by its series, as in
 # gaccore.stats (float64 has the headroom; the fp32 kernel uses a wider band).

@@ -17,8 +17,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # noqa: E402
 
-from gaccore.kernels import RowResults, batch_stats  # noqa: E402
-from gaccore.kernels import fused, reference  # noqa: E402
+from gaccore.kernels import RowResults, batch_stats, fused, reference  # noqa: E402  # noqa: E402
 from gaccore.kernels.rows import finalize  # noqa: E402
 
 BACKENDS = ["torch", "triton"]

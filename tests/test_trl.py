@@ -22,11 +22,11 @@ pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 transformers = pytest.importorskip("transformers")
 
-from gaccore.bindings.trl import STATE_FILE, GACGRPOTrainer  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
 from gaccore import Controller  # noqa: E402
+from gaccore.bindings.trl import STATE_FILE, GACGRPOTrainer  # noqa: E402
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
 WORDS = ["a", "b", "c", "d", "e", "f", "g", "h"]

@@ -19,7 +19,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("verl")
 
 import numpy as np  # noqa: E402
-from gaccore.bindings import verl as gac_verl  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.trainer.ppo.core_algos import (  # noqa: E402
@@ -34,6 +33,7 @@ from verl.workers.utils.losses import ppo_loss  # noqa: E402
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding  # noqa: E402
 
 from gaccore import Controller  # noqa: E402
+from gaccore.bindings import verl as gac_verl  # noqa: E402
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
 PROMPT_LEN, RESPONSE_LEN = 4, 6
