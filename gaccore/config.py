@@ -56,7 +56,7 @@ class Config:
                 if not isinstance(value, bool):
                     raise ValueError(f"per_mean must be a bool, got {value!r}")
             elif f.name == "scale":
-                if len(value) != 3 or not all(_is_number(v) and v > 0 for v in value):
+                if not isinstance(value, tuple) or len(value) != 3 or not all(_is_number(v) and v > 0 for v in value):
                     raise ValueError(f"scale must be three finite numbers > 0 (kD, kS, kR), got {value!r}")
             elif f.name in ("update_every", "warmup_steps", "decay_steps"):
                 least = 1 if f.name == "update_every" else 0

@@ -331,16 +331,26 @@ class Controller:
         kl: Any = None,
         ref_logp: Any = None,
     ) -> Any:
-        """``observe`` + ``step``: the mixing weight for this step's loss."""
-        _check_kl(kl)
+        """``observe`` + ``step``: the mixing weight for this step's loss.
+
+        All or nothing: if the step is refused (a bad ``kl``, a prior that
+        raises...), the micro-batch observed here is forgotten again, so a
+        retry does not count it twice.
+        """
+        pending = self._pending
         self.observe(logp, mask, adv, expert, ref_logp=ref_logp)
-        return self.step(kl=kl)
+        try:
+            return self.step(kl=kl)
+        except BaseException:
+            self._pending = pending
+            raise
 
     def update_stats(self, stats: BatchStats[Any, Any], *, kl: Any = None) -> Any:
         """A step from statistics computed elsewhere (``batch_stats`` of
         either backend); ``stats=None`` steps without statistics. With a
         ``process_group``, ``stats`` are used as given (they are not gathered)
         and ``kl`` is averaged over the group."""
+        _check_kl(kl)
         if stats is not None and not isinstance(stats, BatchStats):
             raise TypeError(f"stats must be a gaccore.BatchStats or None, got {type(stats).__name__}")
         if self._pending is not None:
@@ -353,7 +363,6 @@ class Controller:
     def _advance(
         self, backend: StatsBackend, device: Any, batch: BatchStats[Any, Any] | None, kl: Any
     ) -> Any:
-        _check_kl(kl)
         if kl is not None and self.process_group is not None:
             # SPEC: a caller's kl is averaged over the group, so every rank
             # steers rho with the same observation (lazy: torch only here).
@@ -470,11 +479,21 @@ class Controller:
 
 
 def _check_kl(kl: Any) -> None:
-    if kl is None or isinstance(kl, numbers.Real):
+    if kl is None or (isinstance(kl, numbers.Real) and not isinstance(kl, bool)):
         return
-    if getattr(kl, "shape", None) == () or getattr(kl, "ndim", None) == 0:
+    if getattr(kl, "shape", None) == () and _is_real_dtype(kl.dtype):
         return
-    raise TypeError(f"kl must be a real number or a 0-d array/tensor, got {type(kl).__name__}")
+    raise TypeError(
+        f"kl must be a real number or a 0-d real array/tensor, got {type(kl).__name__} "
+        f"{getattr(kl, 'dtype', '')}".rstrip()
+    )
+
+
+def _is_real_dtype(dtype: Any) -> bool:
+    """Integer or floating numpy/torch dtype (not bool, complex, string...)."""
+    if isinstance(dtype, np.dtype):
+        return dtype.kind in "iuf"
+    return bool(getattr(dtype, "is_floating_point", False)) or str(dtype).startswith(("torch.int", "torch.uint"))
 
 
 def _parse_state(state: Mapping[str, Any], config: Config) -> tuple[dict[str, float | bool], int]:
@@ -485,4 +504,19 @@ def _parse_state(state: Mapping[str, Any], config: Config) -> tuple[dict[str, fl
     check_same_config(saved, config.to_dict(), "this controller")
     names = [f.name for f in fields(ControllerState)]
     flags = [name for name in names if ControllerState.is_flag(name)]
-    return parse_values(state["state"], names, flags), step
+    host = parse_values(state["state"], names, flags)
+    # A state the controller could have reached: finite, and inside the bounds it keeps.
+    bounds = {
+        "mu": (config.mu_min, config.mu_max),
+        "rho": (config.rho_min, config.rho_max),
+        "mu_bar": (0.0, 1.0),
+        "estimate": (0.0, 1.0),
+    }
+    for name in names:
+        value = host[name]
+        if ControllerState.is_flag(name):
+            continue
+        low, high = bounds.get(name, (-FLOAT_MAX, FLOAT_MAX))
+        if not low <= value <= high:  # NaN fails too
+            raise ValueError(f"state dict 'state.{name}' must be a finite number in [{low}, {high}], got {value!r}")
+    return host, step

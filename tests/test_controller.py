@@ -336,6 +336,11 @@ def _corrupt(state, path, value):
         (("state", "has_kl"), 1.0, "state.has_kl"),
         (("config", "cap"), 0.05, "cap: saved 0.05"),
         (("config", "bogus"), 1, "bogus"),
+        (("state", "mu"), None, "state.mu"),
+        (("state", "mu"), 0.95, "state.mu"),
+        (("state", "rho"), 7.0, "state.rho"),
+        (("state", "mu_bar"), -0.1, "state.mu_bar"),
+        (("state", "kl_ema"), None, "state.kl_ema"),
     ],
 )
 def test_bad_state_dicts_are_refused_and_change_nothing(path, value, match):
@@ -379,6 +384,29 @@ def test_bad_input_names_the_argument_and_leaves_the_controller_unchanged(mutate
     assert ctrl.update(logp, mask, adv, expert) == twin.update(logp, mask, adv, expert)
 
 
+@pytest.mark.parametrize(
+    "make, kl",
+    [
+        (lambda: Controller(prior=lambda t: "high"), None),
+        (lambda: Controller(), np.array("x")),
+        (lambda: Controller(), True),
+        (lambda: Controller(process_group=object()), None),
+    ],
+    ids=["prior-not-a-number", "kl-string-array", "kl-bool", "process-group-with-numpy"],
+)
+def test_a_refused_update_forgets_its_micro_batch(make, kl):
+    """update is all or nothing: a retry must not count the batch twice."""
+    rng = np.random.default_rng(6)
+    logp, mask, adv, expert, _ = _batch(rng)
+    ctrl = make()
+    with pytest.raises((TypeError, ValueError)):
+        ctrl.update(logp, mask, adv, expert, kl=kl)
+    ctrl.prior, ctrl.process_group = None, None
+    fresh = Controller(ctrl.config, prior=None)
+    assert ctrl.update(logp, mask, adv, expert) == fresh.update(logp, mask, adv, expert)
+    assert ctrl.metrics()["batch_n_rl"] == fresh.metrics()["batch_n_rl"]
+
+
 def test_a_prior_that_returns_a_non_number_is_refused_without_side_effects():
     ctrl = Controller(prior=lambda t: "high")
     before = ctrl.state_dict()
@@ -404,6 +432,8 @@ def test_a_prior_that_returns_a_non_number_is_refused_without_side_effects():
         (dict(kl_target=0.0), "kl_target"),
         (dict(sft_coef="kl"), "sft_coef"),
         (dict(stat_beta=math.nan), "stat_beta"),
+        (dict(scale=1.0), "scale"),
+        (dict(scale=None), "scale"),
     ],
 )
 def test_config_validation_names_the_field(overrides, field):
