@@ -3,7 +3,7 @@
 The statistics are computed in two stages so that micro-batches of one
 optimizer step (and, in ``gaccore.kernels``, ranks of a process group) can be
 merged exactly: ``batch_partials`` reduces one batch to mergeable row
-results, ``merge_partials`` combines two of them (Chan's pairwise update for
+results, ``NumpyPartials.merge`` combines two of them (Chan's pairwise update for
 every second moment, SFT NLL values concatenated), ``finalize`` turns the
 merged result into ``BatchStats``. ``batch_stats`` is the three in a row.
 
@@ -134,7 +134,7 @@ class NumpyPartials:
     seq_adv: Moments  # sequence advantages a_i of RL rows (Eq. 8)
     sft_nll: FloatArray  # nll_i of SFT rows, in row order (Eq. 9)
     coefs: CoMoments  # (a_t, w_t) over RL tokens (Eq. 10)
-    kl_sum: float  # sum of k3 over RL tokens; NaN without ref_logp
+    kl_sum: float  # sum of k3 over RL tokens; NaN when RL tokens came without ref_logp
     n_sft: int
     n_rl: int
     n_dropped: int
@@ -216,7 +216,9 @@ def batch_partials(
         sft_weight = prob * (1.0 - prob)
     else:
         sft_weight = -np.expm1(rl_logp)
-    kl_sum = math.nan
+    # Without ref_logp the KL is unknown only if RL tokens need it: a
+    # micro-batch of expert rows alone leaves the step's KL defined.
+    kl_sum = math.nan if rl_logp.size else 0.0
     if ref_logp is not None:
         kl_sum = float(k3(ref_logp.astype(np.float64)[rl_tokens] - rl_logp).sum())
 
@@ -229,10 +231,6 @@ def batch_partials(
         n_rl=int(rl_rows.sum()),
         n_dropped=int((has_tokens & ~valid).sum()),
     )
-
-
-def merge_partials(a: NumpyPartials, b: NumpyPartials) -> NumpyPartials:
-    return a.merge(b)
 
 
 def trimmed_variance(values: FloatArray, trim: float) -> float:

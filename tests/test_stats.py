@@ -195,6 +195,16 @@ def test_trim_drops_exactly_k_values_with_ties():
     assert got.var_sft == pytest.approx(np.var([1, 2, 3, 4, 5, 9], ddof=1))
 
 
+def test_a_micro_batch_of_expert_rows_needs_no_reference():
+    logp, mask, adv, expert, ref = random_batch(8, 10, 6, poison=False)
+    expert[:] = False
+    with_ref = batch_partials(logp, mask, adv, expert, ref_logp=ref)
+    experts_only = batch_partials(logp, mask, adv, ~expert)
+    assert finalize(with_ref.merge(experts_only)).kl == pytest.approx(finalize(with_ref).kl, rel=1e-12)
+    rl_without_ref = batch_partials(logp, mask, adv, expert)
+    assert math.isnan(finalize(with_ref.merge(rl_without_ref)).kl)
+
+
 def test_kl_is_k3_and_stable_for_tiny_differences():
     logp = np.full((2, 3), -1.0)
     mask = np.ones((2, 3), dtype=bool)
