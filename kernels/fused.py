@@ -85,8 +85,8 @@ def _expm1_nonpos(x, b_exp):
 
 @triton.jit
 def _k3(x):
-    """k3 ``exp(x) - x - 1``: ``x^2/2 (1 + x/3 (1 + ... x/11))`` for |x| < 1
-    (truncation < 5e-9 relative), ``exp(x) - 1 - x`` outside."""
+    """k3 ``exp(x) - x - 1`` in fp64: ``x^2/2 (1 + x/3 (1 + ... x/11))`` for
+    |x| < 1 (truncation < 5e-9 relative), ``exp(x) - 1 - x`` outside."""
     b_s = 1.0 + x / 11.0
     b_s = 1.0 + x / 10.0 * b_s
     b_s = 1.0 + x / 9.0 * b_s
@@ -96,7 +96,10 @@ def _k3(x):
     b_s = 1.0 + x / 5.0 * b_s
     b_s = 1.0 + x / 4.0 * b_s
     b_s = 1.0 + x / 3.0 * b_s
-    return tl.where(tl.abs(x) < 1.0, 0.5 * x * x * b_s, tl.exp(x) - 1.0 - x)
+    # The direct form in fp64: exp(x) leaves fp32's range at x ~ 88.7, where a
+    # policy that drifted far from the reference must still report its KL.
+    x64 = x.to(tl.float64)
+    return tl.where(tl.abs(x) < 1.0, (0.5 * x * x * b_s).to(tl.float64), tl.exp(x64) - 1.0 - x64)
 
 
 # T is specialized: Triton compiles at most three variants of an integer

@@ -75,20 +75,6 @@ class RowResults:
             **{f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self)}
         )
 
-    def pack(self) -> torch.Tensor:
-        """All fields as one ``[n_fields, B]`` float64 tensor (one collective to gather)."""
-        return torch.stack([getattr(self, f.name) for f in fields(self)])
-
-    @classmethod
-    def unpack(cls, packed: torch.Tensor) -> RowResults:
-        """The inverse of ``pack``; rows of several ranks concatenate along dim 1."""
-        names = [f.name for f in fields(cls)]
-        if packed.ndim != 2 or packed.shape[0] != len(names):
-            raise ValueError(
-                f"packed row results must have shape [{len(names)}, B], got {list(packed.shape)}"
-            )
-        return cls(**dict(zip(names, packed.to(ROW_DTYPE).unbind(0))))
-
 
 def with_roles(rows: RowResults, expert: torch.Tensor | None) -> RowResults:
     """Fill ``rl``/``sft`` from ``valid`` and the expert flags (SPEC §2).
