@@ -57,6 +57,7 @@ import numpy.typing as npt
 
 from gaccore.persistence import check_envelope, check_same_config, json_number, parse_values
 from gaccore.schedules import warmup_cosine
+from gaccore.stats import k3
 
 STATE_VERSION = 1
 
@@ -113,8 +114,10 @@ def _check_beta(beta: float) -> None:
 
 
 def k3_kl(logp: Any, mask: Any, ref_logp: Any, expert: Any = None) -> float:
-    """Mean k3 KL ``expm1(x) - x``, ``x = ref_logp - logp``, over masked-in
-    tokens of non-expert rows with finite values (NaN when there are none)."""
+    """Mean k3 KL (``gaccore.stats.k3``), ``x = ref_logp - logp``, over
+    masked-in tokens of non-expert rows with finite values (NaN when there
+    are none). Unlike the controller's statistics, a non-finite token drops
+    only itself: this rule needs no per-row bookkeeping."""
     logp_np = np.minimum(_to_numpy(logp, "logp"), 0.0)
     ref_np = _to_numpy(ref_logp, "ref_logp")
     keep = _to_numpy(mask, "mask") != 0
@@ -127,8 +130,7 @@ def k3_kl(logp: Any, mask: Any, ref_logp: Any, expert: Any = None) -> float:
     keep &= np.isfinite(x)
     if not keep.any():
         return math.nan
-    x = np.where(keep, x, 0.0)
-    return float((np.expm1(x) - x)[keep].mean())
+    return float(k3(x[keep]).mean())
 
 
 @dataclass(frozen=True)
