@@ -67,9 +67,10 @@ def _is_finite(x):
 
 
 @triton.jit
-def _expm1_nonpos(x, b_exp):
-    """``expm1(x)`` for ``x <= 0`` given ``b_exp = exp(x)``: the series to
-    x^11/11! on (-1, 0] (truncation < 4e-9 relative), ``exp(x) - 1`` below."""
+def _exp_series_tail(x):
+    """``Q(x) = 1 + x/3 (1 + x/4 (1 + ... (1 + x/11)))``, Horner form: the
+    common tail of ``expm1(x) = x (1 + x/2 Q(x))`` and ``k3(x) = x^2/2 Q(x)``
+    (truncated after x^11/11!: < 5e-9 relative on |x| < 1)."""
     b_s = 1.0 + x / 11.0
     b_s = 1.0 + x / 10.0 * b_s
     b_s = 1.0 + x / 9.0 * b_s
@@ -78,24 +79,21 @@ def _expm1_nonpos(x, b_exp):
     b_s = 1.0 + x / 6.0 * b_s
     b_s = 1.0 + x / 5.0 * b_s
     b_s = 1.0 + x / 4.0 * b_s
-    b_s = 1.0 + x / 3.0 * b_s
-    b_s = 1.0 + x / 2.0 * b_s
-    return tl.where(x > -1.0, x * b_s, b_exp - 1.0)
+    return 1.0 + x / 3.0 * b_s
+
+
+@triton.jit
+def _expm1_nonpos(x, b_exp):
+    """``expm1(x)`` for ``x <= 0`` given ``b_exp = exp(x)``: the series on
+    (-1, 0], ``exp(x) - 1`` below."""
+    return tl.where(x > -1.0, x * (1.0 + x / 2.0 * _exp_series_tail(x)), b_exp - 1.0)
 
 
 @triton.jit
 def _k3(x):
-    """k3 ``exp(x) - x - 1`` in fp64: ``x^2/2 (1 + x/3 (1 + ... x/11))`` for
-    |x| < 1 (truncation < 5e-9 relative), ``exp(x) - 1 - x`` outside."""
-    b_s = 1.0 + x / 11.0
-    b_s = 1.0 + x / 10.0 * b_s
-    b_s = 1.0 + x / 9.0 * b_s
-    b_s = 1.0 + x / 8.0 * b_s
-    b_s = 1.0 + x / 7.0 * b_s
-    b_s = 1.0 + x / 6.0 * b_s
-    b_s = 1.0 + x / 5.0 * b_s
-    b_s = 1.0 + x / 4.0 * b_s
-    b_s = 1.0 + x / 3.0 * b_s
+    """k3 ``exp(x) - x - 1`` in fp64: the series ``x^2/2 Q(x)`` for |x| < 1,
+    ``exp(x) - 1 - x`` outside."""
+    b_s = _exp_series_tail(x)
     # The direct form in fp64: exp(x) leaves fp32's range at x ~ 88.7, where a
     # policy that drifted far from the reference must still report its KL.
     x64 = x.to(tl.float64)
