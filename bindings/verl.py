@@ -60,6 +60,7 @@ __all__ = [
     "EXPERT_KEY",
     "MU_KEY",
     "MU_META_KEY",
+    "SFT_NLL_KEY",
     "STATE_FILE",
     "compute_mu",
     "gac_policy_loss",
@@ -75,6 +76,9 @@ MU_KEY = "gac_mu"  # mu as a per-row float tensor in batch.batch (survives mini/
 # mu as a Python float in meta_info; a key of its own, as verl refuses meta_info
 # keys that repeat a tensor's when it converts the batch for the workers.
 MU_META_KEY = "gac_mu_scalar"
+# The controller's sft_coef as a per-row bool in batch.batch (True: "nll"): data, not
+# registry state, since each Ray worker re-imports this module and its registry.
+SFT_NLL_KEY = "gac_sft_nll"
 STATE_FILE = "gaccore_state.json"
 _LOGGED = ("mu", "rho", "estimate", "ema_disagreement", "ema_var_sft", "ema_var_rl", "kl_ema", "n_dropped")
 
@@ -116,6 +120,7 @@ def compute_mu(batch: DataProto, controller: Controller) -> dict[str, float]:
     )
     rows = tensors["response_mask"].shape[0]
     tensors[MU_KEY] = mu.to(torch.float32).expand(rows).clone()
+    tensors[SFT_NLL_KEY] = torch.full((rows,), controller.config.sft_coef == "nll", dtype=torch.bool)
     batch.meta_info[MU_META_KEY] = float(mu)
     metrics = controller.metrics()
     return {f"gac/{name}": metrics[name] for name in _LOGGED}
@@ -160,15 +165,18 @@ def load_controller(controller: Controller, folder: str) -> None:
 class _MixInputs:
     expert: torch.Tensor  # bool [b]
     mu: torch.Tensor  # 0-d
+    sft_coef: str = "phi"
 
 
 _MIX_INPUTS: contextvars.ContextVar[_MixInputs | None] = contextvars.ContextVar("gac_mix_inputs", default=None)
 
 
 @contextlib.contextmanager
-def mix_inputs(expert: torch.Tensor, mu: torch.Tensor) -> Iterator[None]:
-    """Make a micro-batch's expert flags and ``mu`` visible to the ``"gac"`` loss."""
-    token = _MIX_INPUTS.set(_MixInputs(expert=expert, mu=mu))
+def mix_inputs(expert: torch.Tensor, mu: torch.Tensor, sft_coef: str = "phi") -> Iterator[None]:
+    """Make a micro-batch's expert flags, ``mu`` and the controller's ``sft_coef``
+    visible to the ``"gac"`` loss."""
+    check_sft_coef(sft_coef)
+    token = _MIX_INPUTS.set(_MixInputs(expert=expert, mu=mu, sft_coef=sft_coef))
     try:
         yield
     finally:
@@ -179,20 +187,21 @@ def gac_ppo_loss(config: Any, model_output: Any, data: Any, dp_group: Any = None
     """verl's ``ppo_loss`` with the micro-batch's ``gac_expert`` and ``gac_mu``
     handed to the registered ``"gac"`` policy loss (install with the actor's
     ``set_loss_fn``)."""
-    for key in (EXPERT_KEY, MU_KEY):
+    for key in (EXPERT_KEY, MU_KEY, SFT_NLL_KEY):
         if key not in data.keys():
             raise ValueError(
                 f"the actor's micro-batch lacks {key!r}: call gaccore.bindings.verl.compute_mu(batch, controller) "
                 "on the driver before the actor update"
             )
-    with mix_inputs(data[EXPERT_KEY], data[MU_KEY][0]):
+    sft_coef = "nll" if bool(data[SFT_NLL_KEY][0]) else "phi"
+    with mix_inputs(data[EXPERT_KEY], data[MU_KEY][0], sft_coef):
         return ppo_loss(config, model_output, data, dp_group)
 
 
-def register_gac_policy_loss(name: str = "gac", *, inner: str = "vanilla", sft_coef: str = "phi") -> Any:
+def register_gac_policy_loss(name: str = "gac", *, inner: str = "vanilla") -> Any:
     """Register under ``name`` a policy loss mixing verl's ``inner`` loss with
-    the SFT term (``sft_coef`` as the controller's: ``"phi"`` or ``"nll"``)."""
-    check_sft_coef(sft_coef)
+    the SFT term; its ``sft_coef`` is the controller's, handed over with each
+    micro-batch (``compute_mu`` puts it in the batch)."""
     get_policy_loss_fn(inner)  # fail now, naming the registered losses, not at the first step
 
     def gac_loss(
@@ -222,7 +231,7 @@ def register_gac_policy_loss(name: str = "gac", *, inner: str = "vanilla", sft_c
             expert=inputs.expert,
             mu=inputs.mu,
             inner=inner,
-            sft_coef=sft_coef,
+            sft_coef=inputs.sft_coef,
         )
 
     return register_policy_loss(name)(gac_loss)

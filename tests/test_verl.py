@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,10 +143,37 @@ def test_registered_loss_runs_inside_verl_ppo_loss_and_mixes_exactly(loss_agg_mo
     assert metrics["actor/gac_sft_loss"].values == [pytest.approx(sft.item(), rel=1e-5)]
 
 
+def test_the_controllers_sft_coef_reaches_a_worker_that_imports_the_binding_afresh(tmp_path: Path) -> None:
+    """A Ray worker re-imports the binding (its registry says nothing of the
+    driver's choices), so the controller's sft_coef must travel with the batch."""
+    batch = driver_batch(1)
+    gac_verl.compute_mu(batch, Controller(sft_coef="nll", **CONTROLLER))
+    torch.save(batch, tmp_path / "batch.pt")
+    worker = f"""
+import sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import test_verl as t
+from gaccore.bindings import verl as gac_verl
+batch = torch.load({str(tmp_path / "batch.pt")!r}, weights_only=False)
+td, values, model_output = t.actor_micro_batch(batch)
+_, metrics = gac_verl.gac_ppo_loss(t.actor_config(), model_output, td)
+print(metrics["actor/gac_sft_loss"].values[0])
+"""
+    out = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True, check=True).stdout
+    td, values, _ = actor_micro_batch(batch)
+    log_prob = no_padding_2_padding(values.detach(), td)
+    mask = batch.batch["response_mask"].bool()
+    sft_mask = mask & EXPERT[:, None]
+    info = {"dp_size": 1, "batch_num_tokens": int(mask.sum()), "global_batch_size": len(UIDS), "loss_scale_factor": None}
+    nll = agg_loss(-log_prob, sft_mask, "token-mean", **info)
+    assert float(out.split()[-1]) == pytest.approx(nll.item(), rel=1e-5)
+
+
 def test_without_expert_rows_and_mu_zero_it_is_verls_vanilla_loss() -> None:
     batch = driver_batch(2, expert=None)
     batch.batch[gac_verl.EXPERT_KEY] = torch.zeros(len(UIDS), dtype=torch.bool)
     batch.batch[gac_verl.MU_KEY] = torch.zeros(len(UIDS))
+    batch.batch[gac_verl.SFT_NLL_KEY] = torch.zeros(len(UIDS), dtype=torch.bool)
     td, _, model_output = actor_micro_batch(batch)
     ours, _ = gac_verl.gac_ppo_loss(actor_config("gac"), model_output, td)
     td, _, model_output = actor_micro_batch(batch)
