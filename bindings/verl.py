@@ -186,7 +186,24 @@ def mix_inputs(expert: torch.Tensor, mu: torch.Tensor, sft_coef: str = "phi") ->
 def gac_ppo_loss(config: Any, model_output: Any, data: Any, dp_group: Any = None) -> Any:
     """verl's ``ppo_loss`` with the micro-batch's ``gac_expert`` and ``gac_mu``
     handed to the registered ``"gac"`` policy loss (install with the actor's
-    ``set_loss_fn``)."""
+    ``set_loss_fn``).
+
+    verl's ``ppo_loss`` adds its entropy bonus and KL loss after the policy
+    loss, over every row and at full weight: with GAC they would sit outside
+    ``mu * L_SFT + (1 - mu) * L_RL`` and pull on the expert rows too, so they
+    are refused. Keep the KL in the reward (``algorithm.use_kl_in_reward``)
+    or in the controller's ``rho`` instead.
+    """
+    if getattr(config, "use_kl_loss", False):
+        raise ValueError(
+            "config.use_kl_loss must be False with the 'gac' loss: verl adds the KL loss outside the mix, "
+            "over expert rows too (use algorithm.use_kl_in_reward)"
+        )
+    if getattr(config, "entropy_coeff", 0.0):
+        raise ValueError(
+            f"config.entropy_coeff must be 0 with the 'gac' loss, got {config.entropy_coeff}: verl adds the "
+            "entropy bonus outside the mix, over expert rows too"
+        )
     for key in (EXPERT_KEY, MU_KEY, SFT_NLL_KEY):
         if key not in data.keys():
             raise ValueError(
@@ -287,6 +304,8 @@ def gac_policy_loss(
         )
     weight = mu.detach().to(log_prob.dtype) if isinstance(mu, torch.Tensor) else float(mu)
     metrics = dict(metrics)
+    # verl averages policy-loss metrics over micro-batches (it sums its own
+    # globally normalized actor/pg_loss): compare these two with each other.
     metrics["actor/gac_sft_loss"] = sft_loss.detach().item()
     metrics["actor/gac_rl_loss"] = rl_loss.detach().item()
     return weight * sft_loss + (1 - weight) * rl_loss, metrics

@@ -211,6 +211,19 @@ def test_gac_ppo_loss_requires_compute_mu_first() -> None:
         gac_verl.gac_ppo_loss(actor_config(), model_output, td)
 
 
+@pytest.mark.parametrize("field, value", [("use_kl_loss", True), ("entropy_coeff", 0.01)])
+def test_terms_verl_adds_outside_the_mix_are_refused(field: str, value: object) -> None:
+    batch = driver_batch(5)
+    gac_verl.compute_mu(batch, Controller(**CONTROLLER))
+    td, _, model_output = actor_micro_batch(batch)
+    config = FSDPActorConfig(
+        strategy="fsdp", ppo_mini_batch_size=6, ppo_micro_batch_size_per_gpu=6, rollout_n=2,
+        policy_loss=PolicyLossConfig(loss_mode="gac"), **{field: value},
+    )
+    with pytest.raises(ValueError, match=f"config.{field}"):
+        gac_verl.gac_ppo_loss(config, model_output, td)
+
+
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(TypeError, match="batch"):
         gac_verl.compute_mu({"old_log_probs": None}, Controller())
