@@ -14,9 +14,7 @@ import math
 
 import torch
 
-from gaccore.kernels.rows import ROW_DTYPE, RowResults, check_inputs, finalize, with_roles
-from gaccore.stats import BatchStats
-from gaccore.validation import check_trim
+from gaccore.kernels.rows import ROW_DTYPE, RowResults, check_inputs, with_roles
 
 # Below this |x| the k3 term expm1(x) - x is evaluated by its series, as in
 # gaccore.stats (float64 has the headroom; the fp32 kernel uses a wider band).
@@ -117,19 +115,3 @@ def row_results(
         kl_sum=kl_sum,
     )
     return with_roles(rows, expert)
-
-
-def batch_stats(
-    logp: torch.Tensor,
-    mask: torch.Tensor,
-    adv: torch.Tensor,
-    expert: torch.Tensor | None = None,
-    *,
-    ref_logp: torch.Tensor | None = None,
-    trim: float = 0.1,
-    sft_coef: str = "phi",
-) -> BatchStats[torch.Tensor, torch.Tensor]:
-    """The proxies of SPEC §2 through the torch twin (0-d tensors on the inputs' device)."""
-    check_trim(trim)
-    rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
-    return finalize(rows, trim=trim)
