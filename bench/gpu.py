@@ -230,7 +230,6 @@ def logprob_cost_s(timer: Timer, tokens: int, args: argparse.Namespace, device: 
         return torch.log_softmax(logits.float(), dim=-1).gather(1, labels)
 
     per_chunk = timer.median_s(logprobs, reps=3 if args.quick else 5)
-    del hidden, head
     return per_chunk * tokens / chunk
 
 
@@ -240,6 +239,48 @@ def copy_bandwidth_gbs(timer: Timer, nbytes: int, device: torch.device) -> float
     dst = torch.empty_like(src)
     seconds = timer.median_s(lambda: dst.copy_(src))
     return 2 * src.numel() * 4 / seconds / 1e9
+
+
+def measure_shape(
+    rows: int,
+    tokens: int,
+    dtype: torch.dtype,
+    args: argparse.Namespace,
+    timer: Timer,
+    syncs: SyncCounter,
+    copy_gbs: float,
+    compiled: Any,
+) -> dict[str, Any]:
+    """One table row: every timing of one (B, T, logp dtype)."""
+    device = torch.device(args.device)
+    batch = make_inputs(rows, tokens, dtype, device)
+    nbytes = kernel_bytes(batch)
+    row: dict[str, Any] = {"B": rows, "T": tokens, "logp": str(dtype).removeprefix("torch."), "MB": nbytes / 1e6}
+    out = fused.empty_out(rows, device)
+    row["kernel_s"] = timer.median_s(lambda: fused.row_results(**batch, out=out))
+    row["kernel_GBps"] = nbytes / row["kernel_s"] / 1e9
+    row["kernel_pct_copy"] = 100 * row["kernel_GBps"] / copy_gbs
+    row["triton_stats_s"] = timer.median_s(lambda: finalize(fused.row_results(**batch, out=out)))
+    row["twin_s"] = timer.median_s(lambda: finalize(reference.row_results(**batch)))
+    if compiled is not None:
+        try:
+            row["compiled_s"] = timer.median_s(lambda: finalize(compiled(**batch)))
+        except Exception as exc:  # report, keep measuring the rest
+            row["compiled_s"] = math.nan
+            row["compiled_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    row["naive_s"] = timer.median_s(lambda: naive_stats(**batch), reps=3 if args.quick else 10)
+    row["naive_syncs"] = syncs.count(lambda: naive_stats(**batch))
+    row["speedup_vs_naive"] = row["naive_s"] / row["triton_stats_s"]
+
+    ctrl = gaccore.Controller()
+    kl = torch.zeros((), device=device)
+    ctrl.update(**batch, kl=kl)  # state onto the device, kernel compiled
+    row["update_syncs"] = syncs.count(lambda: ctrl.update(**batch, kl=kl))
+    row["update_s"] = timer.median_s(lambda: ctrl.update(**batch, kl=kl))
+    row["update_wall_s"] = timer.wall_per_call_s(lambda: ctrl.update(**batch, kl=kl), 10 if args.quick else 100)
+    row["logprob_s"] = logprob_cost_s(timer, rows * tokens, args, device)
+    row["update_pct_logprob"] = 100 * max(row["update_s"], row["update_wall_s"]) / row["logprob_s"]
+    return row
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -261,36 +302,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     for rows, tokens in shapes:
         for dtype in (torch.bfloat16, torch.float32):
-            batch = make_inputs(rows, tokens, dtype, device)
-            nbytes = kernel_bytes(batch)
-            row: dict[str, Any] = {"B": rows, "T": tokens, "logp": str(dtype).removeprefix("torch."), "MB": nbytes / 1e6}
-            out = fused.empty_out(rows, device)
-            row["kernel_s"] = timer.median_s(lambda: fused.row_results(**batch, out=out))
-            row["kernel_GBps"] = nbytes / row["kernel_s"] / 1e9
-            row["kernel_pct_copy"] = 100 * row["kernel_GBps"] / copy_gbs
-            row["triton_stats_s"] = timer.median_s(lambda: finalize(fused.row_results(**batch, out=out)))
-            row["twin_s"] = timer.median_s(lambda: finalize(reference.row_results(**batch)))
-            if compiled is not None:
-                try:
-                    row["compiled_s"] = timer.median_s(lambda: finalize(compiled(**batch)))
-                except Exception as exc:  # report, keep measuring the rest
-                    row["compiled_s"] = math.nan
-                    row["compiled_error"] = f"{type(exc).__name__}: {exc}"[:200]
-            row["naive_s"] = timer.median_s(lambda: naive_stats(**batch), reps=3 if args.quick else 10)
-            row["naive_syncs"] = syncs.count(lambda: naive_stats(**batch))
-            row["speedup_vs_naive"] = row["naive_s"] / row["triton_stats_s"]
-
-            ctrl = gaccore.Controller()
-            kl = torch.zeros((), device=device)
-            ctrl.update(**batch, kl=kl)  # state onto the device, kernel compiled
-            row["update_syncs"] = syncs.count(lambda: ctrl.update(**batch, kl=kl))
-            row["update_s"] = timer.median_s(lambda: ctrl.update(**batch, kl=kl))
-            row["update_wall_s"] = timer.wall_per_call_s(lambda: ctrl.update(**batch, kl=kl), 10 if args.quick else 100)
-            row["logprob_s"] = logprob_cost_s(timer, rows * tokens, args, device)
-            row["update_pct_logprob"] = 100 * max(row["update_s"], row["update_wall_s"]) / row["logprob_s"]
+            row = measure_shape(rows, tokens, dtype, args, timer, syncs, copy_gbs, compiled)
             results["rows"].append(row)
             print_row(row, first=len(results["rows"]) == 1)
-            del batch, out
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return results

@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from gaccore.demo.task import make_task  # noqa: E402
-from gaccore.demo.train import RunSettings, Trainer  # noqa: E402
+from gaccore.demo.task import make_task
+from gaccore.demo.train import RunSettings, Trainer
 
 WARMUP_STEPS = 20
 

@@ -35,7 +35,7 @@ def one_thread():
 
 def _batch(rows: int, tokens: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    logp = -torch.rand(rows, tokens, generator=gen) ** 3 * 4.0
+    logp = -(torch.rand(rows, tokens, generator=gen) ** 3) * 4.0
     lengths = torch.randint(tokens // 4, tokens + 1, (rows, 1), generator=gen)
     mask = torch.arange(tokens)[None, :] < lengths  # right-padded responses
     return {

@@ -209,9 +209,7 @@ class GACGRPOTrainer(GRPOTrainer):
         prompt_ids = [tokenizer(text=p, add_special_tokens=False)["input_ids"] for p in prompts]
         eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
         limit = self.max_completion_length
-        completion_ids = [
-            (tokenizer(text=c, add_special_tokens=False)["input_ids"] + eos)[:limit] for c in completions
-        ]
+        completion_ids = [(tokenizer(text=c, add_special_tokens=False)["input_ids"] + eos)[:limit] for c in completions]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         device = self.accelerator.device
         prompt_tensor, prompt_mask = _pad(prompt_ids, pad, left=True, device=device)
@@ -297,4 +295,3 @@ def _check_expert_dataset(dataset: Any) -> None:
     missing = [key for key in ("prompt", "completion") if key not in first]
     if missing:
         raise ValueError(f"expert_dataset examples must have 'prompt' and 'completion' columns; missing {missing}")
-

@@ -117,4 +117,3 @@ def backend_for(value: object) -> StatsBackend:
 
         return TORCH_BACKEND
     return NUMPY_BACKEND
-

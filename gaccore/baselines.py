@@ -122,8 +122,9 @@ def k3_kl(logp: Any, mask: Any, ref_logp: Any, expert: Any = None) -> float:
     ref_np = _to_numpy(ref_logp, "ref_logp")
     keep = _to_numpy(mask, "mask") != 0
     if logp_np.shape != ref_np.shape or keep.shape != logp_np.shape:
-        raise ValueError(f"logp, mask and ref_logp must share one shape [B, T], got {logp_np.shape}, "
-                         f"{keep.shape}, {ref_np.shape}")
+        raise ValueError(
+            f"logp, mask and ref_logp must share one shape [B, T], got {logp_np.shape}, {keep.shape}, {ref_np.shape}"
+        )
     if expert is not None:
         keep &= ~(_to_numpy(expert, "expert") != 0)[:, None]
     x = np.where(keep, ref_np - logp_np, 0.0)
@@ -353,8 +354,9 @@ def _group_rewards(rewards: Any) -> FloatArray:
     if rewards is None:
         raise ValueError("rewards is required: an array [n_groups, group_size] of rollout rewards")
     array = _to_numpy(rewards, "rewards")
-    _require(array.ndim == 2 and array.shape[1] >= 1,
-             f"rewards must have shape [n_groups, group_size], got {array.shape}")
+    _require(
+        array.ndim == 2 and array.shape[1] >= 1, f"rewards must have shape [n_groups, group_size], got {array.shape}"
+    )
     return array
 
 

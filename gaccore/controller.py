@@ -70,16 +70,12 @@ class ControllerState(Generic[A]):
     @classmethod
     def initial(cls, config: Config) -> dict[str, float | bool]:
         """The starting state as host values."""
-        host: dict[str, float | bool] = {
-            f.name: False if cls.is_flag(f.name) else 0.0 for f in fields(cls)
-        }
+        host: dict[str, float | bool] = {f.name: False if cls.is_flag(f.name) else 0.0 for f in fields(cls)}
         host.update(mu=config.mu_init, mu_bar=config.mu_init, rho=config.rho_init)
         return host
 
     @classmethod
-    def place(
-        cls, host: Mapping[str, float | bool], backend: StatsBackend, device: Any
-    ) -> ControllerState[Any]:
+    def place(cls, host: Mapping[str, float | bool], backend: StatsBackend, device: Any) -> ControllerState[Any]:
         return cls(
             **{
                 f.name: backend.flag(bool(host[f.name]), device)
@@ -160,9 +156,7 @@ def _advance(
             ("var_sft", var_sft),
             ("var_rl", var_rl),
         ):
-            ema, has, finite = _fold(
-                getattr(s, f"ema_{name}"), getattr(s, f"has_{name}"), value, config.stat_beta
-            )
+            ema, has, finite = _fold(getattr(s, f"ema_{name}"), getattr(s, f"has_{name}"), value, config.stat_beta)
             updates[f"ema_{name}"], updates[f"has_{name}"] = ema, has
             updates[f"n_skipped_{name}"] = getattr(s, f"n_skipped_{name}") + where(finite, 0.0, 1.0)
         updates["n_dropped"] = clip(s.n_dropped + batch.n_dropped, 0.0, FLOAT_MAX)
@@ -259,9 +253,7 @@ class Controller:
         self._step = 0
         self._backend: StatsBackend = NUMPY_BACKEND
         self._device: Any = None
-        self._state: ControllerState[Any] = ControllerState.place(
-            ControllerState.initial(config), NUMPY_BACKEND, None
-        )
+        self._state: ControllerState[Any] = ControllerState.place(ControllerState.initial(config), NUMPY_BACKEND, None)
         self._pending: Any = None
         self._last_batch: BatchStats[Any, Any] | None = None
 
@@ -293,9 +285,7 @@ class Controller:
         if not self.is_stats_step():
             check_batch(logp, mask, adv, expert, ref_logp)
             return
-        partials = backend.partials(
-            logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef
-        )
+        partials = backend.partials(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef)
         if self._pending is not None and self._pending[0] is not backend:
             raise TypeError(
                 "logp: all micro-batches of one step must be of one kind "
@@ -360,9 +350,7 @@ class Controller:
         backend = backend_for(stats.var_sft)
         return self._advance(backend, backend.device_of(stats.var_sft), stats, kl)
 
-    def _advance(
-        self, backend: StatsBackend, device: Any, batch: BatchStats[Any, Any] | None, kl: Any
-    ) -> Any:
+    def _advance(self, backend: StatsBackend, device: Any, batch: BatchStats[Any, Any] | None, kl: Any) -> Any:
         if kl is not None and self.process_group is not None:
             # SPEC: a caller's kl is averaged over the group, so every rank
             # steers rho with the same observation (lazy: torch only here).
@@ -373,9 +361,7 @@ class Controller:
         state = self._state_on(backend, device)
         placed_batch = None
         if batch is not None:
-            placed_batch = BatchStats(
-                **{f.name: backend.scalar(getattr(batch, f.name), device) for f in fields(batch)}
-            )
+            placed_batch = BatchStats(**{f.name: backend.scalar(getattr(batch, f.name), device) for f in fields(batch)})
         placed_kl = None if kl is None else backend.scalar(kl, device)
         new_state = advance(state, self.config, placed_batch, placed_kl, prior_value)
         # Commit only once everything above succeeded: a rejected call leaves no trace.

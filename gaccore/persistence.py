@@ -41,9 +41,7 @@ def check_same_config(saved: Mapping[str, Any], ours: Mapping[str, Any], owner: 
         raise ValueError(f"state dict was made under a different config ({detail})")
 
 
-def parse_values(
-    values: object, names: Collection[str], flags: Collection[str] = ()
-) -> dict[str, float | bool]:
+def parse_values(values: object, names: Collection[str], flags: Collection[str] = ()) -> dict[str, float | bool]:
     """The saved numbers (``None`` read as NaN) and flags, exactly ``names``."""
     if not isinstance(values, Mapping):
         raise ValueError(f"state dict 'state' must be a dict, got {values!r}")

@@ -32,15 +32,11 @@ def check_batch_shapes(
     if mask != logp:
         raise ValueError(f"mask must have the shape of logp [B, T] = {list(logp)}, got {list(mask)}")
     if adv not in ((rows,), logp):
-        raise ValueError(
-            f"adv must have shape [B] = [{rows}] or [B, T] = {list(logp)}, got {list(adv)}"
-        )
+        raise ValueError(f"adv must have shape [B] = [{rows}] or [B, T] = {list(logp)}, got {list(adv)}")
     if expert is not None and tuple(expert) != (rows,):
         raise ValueError(f"expert must have shape [B] = [{rows}], got {list(expert)}")
     if ref_logp is not None and tuple(ref_logp) != logp:
-        raise ValueError(
-            f"ref_logp must have the shape of logp [B, T] = {list(logp)}, got {list(ref_logp)}"
-        )
+        raise ValueError(f"ref_logp must have the shape of logp [B, T] = {list(logp)}, got {list(ref_logp)}")
     return rows, tokens
 
 

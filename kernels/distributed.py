@@ -50,7 +50,7 @@ def all_gather_partials(partials: RowsT, process_group: Any) -> RowsT:
     merged = torch.cat(gathered, dim=1)  # rank order, as the list is
     return dataclasses.replace(
         partials,
-        **{name: row.to(column.dtype) for name, row, column in zip(names, merged.unbind(0), columns)},
+        **{name: row.to(column.dtype) for name, row, column in zip(names, merged.unbind(0), columns, strict=False)},
     )
 
 
@@ -83,7 +83,7 @@ def _check_rows(names: list[str], columns: list[Any]) -> None:
     if not columns:
         raise ValueError("partials has no fields to gather")
     first = columns[0]
-    for name, column in zip(names, columns):
+    for name, column in zip(names, columns, strict=False):
         if not isinstance(column, torch.Tensor) or column.ndim != 1:
             raise ValueError(f"partials.{name} must be a 1-D tensor of per-row values, got {column!r:.80}")
         if column.shape != first.shape or column.device != first.device:

@@ -292,7 +292,7 @@ def row_results(
             BLOCK_T=block,
             num_warps=warps(block),
         )
-    fields = dict(zip(KERNEL_FIELDS, out.unbind(0)))
+    fields = dict(zip(KERNEL_FIELDS, out.unbind(0), strict=False))
     if ref_logp is None:
         fields["kl_sum"] = torch.full((rows,), math.nan, dtype=ROW_DTYPE, device=logp.device)
     placeholder = fields["valid"]  # rl and sft are set from valid by with_roles

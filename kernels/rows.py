@@ -71,9 +71,7 @@ class RowResults:
 
     def merge(self, other: RowResults) -> RowResults:
         """The rows of both, ``self`` first: the exact merge of two micro-batches."""
-        return RowResults(
-            **{f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self)}
-        )
+        return RowResults(**{f.name: torch.cat([getattr(self, f.name), getattr(other, f.name)]) for f in fields(self)})
 
 
 def with_roles(rows: RowResults, expert: torch.Tensor | None) -> RowResults:
@@ -134,9 +132,7 @@ def check_inputs(
             check_dtype_kind(name, numpy_kind(value.dtype), kinds[name], value.dtype)
     for name, value in named.items():
         if value is not None and value.device != logp.device:
-            raise ValueError(
-                f"{name} is on {value.device} but logp is on {logp.device}: put all inputs on one device"
-            )
+            raise ValueError(f"{name} is on {value.device} but logp is on {logp.device}: put all inputs on one device")
     check_sft_coef(sft_coef)
     return shape
 

@@ -40,7 +40,7 @@ def make_batch(
 ) -> dict[str, torch.Tensor | None]:
     """A random batch with log-probs near 0, NaN/-inf padding under the mask."""
     gen = torch.Generator().manual_seed(seed)
-    logp = -torch.rand(rows, tokens, generator=gen) ** 3 * 4.0  # many values near 0
+    logp = -(torch.rand(rows, tokens, generator=gen) ** 3) * 4.0  # many values near 0
     on = torch.rand(rows, tokens, generator=gen) >= mask_rate
     pad = torch.where(torch.rand(rows, tokens, generator=gen) < 0.5, math.nan, -math.inf)
     logp = torch.where(on, logp, pad)
@@ -53,15 +53,14 @@ def make_batch(
         "mask": on.to(mask_dtype),
         "adv": adv,
         "expert": torch.rand(rows, generator=gen) < 0.4 if expert else None,
-        "ref_logp": torch.where(on, logp + 0.05 * torch.randn(rows, tokens, generator=gen), math.nan)
-        if ref
-        else None,
+        "ref_logp": torch.where(on, logp + 0.05 * torch.randn(rows, tokens, generator=gen), math.nan) if ref else None,
     }
     return batch
 
 
 def numpy_stats(batch: dict[str, torch.Tensor | None], **kwargs) -> gaccore.BatchStats:
     """The float64 numpy reference on exactly the same values."""
+
     def host(x: torch.Tensor | None) -> np.ndarray | None:
         if x is None:
             return None

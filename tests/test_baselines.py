@@ -120,7 +120,7 @@ def test_mu_stays_in_bounds_whatever_the_inputs(kls: list[float], rewards: list)
 def test_state_round_trip_continues_the_same_sequence(kls: list[float], rewards: list, split: int) -> None:
     split = min(split, len(kls))
     inputs = [{"kl": kl, "rewards": np.array(rewards[i % len(rewards)])} for i, kl in enumerate(kls)]
-    for original, resumed, fresh in zip(make_rules(), make_rules(), make_rules()):
+    for original, resumed, fresh in zip(make_rules(), make_rules(), make_rules(), strict=False):
         uninterrupted = [original.update(**x) for x in inputs]
         for x in inputs[:split]:
             resumed.update(**x)

@@ -22,8 +22,9 @@ def test_phi_weighting_matches_the_formula_and_is_detached() -> None:
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     loss = sft_loss(logp, mask)
     tokens = [(0, 0), (0, 1), (1, 0)]
-    expected = -sum(math.exp(logp[i, j].item()) * (1 - math.exp(logp[i, j].item())) * logp[i, j].item()
-                    for i, j in tokens) / 3
+    expected = (
+        -sum(math.exp(logp[i, j].item()) * (1 - math.exp(logp[i, j].item())) * logp[i, j].item() for i, j in tokens) / 3
+    )
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     loss.backward()
     # phi is a constant weight: d loss / d logp = -phi(p) / n on masked-in tokens, 0 elsewhere.

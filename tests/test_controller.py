@@ -296,10 +296,10 @@ def test_state_round_trip_through_json_continues_the_same_trajectory(seed, split
     kls = [float(x) for x in rng.uniform(0, 0.05, split + steps)]
     ref = Controller(update_every=2)
     resumed = Controller(update_every=2)
-    for (logp, mask, adv, expert, _), kl in zip(batches[:split], kls):
+    for (logp, mask, adv, expert, _), kl in zip(batches[:split], kls, strict=False):
         ref.update(logp, mask, adv, expert, kl=kl)
     resumed.load_state_dict(json.loads(json.dumps(ref.state_dict())))
-    for (logp, mask, adv, expert, _), kl in zip(batches[split:], kls[split:]):
+    for (logp, mask, adv, expert, _), kl in zip(batches[split:], kls[split:], strict=False):
         assert resumed.update(logp, mask, adv, expert, kl=kl) == ref.update(logp, mask, adv, expert, kl=kl)
     assert resumed.state_dict() == ref.state_dict()
 

@@ -150,7 +150,7 @@ def test_state_dict_round_trip_across_backends(load_on):
 
 def test_numpy_state_loads_onto_a_torch_device():
     ctrl = gaccore.Controller(**CONFIG)
-    for batch, kl in _steps(3):
+    for batch, _kl in _steps(3):
         ctrl.update(**{k: _host(v) for k, v in batch.items()})
     resumed = gaccore.Controller(**CONFIG)
     resumed.load_state_dict(_json_round_trip(ctrl.state_dict()), device=torch.device("cpu"))

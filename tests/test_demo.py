@@ -12,12 +12,12 @@ pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from gaccore.baselines import FixedMu, HPTGate  # noqa: E402
+from gaccore.baselines import FixedMu, HPTGate
 from gaccore.demo.__main__ import main
-from gaccore.demo.report import SCHEMA, deterministic_view  # noqa: E402
-from gaccore.demo.runner import run_demo  # noqa: E402
-from gaccore.demo.task import EQUALS, PLUS, make_task, reward  # noqa: E402
-from gaccore.demo.train import RunSettings, group_advantages, hybrid_loss  # noqa: E402
+from gaccore.demo.report import SCHEMA, deterministic_view
+from gaccore.demo.runner import run_demo
+from gaccore.demo.task import EQUALS, PLUS, make_task, reward
+from gaccore.demo.train import RunSettings, group_advantages, hybrid_loss
 
 TINY = RunSettings(steps=12, prompts_per_step=4, group_size=4, eval_every=6)
 
@@ -30,7 +30,7 @@ def _decode(prompt: np.ndarray) -> tuple[int, int]:
 
 def test_task_answers_and_reward_are_right() -> None:
     task = make_task(0, n_train=300, n_test=100)
-    for prompt, answer in zip(task.test_prompts, task.test_answers):
+    for prompt, answer in zip(task.test_prompts, task.test_answers, strict=False):
         a, b = _decode(prompt)
         assert 10 * answer[0] + answer[1] == a + b
     assert reward(task.test_answers, task.test_answers).tolist() == [1.0] * 100
@@ -70,8 +70,7 @@ def test_group_advantages_and_hpt_loss() -> None:
     # SFT only on the demos of prompts 0 and 2, weighted by their share (1/2 of the prompts).
     expected = -(logp[0].sum() + logp[2].sum()) / 4 * 0.5 + rl_loss
     assert torch.allclose(loss, expected)
-    assert torch.allclose(hybrid_loss(FixedMu(0.25), 0.25, logp, rl_loss, "nll"),
-                          0.25 * -logp.mean() + 0.75 * rl_loss)
+    assert torch.allclose(hybrid_loss(FixedMu(0.25), 0.25, logp, rl_loss, "nll"), 0.25 * -logp.mean() + 0.75 * rl_loss)
 
 
 def _tiny_run(out: Path) -> dict:
@@ -86,8 +85,14 @@ def test_tiny_run_writes_every_output(tmp_path: Path) -> None:
     assert stored["schema"] == SCHEMA
     assert set(stored["methods"]) == {"gac", "hpt"}
     for summary in stored["methods"].values():
-        for key in ("final_accuracy_mean", "final_accuracy_std", "kl_drift_area_mean", "large_shifts_mean",
-                    "wall_s_mean", "controller_overhead_pct"):
+        for key in (
+            "final_accuracy_mean",
+            "final_accuracy_std",
+            "kl_drift_area_mean",
+            "large_shifts_mean",
+            "wall_s_mean",
+            "controller_overhead_pct",
+        ):
             assert isinstance(summary[key], float)
         assert 0.0 <= summary["final_accuracy_mean"] <= 1.0
     gac_run = next(r for r in stored["runs"] if r["method"] == "gac")

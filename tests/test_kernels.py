@@ -208,15 +208,13 @@ def test_micro_batches_merge_exactly():
 )
 def test_twin_property(rows, tokens, seed, adv_per_token, expert, mask_rate):
     """The twin equals the numpy reference on arbitrary small batches."""
-    batch = make_batch(
-        rows, tokens, seed=seed, adv_per_token=adv_per_token, expert=expert, mask_rate=mask_rate
-    )
+    batch = make_batch(rows, tokens, seed=seed, adv_per_token=adv_per_token, expert=expert, mask_rate=mask_rate)
     assert_stats_close(batch_stats(**batch, backend="torch"), numpy_stats(batch), 1e-9)
 
 
 def test_validation_names_the_argument():
     batch = make_batch(3, 4)
-    with pytest.raises(TypeError, match="logp must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"logp must be a torch\.Tensor"):
         batch_stats(**{**batch, "logp": np.zeros((3, 4))})
     with pytest.raises(ValueError, match=r"adv must have shape \[B\] = \[3\]"):
         batch_stats(**{**batch, "adv": torch.zeros(4)})
@@ -255,7 +253,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
-    "rows,tokens,adv_per_token", [(1, 1, False), (37, 129, True), (257, 4099, True), (3, 32768, True), (4099, 17, False)]
+    "rows,tokens,adv_per_token",
+    [(1, 1, False), (37, 129, True), (257, 4099, True), (3, 32768, True), (4099, 17, False)],
 )
 def test_cuda_matches_numpy(backend, dtype, rows, tokens, adv_per_token):
     batch = make_batch(rows, tokens, seed=rows + tokens, dtype=dtype, adv_per_token=adv_per_token, adv_offset=1e3)

@@ -244,7 +244,7 @@ def test_bad_inputs_name_the_argument(args, error, match):
 
 
 def test_low_precision_and_integer_masks_are_accepted():
-    logp, mask, adv, expert, ref = random_batch(2, 19, 11, poison=False)
+    logp, mask, adv, expert, _ref = random_batch(2, 19, 11, poison=False)
     want = batch_stats(logp.astype(np.float32), mask, adv, expert)
     got = batch_stats(logp.astype(np.float32), mask.astype(np.int8), adv.astype(np.float32), expert.astype(int))
     assert_stats_match(got, {k: getattr(want, k) for k in ("n_sft", "n_rl", "n_tokens")})

@@ -81,7 +81,9 @@ def make_trainer(
 ) -> GACGRPOTrainer:
     tokenizer = tiny_tokenizer()
     prompts = datasets.Dataset.from_dict({"prompt": [" ".join(WORDS[i : i + 3]) for i in range(6)] * 4})
-    experts = datasets.Dataset.from_dict({"prompt": ["b c d", "e f g", "c d e"], "completion": ["a a a", "a a", "a a a a"]})
+    experts = datasets.Dataset.from_dict(
+        {"prompt": ["b c d", "e f g", "c d e"], "completion": ["a a a", "a a", "a a a a"]}
+    )
     args = GRPOConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=4,
@@ -157,9 +159,7 @@ def test_train_logs_moving_mu_checkpoints_and_resumes(tmp_path: Path, model_dir:
     assert end_resumed == pytest.approx(end_first, rel=1e-6, abs=1e-9)
 
 
-def test_gradient_accumulation_steps_the_controller_once_per_optimizer_step(
-    tmp_path: Path, model_dir: Path
-) -> None:
+def test_gradient_accumulation_steps_the_controller_once_per_optimizer_step(tmp_path: Path, model_dir: Path) -> None:
     trainer = make_trainer(tmp_path, model_dir, max_steps=2, accumulation=2)
     weights: list[float] = []
     original_mu_for = trainer._mu_for
@@ -181,8 +181,9 @@ def test_gradient_accumulation_steps_the_controller_once_per_optimizer_step(
 
 
 def _data_parallel_rank(rank: int, port: int, out_dir: str, model_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     trainer = make_trainer(Path(out_dir) / "run", Path(model_dir), max_steps=3, distributed=True)
     trainer.train()
     result = {"mu": logged(trainer, "gac/mu"), "metrics": trainer.gac.metrics()}
@@ -199,8 +200,7 @@ def test_two_data_parallel_processes_use_the_same_mu(tmp_path: Path, model_dir: 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_data_parallel_rank, args=(port, str(tmp_path), str(model_dir)), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(_data_parallel_rank, args=(port, str(tmp_path), str(model_dir)), nprocs=2, start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["mu"] == ranks[1]["mu"] and len(ranks[0]["mu"]) == 3
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # every proxy and EMA identical
@@ -211,12 +211,24 @@ def test_two_data_parallel_processes_use_the_same_mu(tmp_path: Path, model_dir: 
 
 def test_rejects_bad_expert_dataset(tmp_path: Path) -> None:
     tokenizer = tiny_tokenizer()
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2,
-                      max_completion_length=4, use_cpu=True, report_to=[])
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=4,
+        use_cpu=True,
+        report_to=[],
+    )
     prompts = datasets.Dataset.from_dict({"prompt": ["a b"] * 2})
     with pytest.raises(ValueError, match="'completion'"):
-        GACGRPOTrainer(model=tiny_model(tokenizer), reward_funcs=count_a, args=args, train_dataset=prompts,
-                       processing_class=tokenizer, expert_dataset=[{"prompt": "a"}])
+        GACGRPOTrainer(
+            model=tiny_model(tokenizer),
+            reward_funcs=count_a,
+            args=args,
+            train_dataset=prompts,
+            processing_class=tokenizer,
+            expert_dataset=[{"prompt": "a"}],
+        )
 
 
 def test_readme_trl_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,11 +131,20 @@ def test_registered_loss_runs_inside_verl_ppo_loss_and_mixes_exactly(loss_agg_mo
     log_prob = no_padding_2_padding(values.detach(), td)
     mask = batch.batch["response_mask"].bool()
     rl_mask, sft_mask = mask & ~EXPERT[:, None], mask & EXPERT[:, None]
-    info = {"dp_size": 1, "batch_num_tokens": int(mask.sum()), "global_batch_size": len(UIDS), "loss_scale_factor": None}
+    info = {
+        "dp_size": 1,
+        "batch_num_tokens": int(mask.sum()),
+        "global_batch_size": len(UIDS),
+        "loss_scale_factor": None,
+    }
     config.global_batch_info.update(info)
     rl, _ = get_policy_loss_fn("vanilla")(
-        old_log_prob=batch.batch["old_log_probs"], log_prob=log_prob, advantages=batch.batch["advantages"],
-        response_mask=rl_mask, loss_agg_mode=loss_agg_mode, config=config,
+        old_log_prob=batch.batch["old_log_probs"],
+        log_prob=log_prob,
+        advantages=batch.batch["advantages"],
+        response_mask=rl_mask,
+        loss_agg_mode=loss_agg_mode,
+        config=config,
     )
     p = log_prob.exp()
     sft = agg_loss(-(p * (1 - p)) * log_prob, sft_mask, loss_agg_mode, **info)
@@ -164,7 +173,12 @@ print(metrics["actor/gac_sft_loss"].values[0])
     log_prob = no_padding_2_padding(values.detach(), td)
     mask = batch.batch["response_mask"].bool()
     sft_mask = mask & EXPERT[:, None]
-    info = {"dp_size": 1, "batch_num_tokens": int(mask.sum()), "global_batch_size": len(UIDS), "loss_scale_factor": None}
+    info = {
+        "dp_size": 1,
+        "batch_num_tokens": int(mask.sum()),
+        "global_batch_size": len(UIDS),
+        "loss_scale_factor": None,
+    }
     nll = agg_loss(-log_prob, sft_mask, "token-mean", **info)
     assert float(out.split()[-1]) == pytest.approx(nll.item(), rel=1e-5)
 
@@ -188,8 +202,12 @@ def test_micro_batch_of_only_rl_rows_without_global_info_stays_finite() -> None:
     expert = torch.zeros(len(UIDS), dtype=torch.bool)
     with gac_verl.mix_inputs(expert, torch.tensor(0.7)):
         loss, _ = get_policy_loss_fn("gac")(
-            old_log_prob=batch.batch["old_log_probs"], log_prob=batch.batch["old_log_probs"],
-            advantages=batch.batch["advantages"], response_mask=mask, loss_agg_mode="token-mean", config=config,
+            old_log_prob=batch.batch["old_log_probs"],
+            log_prob=batch.batch["old_log_probs"],
+            advantages=batch.batch["advantages"],
+            response_mask=mask,
+            loss_agg_mode="token-mean",
+            config=config,
         )
     assert torch.isfinite(loss)
     assert config.global_batch_info == {}  # the local normalizers were not left behind
@@ -199,9 +217,12 @@ def test_registered_loss_outside_gac_ppo_loss_says_how_to_wire_it() -> None:
     batch = driver_batch(4)
     with pytest.raises(RuntimeError, match="gac_ppo_loss"):
         get_policy_loss_fn("gac")(
-            old_log_prob=batch.batch["old_log_probs"], log_prob=batch.batch["old_log_probs"],
-            advantages=batch.batch["advantages"], response_mask=batch.batch["response_mask"],
-            loss_agg_mode="token-mean", config=actor_config(),
+            old_log_prob=batch.batch["old_log_probs"],
+            log_prob=batch.batch["old_log_probs"],
+            advantages=batch.batch["advantages"],
+            response_mask=batch.batch["response_mask"],
+            loss_agg_mode="token-mean",
+            config=actor_config(),
         )
 
 
@@ -217,8 +238,12 @@ def test_terms_verl_adds_outside_the_mix_are_refused(field: str, value: object) 
     gac_verl.compute_mu(batch, Controller(**CONTROLLER))
     td, _, model_output = actor_micro_batch(batch)
     config = FSDPActorConfig(
-        strategy="fsdp", ppo_mini_batch_size=6, ppo_micro_batch_size_per_gpu=6, rollout_n=2,
-        policy_loss=PolicyLossConfig(loss_mode="gac"), **{field: value},
+        strategy="fsdp",
+        ppo_mini_batch_size=6,
+        ppo_micro_batch_size_per_gpu=6,
+        rollout_n=2,
+        policy_loss=PolicyLossConfig(loss_mode="gac"),
+        **{field: value},
     )
     with pytest.raises(ValueError, match=f"config.{field}"):
         gac_verl.gac_ppo_loss(config, model_output, td)
@@ -290,14 +315,21 @@ def test_readme_verl_snippet_wires_the_trainer(tmp_path: Path, monkeypatch: pyte
         monkeypatch.setattr(RayPPOTrainer, name, getattr(_RayPPOTrainerStandIn, name))
     trainer_cls = runpy.run_path(str(SNIPPETS / "verl.py"))["GACRayPPOTrainer"]
     monkeypatch.chdir(tmp_path)
-    config = OmegaConf.create({
-        "trainer": {"default_local_dir": "ckpts", "resume_mode": "auto", "resume_from_path": None},
-        "actor_rollout_ref": {"actor": {  # as verl's YAML spells an actor config
-            "_target_": "verl.workers.config.FSDPActorConfig", "strategy": "fsdp", "ppo_mini_batch_size": 6,
-            "ppo_micro_batch_size_per_gpu": 6, "rollout_n": 2,
-            "policy_loss": {"_target_": "verl.workers.config.PolicyLossConfig", "loss_mode": "gac"},
-        }},
-    })
+    config = OmegaConf.create(
+        {
+            "trainer": {"default_local_dir": "ckpts", "resume_mode": "auto", "resume_from_path": None},
+            "actor_rollout_ref": {
+                "actor": {  # as verl's YAML spells an actor config
+                    "_target_": "verl.workers.config.FSDPActorConfig",
+                    "strategy": "fsdp",
+                    "ppo_mini_batch_size": 6,
+                    "ppo_micro_batch_size_per_gpu": 6,
+                    "rollout_n": 2,
+                    "policy_loss": {"_target_": "verl.workers.config.PolicyLossConfig", "loss_mode": "gac"},
+                }
+            },
+        }
+    )
 
     def new_trainer() -> object:
         trainer = object.__new__(trainer_cls)  # RayPPOTrainer.__init__ needs Ray resource pools

@@ -9,9 +9,11 @@ policy = torch.nn.Sequential(torch.nn.Embedding(V, 32), torch.nn.Linear(32, V)) 
 optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
 ctrl = Controller()
 
+
 def token_logp(seq):  # log-probability of each token after the first, given the one before
     logits = policy(seq[:, :-1])
     return torch.log_softmax(logits, -1).gather(-1, seq[:, 1:, None]).squeeze(-1)
+
 
 for step in range(30):
     with torch.no_grad():  # rollouts: G completions per prompt, reward = share of token 7

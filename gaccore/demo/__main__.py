@@ -1,8 +1,8 @@
 """``gaccore demo``: GAC against today's mixing schedules on a small policy.
 
-    gaccore demo                      # quick: every main method, 1 seed, < 5 min on 2 cores
-    gaccore demo --full               # + the GAC ablations, more steps, 3 seeds
-    gaccore demo --methods gac chord --seeds 2 --steps 300 --out my-run
+gaccore demo                      # quick: every main method, 1 seed, < 5 min on 2 cores
+gaccore demo --full               # + the GAC ablations, more steps, 3 seeds
+gaccore demo --methods gac chord --seeds 2 --steps 300 --out my-run
 """
 
 from __future__ import annotations
@@ -30,19 +30,31 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--full", action="store_true",
-                      help=f"{FULL_STEPS} steps, {FULL_SEEDS} seeds, main methods and GAC ablations")
-    demo.add_argument("--out", type=Path, default=Path("gaccore-demo"),
-                      help="output directory (default: gaccore-demo)")
+    demo.add_argument(
+        "--full", action="store_true", help=f"{FULL_STEPS} steps, {FULL_SEEDS} seeds, main methods and GAC ablations"
+    )
+    demo.add_argument("--out", type=Path, default=Path("gaccore-demo"), help="output directory (default: gaccore-demo)")
     demo.add_argument("--seeds", type=int, help="number of training seeds (0, 1, ...)")
     demo.add_argument("--steps", type=int, help="optimizer steps per run")
-    demo.add_argument("--methods", nargs="+", choices=sorted(METHODS), metavar="METHOD",
-                      help=f"methods to run, from: {', '.join(METHODS)}")
-    demo.add_argument("--sft-loss", choices=("nll", "phi"), default="nll",
-                      help="SFT loss for every method: plain NLL (default) or CHORD's token-weighted phi")
-    demo.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                      help="runs trained at once, one process each (default: 2, or 1 on one core); "
-                      "results do not depend on it")
+    demo.add_argument(
+        "--methods",
+        nargs="+",
+        choices=sorted(METHODS),
+        metavar="METHOD",
+        help=f"methods to run, from: {', '.join(METHODS)}",
+    )
+    demo.add_argument(
+        "--sft-loss",
+        choices=("nll", "phi"),
+        default="nll",
+        help="SFT loss for every method: plain NLL (default) or CHORD's token-weighted phi",
+    )
+    demo.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="runs trained at once, one process each (default: 2, or 1 on one core); results do not depend on it",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     return root
 
@@ -56,8 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = RunSettings(steps=steps, sft_loss=args.sft_loss, eval_every=max(1, min(50, steps // 10)))
     methods = args.methods or (MAIN_METHODS + ablations(settings) if args.full else MAIN_METHODS)
     command = "gaccore " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    run_demo(methods, range(n_seeds), settings, args.out, command=command, jobs=args.jobs,
-             show_progress=not args.no_progress)
+    run_demo(
+        methods, range(n_seeds), settings, args.out, command=command, jobs=args.jobs, show_progress=not args.no_progress
+    )
     return 0
 
 

@@ -17,12 +17,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from gaccore.demo.task import AdditionTask  # noqa: E402
-from gaccore.demo.train import DESCRIPTIONS, RunResult, RunSettings  # noqa: E402
+from gaccore.demo.task import AdditionTask
+from gaccore.demo.train import DESCRIPTIONS, RunResult, RunSettings
 
 SCHEMA = "gaccore.demo.report/1"
 # Per-step curves are stored every CURVE_STRIDE steps in report.json to keep it small.
@@ -100,8 +100,7 @@ def verdict(summary: dict[str, dict[str, Any]]) -> str:
     top_name, top = max(summary.items(), key=lambda item: item[1]["final_accuracy_mean"])
     if top_name not in ("gac", best_name):
         sentence += (
-            f" Highest mean overall: {top_name}, {top['final_accuracy_mean']:.3f} ± "
-            f"{top['final_accuracy_std']:.3f}."
+            f" Highest mean overall: {top_name}, {top['final_accuracy_mean']:.3f} ± {top['final_accuracy_std']:.3f}."
         )
     return sentence
 
@@ -153,12 +152,8 @@ def _stored_run(run: RunResult) -> dict[str, Any]:
 def deterministic_view(report: dict[str, Any]) -> dict[str, Any]:
     """The report without anything that measures time, NaN as None (so
     that equal runs compare equal): for determinism checks."""
-    methods = {
-        m: {k: v for k, v in s.items() if k not in TIMING_KEYS} for m, s in report["methods"].items()
-    }
-    runs = [
-        {k: v for k, v in r.items() if k not in ("wall_s", "step_s", "controller_s")} for r in report["runs"]
-    ]
+    methods = {m: {k: v for k, v in s.items() if k not in TIMING_KEYS} for m, s in report["methods"].items()}
+    runs = [{k: v for k, v in r.items() if k not in ("wall_s", "step_s", "controller_s")} for r in report["runs"]]
     return _finite_or_none({"methods": methods, "runs": runs, "verdict": report["verdict"]})
 
 
@@ -206,8 +201,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "moved by more than 0.02; controller overhead = time in the rule's `update` as a share of the "
         "training step (sampling, forward, backward, optimizer), evaluation excluded.",
         "",
-        "Figures: `mu.png` (mu per method), `gac_proxies.png` (GAC's proxies and rho), "
-        "`accuracy.png`, `kl.png`.",
+        "Figures: `mu.png` (mu per method), `gac_proxies.png` (GAC's proxies and rho), `accuracy.png`, `kl.png`.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -257,7 +251,7 @@ def write_figures(runs: Sequence[RunResult], out: Path) -> list[Path]:
             ("ema_var_rl", "RL noise vR (EMA)"),
             ("rho", "rho (KL-controlled target)"),
         ]
-        for ax, (key, title) in zip(axes.flat, panels):
+        for ax, (key, title) in zip(axes.flat, panels, strict=False):
             for r in gac_runs:
                 ax.plot(r.proxies[key], lw=1, label=f"seed {r.seed}")
             if key == "rho":
@@ -272,9 +266,10 @@ def write_figures(runs: Sequence[RunResult], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for m in methods:
         eval_steps = next(r.eval_steps for r in runs if r.method == m)
-        for ax, attribute in zip(axes, ("accuracy", "accuracy_carry")):
-            ax.plot(eval_steps, _curves(runs, m, attribute).mean(axis=0), styles[m], color=colors[m],
-                    lw=widths[m], label=m)
+        for ax, attribute in zip(axes, ("accuracy", "accuracy_carry"), strict=False):
+            ax.plot(
+                eval_steps, _curves(runs, m, attribute).mean(axis=0), styles[m], color=colors[m], lw=widths[m], label=m
+            )
     axes[0].set(xlabel="step", ylabel="held-out exact match", title="Accuracy, all pairs")
     axes[1].set(xlabel="step", title="Accuracy, pairs with a carry")
     axes[0].legend(fontsize=7, ncol=2)

@@ -42,8 +42,7 @@ def run_demo(
     task = make_task(TASK_SEED)
     started = time.perf_counter()
     plan = [(method, seed) for seed in seeds for method in methods]
-    with tqdm(total=len(plan) * settings.steps, disable=not show_progress, unit="step",
-              dynamic_ncols=True) as bar:
+    with tqdm(total=len(plan) * settings.steps, disable=not show_progress, unit="step", dynamic_ncols=True) as bar:
         if jobs <= 1:
             runs = []
             for method, seed in plan:

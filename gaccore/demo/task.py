@@ -58,9 +58,7 @@ class AdditionTask:
 
 def encode_prompts(a: IntArray, b: IntArray) -> IntArray:
     n = a.shape[0]
-    return np.stack(
-        [a // 10, a % 10, np.full(n, PLUS), b // 10, b % 10, np.full(n, EQUALS)], axis=1
-    ).astype(np.int64)
+    return np.stack([a // 10, a % 10, np.full(n, PLUS), b // 10, b % 10, np.full(n, EQUALS)], axis=1).astype(np.int64)
 
 
 def correct_answers(a: IntArray, b: IntArray) -> IntArray:

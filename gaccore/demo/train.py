@@ -217,9 +217,7 @@ def evaluate(policy: TinyTransformer, task: AdditionTask) -> tuple[float, float,
     return float(correct.mean()), float(correct[carry].mean()), float(correct[~carry].mean())
 
 
-def hybrid_loss(
-    rule: Any, mu: float, logp_demos: torch.Tensor, rl_loss: torch.Tensor, sft_coef: str
-) -> torch.Tensor:
+def hybrid_loss(rule: Any, mu: float, logp_demos: torch.Tensor, rl_loss: torch.Tensor, sft_coef: str) -> torch.Tensor:
     """``mu * L_SFT + (1 - mu) * L_RL`` for a scalar rule; for HPT's per-prompt
     gate, SFT on the demonstrations of the gated prompts (weighted by their
     share, ``mu``) plus the RL loss of all groups, where the gated ones (all
