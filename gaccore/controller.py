@@ -367,7 +367,7 @@ class Controller:
         # Commit only once everything above succeeded: a rejected call leaves no trace.
         self._state, self._backend, self._device = new_state, backend, device
         self._pending = None
-        self._last_batch = batch
+        self._last_batch = placed_batch  # placed: detached copies, never the caller's tensors
         self._step += 1
         return backend.output(new_state.mu)
 
@@ -420,9 +420,8 @@ class Controller:
             "n_dropped": float(host["n_dropped"]),
         }
         if self._last_batch is not None:
-            backend = backend_for(self._last_batch.var_sft)
             for f in fields(self._last_batch):
-                out[f"batch_{f.name}"] = float(backend.to_host(getattr(self._last_batch, f.name)))
+                out[f"batch_{f.name}"] = float(self._backend.to_host(getattr(self._last_batch, f.name)))
         return out
 
     # -- persistence ---------------------------------------------------------

@@ -110,8 +110,8 @@ class TorchBackend:
         return torch.device(device)
 
     def scalar(self, value: Any, device: torch.device) -> torch.Tensor:
-        if isinstance(value, torch.Tensor):
-            return value.to(device=device, dtype=torch.float64)
+        if isinstance(value, torch.Tensor):  # a kl or statistic may carry the caller's graph: never keep it
+            return value.detach().to(device=device, dtype=torch.float64)
         return torch.full((), float(value), dtype=torch.float64, device=device)
 
     def flag(self, value: bool, device: torch.device) -> torch.Tensor:

@@ -118,6 +118,40 @@ def test_observe_and_step_never_read_device_values(monkeypatch):
             ctrl.step(kl=0.01)
 
 
+def _carries_no_graph(ctrl, mu):
+    """Neither mu nor anything the controller keeps between steps is part of an autograd graph."""
+    kept = [*vars(ctrl._state).values()]
+    if ctrl._last_batch is not None:
+        kept += vars(ctrl._last_batch).values()
+    return not mu.requires_grad and not any(t.requires_grad or t.grad_fn is not None for t in kept)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_inputs_with_an_autograd_graph_never_reach_the_controller(backend, monkeypatch):
+    """A trainer's logp that was not detached (and a kl with a graph): five
+    updates, and no graph chains from step to step (the issue's repro)."""
+    from gaccore.kernels import TORCH_BACKEND
+
+    monkeypatch.setattr(TORCH_BACKEND, "backend", backend)
+    weight = torch.nn.Parameter(torch.zeros(()))
+    ctrl = gaccore.Controller(**CONFIG)
+    for t, (batch, kl) in enumerate(_steps(5)):
+        graphed = {k: v + weight if v is not None and v.is_floating_point() else v for k, v in batch.items()}
+        mu = ctrl.update(**graphed, kl=None if kl is None else kl + weight)
+        assert _carries_no_graph(ctrl, mu), f"step {t}"
+    assert ctrl._state.mu_bar.grad_fn is None
+
+
+def test_statistics_with_an_autograd_graph_never_reach_the_controller():
+    """update_stats with BatchStats and a kl made from tensors that require grad."""
+    weight = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+    stats = gaccore.BatchStats(*(weight * v for v in (0.3, 0.8, 1.2, 0.01)), *(torch.tensor(n) for n in (4, 4, 40, 0)))
+    ctrl = gaccore.Controller(**CONFIG)
+    for _ in range(5):
+        mu = ctrl.update_stats(stats, kl=weight * 0.1)
+        assert _carries_no_graph(ctrl, mu)
+
+
 def _json_round_trip(state):
     return json.loads(json.dumps(state, allow_nan=False))
 
