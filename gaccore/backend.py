@@ -23,6 +23,9 @@ class StatsBackend(Protocol):
 
     name: str
 
+    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
+        """Validate one micro-batch as ``partials`` does, without computing anything."""
+
     def partials(
         self,
         logp: Any,
@@ -64,6 +67,9 @@ class NumpyBackend:
     """float64 numpy statistics; state as numpy float64 / bool scalars."""
 
     name = "numpy"
+
+    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
+        stats.check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
 
     def partials(
         self,

@@ -26,7 +26,6 @@ from gaccore.config import Config
 from gaccore.persistence import check_envelope, check_same_config, json_number, parse_values
 from gaccore.schedules import warmup_cosine
 from gaccore.stats import BatchStats
-from gaccore.validation import check_batch
 
 A = TypeVar("A", bound=Scalar)
 Prior = Callable[[int], float]
@@ -279,11 +278,12 @@ class Controller:
         """Add one micro-batch's row results to this step's statistics.
 
         On steps that compute no statistics (``t % update_every != 0``) the
-        inputs are only checked for shape and ignored, and nothing launches.
+        inputs are checked as on every step (types, shapes, dtypes, device)
+        and ignored: nothing launches.
         """
         backend = backend_for(logp)
         if not self.is_stats_step():
-            check_batch(logp, mask, adv, expert, ref_logp)
+            backend.check(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef)
             return
         partials = backend.partials(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef)
         if self._pending is not None and self._pending[0] is not backend:
@@ -335,7 +335,7 @@ class Controller:
             self._pending = pending
             raise
 
-    def update_stats(self, stats: BatchStats[Any, Any], *, kl: Any = None) -> Any:
+    def update_stats(self, stats: BatchStats[Any, Any] | None, *, kl: Any = None) -> Any:
         """A step from statistics computed elsewhere (``batch_stats`` of
         either backend); ``stats=None`` steps without statistics. With a
         ``process_group``, ``stats`` are used as given (they are not gathered)

@@ -80,6 +80,9 @@ class TorchBackend:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
 
+    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
+        check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+
     def partials(
         self,
         logp: Any,

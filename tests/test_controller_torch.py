@@ -152,6 +152,28 @@ def test_statistics_with_an_autograd_graph_never_reach_the_controller():
         assert _carries_no_graph(ctrl, mu)
 
 
+@pytest.mark.parametrize(
+    "name, bad, match",
+    [
+        ("logp", lambda b: b["logp"].to(torch.int32), "logp must have a floating-point"),
+        ("mask", lambda b: b["mask"].to(torch.complex64), "mask must have a bool, integer"),
+        ("expert", lambda b: b["expert"].float(), "expert must have a bool or integer"),
+        ("adv", lambda b: _host(b["adv"]), r"adv must be a torch\.Tensor"),
+    ],
+)
+def test_steps_without_statistics_check_tensors_like_statistics_steps(name, bad, match):
+    batch, _ = next(_steps(1))
+    args = {**batch, name: bad(batch)}
+    for stats_step in (True, False):
+        ctrl = gaccore.Controller(**CONFIG)  # update_every=2
+        if not stats_step:
+            ctrl.update(**batch)
+        before = ctrl.state_dict()
+        with pytest.raises(TypeError, match=match):
+            ctrl.update(**args)
+        assert ctrl.state_dict() == before
+
+
 def _json_round_trip(state):
     return json.loads(json.dumps(state, allow_nan=False))
 
