@@ -112,10 +112,21 @@ def test_observe_and_step_never_read_device_values(monkeypatch):
     with monkeypatch.context() as patched:
         _forbid_host_reads(patched)
         ctrl = gaccore.Controller(**CONFIG)
+        mus = []
         for i in range(0, 12, 3):
             for batch, _ in steps[i : i + 3]:
                 ctrl.observe(**batch)
-            ctrl.step(kl=0.01)
+            mus.append(ctrl.step(kl=0.01))
+        with pytest.raises(AssertionError, match="host sync"):
+            bool(mus[0] > 0)  # the patch is live
+    numpy_ctrl = gaccore.Controller(**CONFIG)
+    want = []
+    for i in range(0, 12, 3):
+        for batch, _ in steps[i : i + 3]:
+            numpy_ctrl.observe(**{k: _host(v) for k, v in batch.items()})
+        want.append(numpy_ctrl.step(kl=0.01))
+    np.testing.assert_allclose([m.item() for m in mus], want, rtol=1e-6)
+    assert ctrl.metrics() == pytest.approx(numpy_ctrl.metrics(), rel=1e-6, nan_ok=True)
 
 
 def _carries_no_graph(ctrl, mu):
