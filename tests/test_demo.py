@@ -114,6 +114,28 @@ def test_command_line(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "report.json").read_text())["settings"]["steps"] == 4
 
 
+@pytest.mark.parametrize(
+    "option, value, reason",
+    [
+        ("--steps", "0", "at least 1"),
+        ("--seeds", "0", "at least 1"),
+        ("--steps", "-3", "at least 1"),
+        ("--jobs", "0", "at least 1"),
+        ("--seeds", "two", "whole number"),
+    ],
+)
+def test_command_line_refuses_counts_below_one(monkeypatch, capsys, option, value, reason) -> None:
+    def run_demo_must_not_start(*args, **kwargs):
+        raise AssertionError(f"the demo ran with {option} {value}")
+
+    monkeypatch.setattr("gaccore.demo.__main__.run_demo", run_demo_must_not_start)
+    with pytest.raises(SystemExit) as refused:
+        main(["demo", option, value, "--no-progress"])
+    assert refused.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {option}: " in error and reason in error
+
+
 def test_worker_processes_give_the_same_numbers(tmp_path: Path) -> None:
     methods, seeds = ["gac", "pure-sft"], [0, 1]
     serial = run_demo(methods, seeds, TINY, tmp_path / "serial", command="test", jobs=1, show_progress=False)

@@ -21,6 +21,17 @@ QUICK_STEPS, FULL_STEPS = 1000, 2000
 QUICK_SEEDS, FULL_SEEDS = 1, 3
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="gaccore", description="gaccore command line")
     commands = root.add_subparsers(dest="command", required=True)
@@ -34,8 +45,8 @@ def parser() -> argparse.ArgumentParser:
         "--full", action="store_true", help=f"{FULL_STEPS} steps, {FULL_SEEDS} seeds, main methods and GAC ablations"
     )
     demo.add_argument("--out", type=Path, default=Path("gaccore-demo"), help="output directory (default: gaccore-demo)")
-    demo.add_argument("--seeds", type=int, help="number of training seeds (0, 1, ...)")
-    demo.add_argument("--steps", type=int, help="optimizer steps per run")
+    demo.add_argument("--seeds", type=positive_int, help="number of training seeds (0, 1, ...)")
+    demo.add_argument("--steps", type=positive_int, help="optimizer steps per run")
     demo.add_argument(
         "--methods",
         nargs="+",
@@ -51,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--jobs",
-        type=int,
+        type=positive_int,
         default=min(2, os.cpu_count() or 1),
         help="runs trained at once, one process each (default: 2, or 1 on one core); results do not depend on it",
     )
@@ -61,10 +72,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    steps = args.steps or (FULL_STEPS if args.full else QUICK_STEPS)
-    n_seeds = args.seeds or (FULL_SEEDS if args.full else QUICK_SEEDS)
-    if steps < 1 or n_seeds < 1 or args.jobs < 1:
-        raise SystemExit("--steps, --seeds and --jobs must be at least 1")
+    steps = args.steps if args.steps is not None else FULL_STEPS if args.full else QUICK_STEPS
+    n_seeds = args.seeds if args.seeds is not None else FULL_SEEDS if args.full else QUICK_SEEDS
     settings = RunSettings(steps=steps, sft_loss=args.sft_loss, eval_every=max(1, min(50, steps // 10)))
     methods = args.methods or (MAIN_METHODS + ablations(settings) if args.full else MAIN_METHODS)
     command = "gaccore " + shlex.join(sys.argv[1:] if argv is None else list(argv))
