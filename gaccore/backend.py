@@ -99,6 +99,8 @@ class NumpyBackend:
         return None
 
     def scalar(self, value: Any, device: Any) -> np.float64:
+        if is_torch(value):  # a torch kl on a host state: its value, never its graph
+            value = value.detach()
         return np.float64(value)
 
     def flag(self, value: bool, device: Any) -> np.bool_:

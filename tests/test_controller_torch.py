@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 
@@ -161,6 +162,15 @@ def test_statistics_with_an_autograd_graph_never_reach_the_controller():
     for _ in range(5):
         mu = ctrl.update_stats(stats, kl=weight * 0.1)
         assert _carries_no_graph(ctrl, mu)
+
+
+def test_a_kl_tensor_with_a_graph_steps_a_host_controller_quietly():
+    """A numpy-state controller reads a torch kl's value without touching its graph (no warning)."""
+    ctrl = gaccore.Controller(**CONFIG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mu = ctrl.step(kl=torch.tensor(0.05, dtype=torch.float64, requires_grad=True) * 1.0)
+    assert isinstance(mu, float) and ctrl.metrics()["kl_ema"] == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize(
