@@ -41,7 +41,7 @@ from gaccore import Config, Controller
 from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
 from gaccore.bindings.torch import mix, sft_loss
 from gaccore.demo.model import TinyTransformer
-from gaccore.demo.task import ANSWER_LEN, AdditionTask, reward
+from gaccore.demo.task import ANSWER_LEN, ArithmeticTask, reward
 
 # Below this within-group reward spread the group carries no RL signal.
 GROUP_STD_EPS = 1e-4
@@ -207,7 +207,7 @@ def seed_everything(seed: int, threads: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(policy: TinyTransformer, task: AdditionTask) -> tuple[float, float, float]:
+def evaluate(policy: TinyTransformer, task: ArithmeticTask) -> tuple[float, float, float]:
     """Greedy exact-match accuracy on the held-out pairs: all, carry, no carry."""
     policy.eval()
     answers = policy.generate(torch.from_numpy(task.test_prompts), greedy=True).numpy()
@@ -240,7 +240,7 @@ class StepOutcome:
 class Trainer:
     """One policy, its optimizer, and one mixing rule; ``step()`` trains once."""
 
-    def __init__(self, method: str, seed: int, task: AdditionTask, settings: RunSettings) -> None:
+    def __init__(self, method: str, seed: int, task: ArithmeticTask, settings: RunSettings) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
         seed_everything(seed, settings.threads)
@@ -302,7 +302,7 @@ class Trainer:
 def train_one(
     method: str,
     seed: int,
-    task: AdditionTask,
+    task: ArithmeticTask,
     settings: RunSettings,
     *,
     progress: Callable[[int], None] | None = None,
