@@ -1,11 +1,12 @@
 """A stateful fuzz of the Controller's public API (hypothesis RuleBasedStateMachine).
 
-Rules interleave observe, step, update, update_stats, state_dict /
+Rules interleave observe, step, update, update_stats (with kl and the
+verifier rates, in both modes), state_dict /
 load_state_dict through JSON (good and corrupted), and a fresh controller that
 loads the state mid-stream, on numpy arrays and torch CPU tensors (some
 requiring grad), with NaN/inf, empty and all-masked rows, per-row and
 per-token advantages, ref_logp far from logp, bad shapes, bad dtypes and bad
-kl. After every rule:
+kl or rates. After every rule:
 
 - mu is finite and in [mu_min, mu_max], moved at most ``cap`` per step, and
   rho is in [rho_min, rho_max];
@@ -45,9 +46,10 @@ from hypothesis.stateful import (
 torch = pytest.importorskip("torch")
 
 import gaccore  # noqa: E402
+from gaccore.config import MODES  # noqa: E402
 from gaccore.kernels import batch_stats as torch_batch_stats  # noqa: E402
 
-EXAMPLES, STEPS_PER_EXAMPLE = 110, 100
+EXAMPLES, STEPS_PER_EXAMPLE = 250, 50
 MIN_CALLS = 10_000
 CALLS: Counter[str] = Counter()
 
@@ -172,20 +174,32 @@ def batches(draw: st.DrawFn, *, bad: bool = False) -> BatchSpec:
     )
 
 
-def _graph_kl(value: float) -> Any:
+def _graph_scalar(value: float) -> Any:
     return torch.tensor(value, dtype=torch.float64, requires_grad=True) * 1.0
 
 
-GOOD_KLS = st.one_of(
-    st.none(),
-    st.floats(allow_nan=True, allow_infinity=True, width=64),
-    st.floats(0.0, 0.1).map(np.float64),
-    st.floats(0.0, 0.1).map(lambda v: torch.tensor(v, dtype=torch.float64)),
-    st.floats(0.0, 0.1).map(_graph_kl),
-    st.sampled_from([math.nan, math.inf]).map(lambda v: torch.tensor(v)),
-    st.integers(0, 3),
+def _scalars(low: float, high: float) -> st.SearchStrategy[Any]:
+    """A step's scalar observation (kl, a verifier rate): mostly in [low, high],
+    as every type the API takes (a torch tensor with a graph included), or anything."""
+    return st.one_of(
+        st.none(),
+        st.floats(low, high),
+        st.floats(),
+        st.floats(low, high).map(np.float64),
+        st.floats(low, high).map(lambda v: torch.tensor(v, dtype=torch.float64)),
+        st.floats(low, high).map(_graph_scalar),
+        st.sampled_from([math.nan, math.inf]).map(torch.tensor),
+        st.integers(0, 3),
+    )
+
+
+OBSERVATIONS = st.fixed_dictionaries(
+    {"kl": _scalars(0.0, 0.1), "expert_reward": _scalars(0.0, 1.0), "policy_reward": _scalars(0.0, 1.0)}
 )
-BAD_KLS = st.sampled_from(["high", True, [0.01], np.zeros(2), np.array("x"), 1j, torch.zeros(2), torch.tensor(True)])
+OBSERVATION_NAMES = st.sampled_from(["kl", "expert_reward", "policy_reward"])
+BAD_SCALARS = st.sampled_from(
+    ["high", True, [0.01], np.zeros(2), np.array("x"), 1j, torch.zeros(2), torch.tensor(True)]
+)
 
 
 # var_sft, var_rl, disagreement, kl: anything, NaN/inf and negative included.
@@ -222,14 +236,16 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Outcome:
 
 class ControllerApi(RuleBasedStateMachine):
     @initialize(
+        mode=st.sampled_from(MODES),
         update_every=st.integers(1, 3),
         per_mean=st.booleans(),
         sft_coef=st.sampled_from(["phi", "nll"]),
         cap=st.sampled_from([0.01, 0.05, 0.3]),
     )
-    def start(self, update_every: int, per_mean: bool, sft_coef: str, cap: float) -> None:
+    def start(self, mode: str, update_every: int, per_mean: bool, sft_coef: str, cap: float) -> None:
         # Fast statistics and KL EMAs, so mu and rho move within a few dozen steps.
         self.overrides = dict(
+            mode=mode,
             update_every=update_every,
             per_mean=per_mean,
             sft_coef=sft_coef,
@@ -290,15 +306,15 @@ class ControllerApi(RuleBasedStateMachine):
         elif self.ctrl.is_stats_step():
             self.pending = True
 
-    @rule(kl=GOOD_KLS)
-    def step(self, kl: Any) -> None:
-        outcome = self.both("step", kl=kl)
+    @rule(observations=OBSERVATIONS)
+    def step(self, observations: dict[str, Any]) -> None:
+        outcome = self.both("step", **observations)
         assert outcome.error is None, outcome.error
         self.stepped(outcome)
 
-    @rule(spec=batches(), kl=GOOD_KLS)
-    def update(self, spec: BatchSpec, kl: Any) -> None:
-        outcome = self.both("update", **spec.build(), kl=kl)
+    @rule(spec=batches(), observations=OBSERVATIONS)
+    def update(self, spec: BatchSpec, observations: dict[str, Any]) -> None:
+        outcome = self.both("update", **spec.build(), **observations)
         if outcome.error is not None:
             self.expect_refused(outcome, "logp")
             assert "one kind" in str(outcome.error)
@@ -309,19 +325,19 @@ class ControllerApi(RuleBasedStateMachine):
         outcome = self.both(call, **spec.build())
         self.expect_refused(outcome, BAD_INPUTS[spec.bad][0])
 
-    @rule(kl=BAD_KLS, call=st.sampled_from(["step", "update_stats"]))
-    def bad_kl(self, kl: Any, call: str) -> None:
+    @rule(name=OBSERVATION_NAMES, value=BAD_SCALARS, call=st.sampled_from(["step", "update_stats"]))
+    def bad_observation(self, name: str, value: Any, call: str) -> None:
         args = (None,) if call == "update_stats" else ()
-        self.expect_refused(self.both(call, *args, kl=kl), "kl")
+        self.expect_refused(self.both(call, *args, **{name: value}), name)
 
-    @rule(spec=batches(), kl=BAD_KLS)
-    def update_with_bad_kl(self, spec: BatchSpec, kl: Any) -> None:
+    @rule(spec=batches(), name=OBSERVATION_NAMES, value=BAD_SCALARS)
+    def update_with_bad_observation(self, spec: BatchSpec, name: str, value: Any) -> None:
         """update is all or nothing: the batch observed before the refusal is forgotten."""
-        outcome = self.both("update", **spec.build(), kl=kl)
-        self.expect_refused(outcome, "logp" if "one kind" in str(outcome.error) else "kl")
+        outcome = self.both("update", **spec.build(), **{name: value})
+        self.expect_refused(outcome, "logp" if "one kind" in str(outcome.error) else name)
 
-    @rule(data=st.data(), kl=GOOD_KLS)
-    def update_stats(self, data: st.DataObject, kl: Any) -> None:
+    @rule(data=st.data(), observations=OBSERVATIONS)
+    def update_stats(self, data: st.DataObject, observations: dict[str, Any]) -> None:
         source = data.draw(st.sampled_from(["none", "numpy", "torch", "hostile", "not-stats"]))
         if source == "none":
             stats = None
@@ -333,7 +349,7 @@ class ControllerApi(RuleBasedStateMachine):
             spec = data.draw(batches().filter(lambda s: s.kind == source))
             compute = gaccore.batch_stats if source == "numpy" else torch_batch_stats
             stats = compute(**spec.build(), sft_coef=self.config.sft_coef, trim=self.config.trim)
-        outcome = self.both("update_stats", stats, kl=kl)
+        outcome = self.both("update_stats", stats, **observations)
         if source == "not-stats":
             self.expect_refused(outcome, "stats")
         elif self.pending:
