@@ -23,7 +23,6 @@ that one run makes at least ``MIN_CALLS`` of them.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections import Counter
@@ -205,6 +204,17 @@ BAD_SCALARS = st.sampled_from(
 # var_sft, var_rl, disagreement, kl: anything, NaN/inf and negative included.
 HOSTILE_PROXIES = st.lists(st.one_of(st.floats(), st.floats(0, 4)), min_size=4, max_size=4)
 
+# name -> (what the refusal must name, the corruption of a JSON state dict)
+STATE_CORRUPTIONS = {
+    "version": ("version", lambda s: s.update(version=99)),
+    "mu_out_of_bounds": ("state.mu", lambda s: s["state"].update(mu=2.0)),
+    "rho_null": ("state.rho", lambda s: s["state"].update(rho=None)),
+    "flag_not_bool": ("state.has_kl", lambda s: s["state"].update(has_kl=1)),
+    "missing_key": ("kl_ema", lambda s: s["state"].pop("kl_ema")),
+    "other_config": ("cap", lambda s: s["config"].update(cap=0.123)),
+    "negative_step": ("step", lambda s: s.update(step=-1)),
+}
+
 # --- the machine -----------------------------------------------------------------
 
 
@@ -377,29 +387,11 @@ class ControllerApi(RuleBasedStateMachine):
         self.ctrl.load_state_dict(state, device=device)
         assert self.ctrl.state_dict() == state
 
-    @rule(
-        corruption=st.sampled_from(
-            [
-                (("version",), 99, "version"),
-                (("state", "mu"), 2.0, "state.mu"),
-                (("state", "rho"), None, "state.rho"),
-                (("state", "has_kl"), 1, "state.has_kl"),
-                (("state", "kl_ema"), KeyError, "kl_ema"),
-                (("config", "cap"), 0.123, "cap"),
-                (("step",), -1, "step"),
-            ]
-        )
-    )
-    def load_bad_state(self, corruption: tuple[tuple[str, ...], Any, str]) -> None:
-        path, value, named = corruption
-        state = copy.deepcopy(_json(self.ctrl.state_dict()))
-        target = state
-        for key in path[:-1]:
-            target = target[key]
-        if value is KeyError:
-            del target[path[-1]]
-        else:
-            target[path[-1]] = value
+    @rule(corruption=st.sampled_from(sorted(STATE_CORRUPTIONS)))
+    def load_bad_state(self, corruption: str) -> None:
+        named, corrupt = STATE_CORRUPTIONS[corruption]
+        state = _json(self.ctrl.state_dict())  # a fresh copy
+        corrupt(state)
         self.expect_refused(self.both("load_state_dict", state), named)
 
     # -- invariants ---------------------------------------------------------------
