@@ -513,9 +513,13 @@ def write_figures(runs: Sequence[RunResult], out: Path) -> list[Path]:
             ax.set(xlabel="step", ylabel=ylabel, title=task)
             if attribute == "kl":
                 ax.set_yscale("log")
-        for ax in axes.flat[len(tasks) :]:
+        spare = axes.flat[len(tasks) :]
+        for ax in spare:
             ax.axis("off")
-        axes.flat[0].legend(fontsize=6, ncol=2)
+        if len(spare):  # the legend gets a free panel of its own
+            spare[0].legend(*axes.flat[0].get_legend_handles_labels(), loc="center", ncol=2)
+        else:
+            axes.flat[0].legend(fontsize=6, ncol=2)
         fig.suptitle(title)
         finish(fig, name)
 
