@@ -123,16 +123,17 @@ def _gac(settings: RunSettings, **overrides: Any) -> Controller:
     """GAC with the library defaults, the schedule prior scaled to the run
     length, the demo's KL target, and the statistic matching the SFT loss."""
     prior_off = overrides.pop("prior_off", False)
-    config = Config(
-        warmup_steps=settings.warmup_steps,
-        decay_steps=settings.decay_steps,
-        kl_target=settings.kl_target,
-        sft_coef=settings.sft_loss,
-        large_shift=LARGE_SHIFT,
-    )
+    fields: dict[str, Any] = {
+        "warmup_steps": settings.warmup_steps,
+        "decay_steps": settings.decay_steps,
+        "kl_target": settings.kl_target,
+        "sft_coef": settings.sft_loss,
+        "large_shift": LARGE_SHIFT,
+    }
+    config = Config(**{**fields, **overrides})
     if prior_off:
-        return Controller(config, prior=None, **overrides)
-    return Controller(config, **overrides)
+        return Controller(config, prior=None)
+    return Controller(config)
 
 
 # Each baseline gets its knob from the shared settings by a rule written down
@@ -154,6 +155,8 @@ METHODS: dict[str, RuleFactory] = {
     # GAC trained (and measured) with the other SFT loss than the comparison's.
     "gac-phi": lambda s: _gac(s, sft_coef="phi"),
     "gac-nll": lambda s: _gac(s, sft_coef="nll"),
+    "gac-verified": lambda s: _gac(s, mode="verified"),
+    "gac-verified-no-prior": lambda s: _gac(s, mode="verified", prior_off=True),
 }
 DESCRIPTIONS = {
     "gac": "gaccore.Controller, library defaults (Eq. 3 + EMA + prior blend + cap, KL-controlled rho); "
@@ -170,6 +173,8 @@ DESCRIPTIONS = {
     "gac-no-prior": "GAC with prior = None (no schedule blend)",
     "gac-phi": "GAC trained with CHORD's token-weighted SFT loss phi = p(1-p) (statistic sft_coef='phi')",
     "gac-nll": "GAC trained with the plain NLL SFT loss (statistic sft_coef='nll')",
+    "gac-verified": "GAC, mode='verified': rho = the verifier's measure of the expert's advantage over the policy",
+    "gac-verified-no-prior": "GAC, mode='verified', prior = None",
 }
 MAIN_METHODS = ["gac", "chord", "fixed-0.5", "kl-ctrl", "rewvar-ctrl", "hpt", "pure-rl", "pure-sft"]
 # What ``gaccore demo --suite`` compares on every task: the paper-faithful GAC,
@@ -329,8 +334,6 @@ class Trainer:
         group_prompts = prompts.repeat_interleave(G, dim=0)
         rollouts = policy.generate(group_prompts, greedy=False, generator=self.sampler)
         rewards_np = reward(rollouts.numpy(), task.train_answers[chosen].repeat(G, axis=0)).reshape(P, G)
-        # The same verifier scores the expert: information a rule may use to weigh the demonstrations.
-        demo_rewards = reward(demos.numpy(), task.train_answers[chosen])
         advantages = group_advantages(torch.from_numpy(rewards_np).float())
 
         logp = policy.answer_logp(torch.cat([group_prompts, prompts]), torch.cat([rollouts, demos]))
@@ -342,7 +345,8 @@ class Trainer:
         # with gaccore.kernels (on CPU, the plain-torch twin of the Triton kernel).
         adv_rows = torch.cat([advantages.reshape(-1), torch.zeros(P)])
         args = (logp.detach(), self.mask, adv_rows, self.expert)
-        kwargs = {"kl": kl, **_extra_inputs(self.rule, rewards=rewards_np, demo_rewards=demo_rewards)}
+        demo_rewards = task.train_demo_reward[chosen]
+        kwargs = {"kl": kl, **_extra_inputs(self.rule, rewards_np, demo_rewards)}
         self.last_rule_inputs = (args, kwargs)
         controller_started = time.perf_counter()
         mu = float(self.rule.update(*args, **kwargs))
@@ -408,13 +412,13 @@ def train_one(
     return result
 
 
-def _extra_inputs(rule: Any, *, rewards: np.ndarray, demo_rewards: np.ndarray) -> dict[str, Any]:
-    """What each rule reads beyond the batch tensors and the KL, the one
-    place that decides it: the rollouts' rewards ``[P, G]`` for the baseline
-    rules, nothing for ``Controller`` yet. ``demo_rewards [P]``, the
-    verifier's reward of the step's demonstrations, is here for the rules
-    that weigh the expert by it (no rule reads it yet)."""
-    return {} if isinstance(rule, Controller) else {"rewards": rewards}
+def _extra_inputs(rule: Any, rewards: np.ndarray, demo_rewards: np.ndarray) -> dict[str, Any]:
+    """What each rule reads besides the token tensors: the baselines the
+    rollouts' rewards; the ``Controller`` the verifier's success rates of the
+    step's demonstrations and rollouts (``mode="verified"`` steers by them)."""
+    if isinstance(rule, Controller):
+        return {"expert_reward": float(demo_rewards.mean()), "policy_reward": float(rewards.mean())}
+    return {"rewards": rewards}
 
 
 def _raw_estimate(rule: Any, mu: float) -> float | None:
