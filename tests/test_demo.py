@@ -198,9 +198,14 @@ def test_a_controller_edit_changes_the_gac_key_only(tmp_path: Path, monkeypatch:
     after = {method: key(method) for method in before}
     assert after["gac"] != before["gac"] and after["gac-no-prior"] != before["gac-no-prior"]
     assert after["chord"] == before["chord"] and after["pure-sft"] == before["pure-sft"]
-    with (copies["gaccore.bindings"] / "torch.py").open("a") as sft_loss:
-        sft_loss.write("# an edit\n")
-    assert all(key(method) != after[method] for method in after)
+    with (copies["gaccore"] / "demo" / "report.py").open("a") as report:
+        report.write("# an edit\n")
+    assert {method: key(method) for method in after} == after  # reporting code retrains nothing
+    for edited in (copies["gaccore.bindings"] / "torch.py", copies["gaccore"] / "demo" / "train.py"):
+        with edited.open("a") as source:
+            source.write("# an edit\n")
+        assert all(key(method) != after[method] for method in after)
+        after = {method: key(method) for method in after}
 
 
 def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

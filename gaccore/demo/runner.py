@@ -8,7 +8,7 @@ the method's code runs through (``train.method_sources``). With
 ``reuse=True`` a run whose record exists under the same key is loaded
 instead of trained, so an interrupted suite resumes where it stopped and a
 new method extends a suite without retraining the others; an edit of the
-controller retrains the GAC methods only.
+controller retrains the GAC methods only, and one of the report nothing.
 
 Kept out of ``__main__`` so that worker processes can import the function
 they run (``python -m gaccore.demo`` names its module ``__main__``).

@@ -210,6 +210,9 @@ SOURCE_DIRS: dict[str, Path] = {
 }
 # The torch SFT loss and mix(), which every method trains with.
 SFT_LOSS_SOURCE = ("gaccore.bindings", "torch.py")
+# Demo files that plan, store and report runs but never touch one's numbers
+# (the settings they pass on are in the key): editing them retrains nothing.
+DEMO_REPORTING_SOURCES = [("gaccore", f"demo/{name}") for name in ("__main__.py", "runner.py", "report.py")]
 # What a baseline's numbers can depend on beyond the demo itself. Left out on
 # purpose: gaccore.stats (the baselines' own k3 runs only without ``kl=``, and
 # the demo always passes it) and gaccore.validation (checks, no arithmetic).
@@ -224,9 +227,10 @@ BASELINE_SOURCES = [
 
 def method_sources(method: str) -> dict[str, Path]:
     """The source files whose edits can change ``method``'s numbers, named
-    independently of where the packages live: for a baseline, the demo, the
-    baseline rules with what they import, and the torch SFT loss; for GAC,
-    every file of the core (demo included) and of the kernels, and the SFT loss."""
+    independently of where the packages live: for a baseline, the demo's
+    task, model and loop, the baseline rules with what they import, and the
+    torch SFT loss; for GAC, every file of the core (the demo's included)
+    and of the kernels, and the SFT loss; never ``DEMO_REPORTING_SOURCES``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     core, kernels = SOURCE_DIRS["gaccore"], SOURCE_DIRS["gaccore.kernels"]
@@ -239,6 +243,7 @@ def method_sources(method: str) -> dict[str, Path]:
         files.append(SFT_LOSS_SOURCE)
     else:
         files = [("gaccore", p.relative_to(core).as_posix()) for p in core.glob("demo/*.py")] + BASELINE_SOURCES
+    files = [(package, name) for package, name in files if (package, name) not in DEMO_REPORTING_SOURCES]
     return {f"{package.replace('.', '/')}/{name}": SOURCE_DIRS[package] / name for package, name in sorted(files)}
 
 
