@@ -211,6 +211,7 @@ def test_a_controller_edit_changes_the_gac_key_only(tmp_path: Path, monkeypatch:
 def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["demo", "--task", "carry-drop", "--steps", "4", "--methods", "pure-rl", "--out", str(tmp_path)]
     assert cli.main([*argv, "--no-progress"]) == 0
+    assert "No verdict: " in capsys.readouterr().out  # printed even without progress display
     stored = json.loads((tmp_path / "report.json").read_text())
     assert stored["settings"]["steps"] == 4 and list(stored["tasks"]) == ["carry-drop"]
     for option in ("--steps", "--seeds", "--jobs"):
@@ -222,7 +223,12 @@ def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     assert "not allowed with" in capsys.readouterr().err
 
     calls: list[tuple] = []
-    monkeypatch.setattr(cli, "run_suite", lambda *args, **kwargs: calls.append((*args, kwargs)))
+
+    def planned(*args: object, **kwargs: object) -> dict:
+        calls.append((*args, kwargs))
+        return {"verdict": {"text": "planned only"}}
+
+    monkeypatch.setattr(cli, "run_suite", planned)
     for args in ([], ["--suite"], ["--suite", "--full"], ["--task", "perfect", "--full"]):
         cli.main(["demo", *args])
     quick, suite, full, one_task = calls

@@ -15,7 +15,7 @@ from gaccore.demo.task import SUITE
 from gaccore.demo.train import MAIN_METHODS, METHODS, SUITE_METHODS, RunSettings, ablations
 
 USAGE = """\
-gaccore demo                       # the quick suite: every task, the suite methods, 1 seed (about 3 min on 2 cores)
+gaccore demo                       # the quick suite: every task, the suite methods, 1 seed, 200 steps (about 3 min)
 gaccore demo --suite --full        # the full suite: every task, 3 seeds, 1000 steps
 gaccore demo --suite --full --reuse   # resume or extend it: train only the runs without a record
 gaccore demo --task carry-drop     # one task: the main methods, 1 seed, 1000 steps
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         methods = SUITE_METHODS
     command = "gaccore " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    run_suite(
+    report = run_suite(
         tasks,
         methods,
         range(n_seeds),
@@ -119,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reuse=args.reuse,
         show_progress=not args.no_progress,
     )
+    # The verdict is printed whatever the progress display: it is the command's answer.
+    print(f"\n{report['verdict']['text']}\n\nreport: {args.out / 'report.md'} (figures and report.json beside it)")
     return 0
 
 

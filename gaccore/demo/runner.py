@@ -105,7 +105,8 @@ def run_suite(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Train (or, with ``reuse``, load) every (task, method, seed), write
-    the report into ``out``, return it.
+    the report (``report.md``, ``report.json``, figures) into ``out``, and
+    return it.
 
     ``jobs > 1`` trains that many runs at once in worker processes. Results
     do not depend on it: every run builds its task and seeds itself, and
@@ -147,9 +148,7 @@ def run_suite(
     report = build_report(
         runs, settings, command=command, total_wall_s=time.perf_counter() - started, jobs=jobs, reused=reused
     )
-    written = write_outputs(report, runs, out)
-    if show_progress:
-        print(f"\n{report['verdict']['text']}\n\nwrote: " + ", ".join(str(p) for p in written))
+    write_outputs(report, runs, out)
     return report
 
 
