@@ -22,7 +22,16 @@ from gaccore.demo import runner, train
 from gaccore.demo.report import SCHEMA, build_report, deterministic_view, suite_table, verdict
 from gaccore.demo.runner import run_identity, run_key, run_suite
 from gaccore.demo.task import EQUALS, MINUS, PLUS, SUITE, make_suite_task, make_task, reward
-from gaccore.demo.train import SUITE_METHODS, RunResult, RunSettings, group_advantages, hybrid_loss, method_sources
+from gaccore.demo.train import (
+    QUICK_SUITE_METHODS,
+    QUICK_SUITE_TASKS,
+    SUITE_METHODS,
+    RunResult,
+    RunSettings,
+    group_advantages,
+    hybrid_loss,
+    method_sources,
+)
 
 TINY = RunSettings(steps=12, prompts_per_step=4, group_size=4, eval_every=6)
 TINY_LONGER = RunSettings(steps=13, prompts_per_step=4, group_size=4, eval_every=6)
@@ -232,7 +241,8 @@ def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     for args in ([], ["--suite"], ["--suite", "--full"], ["--task", "perfect", "--full"]):
         cli.main(["demo", *args])
     quick, suite, full, one_task = calls
-    assert quick[:4] == suite[:4] == (list(SUITE), SUITE_METHODS, range(1), RunSettings(steps=200, eval_every=20))
+    quick_plan = (QUICK_SUITE_TASKS, QUICK_SUITE_METHODS, range(1), RunSettings(steps=1000, eval_every=50))
+    assert quick[:4] == suite[:4] == quick_plan
     assert full[:4] == (list(SUITE), SUITE_METHODS, range(3), RunSettings(steps=1000, eval_every=50))
     assert one_task[0] == ["perfect"] and one_task[3].steps == 2000 and "gac-no-prior" in one_task[1]
 
