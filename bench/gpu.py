@@ -61,7 +61,7 @@ if ARGS.device == "cpu":
 import torch  # noqa: E402
 
 import gaccore  # noqa: E402
-from gaccore.kernels import fused, reference  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND, fused, reference  # noqa: E402
 from gaccore.kernels.rows import finalize  # noqa: E402
 
 # -- timing ----------------------------------------------------------------------
@@ -287,6 +287,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu --quick for a smoke test")
+    # The smoke test runs the GPU code path: controller state in 0-d tensors,
+    # not the host scalars CPU tensors get by default.
+    TORCH_BACKEND.host_on_cpu = False
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     timer = Timer(device, reps=3 if args.quick else 20, warmup=1 if args.quick else 3)
     syncs = SyncCounter(device)

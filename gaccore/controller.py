@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, isfinite, where
+from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, is_torch, isfinite, where
 from gaccore.backend import NUMPY_BACKEND, StatsBackend, backend_for
 from gaccore.closed_form import mu_star
 from gaccore.config import Config
@@ -86,7 +86,10 @@ class ControllerState(Generic[A]):
         )
 
     def to_host(self, backend: StatsBackend) -> dict[str, float | bool]:
-        return {f.name: backend.to_host(getattr(self, f.name)) for f in fields(self)}
+        """Every value on the host, read in one transfer."""
+        names = [f.name for f in fields(self)]
+        values = backend.to_host_all([getattr(self, name) for name in names])
+        return {name: bool(value) if self.is_flag(name) else value for name, value in zip(names, values, strict=True)}
 
 
 def _fold(ema: A, has: A, value: A, beta: float) -> tuple[A, A, A]:
@@ -395,9 +398,24 @@ class Controller:
     def rho(self) -> float:
         return float(self._backend.to_host(self._state.rho))
 
+    def mu_tensor(self, device: Any = None) -> Any:
+        """The current ``mu`` as a 0-d float32 torch tensor on ``device``
+        (default: where the state lives, the CPU for host state), without a
+        host read: trainers weight their loss with it on the device. A state
+        on the host is copied to ``device``; one on a device stays there."""
+        from gaccore.kernels import TORCH_BACKEND  # lazy: a tensor means torch
+
+        return TORCH_BACKEND.as_tensor(self._state.mu, device)
+
     def metrics(self) -> dict[str, float]:
-        """Everything worth logging, as Python floats (NaN where undefined)."""
-        host = self._state.to_host(self._backend)
+        """Everything worth logging, as Python floats (NaN where undefined),
+        read from the device in one transfer."""
+        names = [f.name for f in fields(ControllerState)]
+        values = [getattr(self._state, name) for name in names]
+        batch_names = [] if self._last_batch is None else [f.name for f in fields(self._last_batch)]
+        values += [getattr(self._last_batch, name) for name in batch_names]
+        read = _host_values(self._backend, values)
+        host = {name: bool(v) if ControllerState.is_flag(name) else v for name, v in zip(names, read, strict=False)}
 
         def gated(value_key: str, flag_key: str) -> float:
             return float(host[value_key]) if host[flag_key] else math.nan
@@ -419,10 +437,8 @@ class Controller:
             "n_skipped_var_rl": float(host["n_skipped_var_rl"]),
             "n_dropped": float(host["n_dropped"]),
         }
-        if self._last_batch is not None:
-            backend = backend_for(self._last_batch.var_sft)
-            for f in fields(self._last_batch):
-                out[f"batch_{f.name}"] = float(backend.to_host(getattr(self._last_batch, f.name)))
+        for name, value in zip(batch_names, read[len(names) :], strict=True):
+            out[f"batch_{name}"] = float(value)
         return out
 
     # -- persistence ---------------------------------------------------------
@@ -462,6 +478,16 @@ class Controller:
         self._step = step
         self._pending = None
         self._last_batch = None
+
+
+def _host_values(backend: StatsBackend, values: list[Any]) -> list[float]:
+    """Host floats of state scalars and batch values: one transfer when any
+    is a tensor (the torch backend reads numbers as they are)."""
+    if any(is_torch(value) for value in values):
+        from gaccore.kernels import TORCH_BACKEND
+
+        return TORCH_BACKEND.to_host_all(values)
+    return backend.to_host_all(values)
 
 
 def _check_kl(kl: Any) -> None:

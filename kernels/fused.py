@@ -252,15 +252,19 @@ def row_results(
     sft_coef: str = "phi",
     out: torch.Tensor | None = None,
     block_t: int | None = None,
+    checked: bool = False,
 ) -> RowResults:
-    """Row results of one batch from the fused kernel (inputs validated).
+    """Row results of one batch from the fused kernel.
+
+    Inputs are validated unless ``checked`` says the caller (``gaccore.kernels.
+    backend.row_results``) already did.
 
     ``out``, a contiguous float64 ``[len(KERNEL_FIELDS), B]`` tensor on the
     inputs' device, receives the kernel's stores (tests poison it with NaN).
     ``block_t`` (a power of two) overrides ``block_size(T)``, so tests can
     cover many blocks per row with short rows.
     """
-    rows, tokens = check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+    rows, tokens = logp.shape if checked else check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
     if out is None:
         out = empty_out(rows, logp.device)
     elif out.shape != (len(KERNEL_FIELDS), rows) or out.dtype != ROW_DTYPE or not out.is_contiguous():
