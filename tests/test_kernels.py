@@ -143,11 +143,12 @@ def test_kernel_default_blocks_with_a_partial_last_block():
     adv_per_token=st.booleans(),
     mask_rate=st.floats(0.0, 1.0),
     block_t=st.sampled_from([16, 32, 128]),
+    chunks=st.integers(1, 4),
 )
-def test_kernel_property(rows, tokens, seed, adv_per_token, mask_rate, block_t):
-    """The kernel equals the numpy reference for any batch and block size."""
+def test_kernel_property(rows, tokens, seed, adv_per_token, mask_rate, block_t, chunks):
+    """The kernel equals the numpy reference for any batch, block size and split."""
     batch = make_batch(rows, tokens, seed=seed, adv_per_token=adv_per_token, mask_rate=mask_rate)
-    rows_out = fused.row_results(**batch, block_t=block_t)
+    rows_out = fused.row_results(**batch, block_t=block_t, chunks=chunks)
     assert_stats_close(finalize(rows_out), numpy_stats(batch), RTOL[torch.float32])
 
 
@@ -162,6 +163,32 @@ def test_kernel_writes_every_output_and_is_bit_identical():
         runs.append(out.clone())
     assert torch.equal(runs[0], runs[1])
     assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("rows,tokens", [(1, 257), (3, 101), (5, 33)])
+@pytest.mark.parametrize("adv_per_token", [False, True])
+def test_kernel_split_rows(rows, tokens, adv_per_token):
+    """Rows split in 3 chunks of whole 16-token blocks, T not a multiple of the
+    block, advantages around 1e3: every output written, bit-identical run to
+    run, equal to the numpy reference."""
+    batch = make_batch(rows, tokens, seed=rows + tokens, adv_per_token=adv_per_token, adv_offset=1e3, mask_rate=0.2)
+    chunk_len = math.ceil(math.ceil(tokens / 3) / 16) * 16
+    assert math.ceil(tokens / chunk_len) == 3, "the shape must really split in 3"
+    runs = []
+    for _ in range(2):
+        out = torch.full((len(fused.KERNEL_FIELDS), rows), math.nan, dtype=torch.float64)
+        split = fused.row_results(**batch, out=out, block_t=16, chunks=3)
+        assert not torch.isnan(out).any(), "the kernel left an output unwritten"
+        runs.append(out.clone())
+    assert torch.equal(runs[0], runs[1])
+    assert_stats_close(finalize(split), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_chunk_count_splits_few_long_rows_only():
+    """A function of (B, T): long rows of small batches split, others do not."""
+    assert fused.chunk_count(8, 131072) == 16 and fused.chunk_count(4, 524288) == 64
+    assert fused.chunk_count(256, 4096) == 1 and fused.chunk_count(1, 100) == 1
+    assert fused.chunk_count(1024, 1 << 20) == 1
 
 
 def test_kernel_many_rows():
@@ -268,7 +295,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "rows,tokens,adv_per_token",
-    [(1, 1, False), (37, 129, True), (257, 4099, True), (3, 32768, True), (4099, 17, False)],
+    [(1, 1, False), (37, 129, True), (257, 4099, True), (3, 32768, True), (8, 131072, False), (4099, 17, False)],
 )
 def test_cuda_matches_numpy(method, dtype, rows, tokens, adv_per_token):
     batch = make_batch(rows, tokens, seed=rows + tokens, dtype=dtype, adv_per_token=adv_per_token, adv_offset=1e3)
