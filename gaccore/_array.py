@@ -9,6 +9,7 @@ own functions are looked up lazily, which keeps ``import gaccore`` numpy-only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from typing import Any, Protocol
@@ -100,6 +101,15 @@ def expm1(x: Any) -> Any:
     if is_torch(x):
         return torch_module().expm1(x)
     return np.expm1(x)
+
+
+def quiet(*values: Any) -> Any:
+    """A context that silences numpy's floating-point warnings for host
+    values (NaN and inf are data here, masked by the caller); a no-op for
+    torch tensors, which never warn, so ``torch.compile`` traces through it."""
+    if _any_torch(*values):
+        return contextlib.nullcontext()
+    return np.errstate(all="ignore")
 
 
 def as_float64(*values: Any) -> tuple[Any, ...]:

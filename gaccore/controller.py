@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, is_torch, isfinite, where
+from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, is_torch, isfinite, quiet, where
 from gaccore.backend import NUMPY_BACKEND, StatsBackend, backend_for
 from gaccore.closed_form import mu_star
 from gaccore.config import Config
@@ -126,15 +126,17 @@ def advance(
     config: Config,
     batch: BatchStats[A, A] | None,
     kl: A | None,
-    prior_value: float | None,
+    prior_value: A | None,
 ) -> ControllerState[A]:
     """One optimizer step of the controller (SPEC.md §3, steps 1-7, without ``t += 1``).
 
     ``batch`` holds this step's proxies as state scalars (``None`` on steps
     without statistics), ``kl`` the caller's KL observation, ``prior_value``
-    the prior at this step (``None`` or non-finite: no blend).
+    the prior at this step as a state scalar (``None`` or non-finite: no
+    blend). Branch-free in the values (only ``None`` picks a branch), so
+    ``torch.compile`` traces it into one graph per combination of ``None``s.
     """
-    with np.errstate(all="ignore"):  # NaN/inf are data here, masked below
+    with quiet(state.mu):  # NaN/inf are data here, masked below
         return _advance(state, config, batch, kl, prior_value)
 
 
@@ -143,7 +145,7 @@ def _advance(
     config: Config,
     batch: BatchStats[A, A] | None,
     kl: A | None,
-    prior_value: float | None,
+    prior_value: A | None,
 ) -> ControllerState[A]:
     s = state
     kD, kS, kR = config.scale
@@ -190,8 +192,10 @@ def _advance(
     beta = config.ema_beta
     mu_bar = where(defined, beta * s.mu_bar + (1.0 - beta) * estimate, s.mu_bar)
     target = mu_bar
-    if prior_value is not None and math.isfinite(prior_value):
-        target = config.blend * mu_bar + (1.0 - config.blend) * prior_value
+    if prior_value is not None:
+        has_prior = isfinite(prior_value)
+        blended = config.blend * mu_bar + (1.0 - config.blend) * where(has_prior, prior_value, 0.0)
+        target = where(has_prior, blended, mu_bar)
 
     # 7. Telemetry: large jumps of the defined estimate.
     jump = defined & s.has_estimate & (absolute(estimate - s.estimate) > config.large_shift)
@@ -205,20 +209,62 @@ def _advance(
     )
 
 
+def close_step(
+    backend: StatsBackend,
+    device: Any,
+    state: ControllerState[A],
+    config: Config,
+    kl: A | None,
+    prior_value: A | None,
+    partials: Any = None,
+    batch: BatchStats[Any, Any] | None = None,
+) -> tuple[ControllerState[A], BatchStats[Any, Any] | None]:
+    """Everything a step does after its row results are complete: finalize
+    them (when given) into ``batch``, place the proxies as state scalars and
+    ``advance``. The whole device-side update, and what ``compile_step``
+    hands to ``torch.compile``; returns the new state and the batch."""
+    if partials is not None:
+        batch = backend.finalize(partials, trim=config.trim)
+    placed = None
+    if batch is not None:
+        placed = BatchStats(**{f.name: backend.scalar(getattr(batch, f.name), device) for f in fields(batch)})
+    return advance(state, config, placed, kl, prior_value), batch
+
+
+def _compile_close_step(compile_step: bool | str) -> Any:
+    """``close_step`` compiled with ``torch.compile`` (``True``: its default
+    mode; a string: that mode, e.g. "reduce-overhead" for CUDA graphs), or
+    ``None`` for eager. torch is imported only when compiling is asked for."""
+    if compile_step is False:
+        return None
+    if compile_step is not True and not isinstance(compile_step, str):
+        raise TypeError(f"compile_step must be a bool or a torch.compile mode name, got {compile_step!r}")
+    import torch
+
+    return torch.compile(close_step, mode=None if compile_step is True else compile_step)
+
+
 _PRIOR_FROM_CONFIG: Any = object()
 
 
 class Controller:
     """Noise-aware SFT/RL mixing weight, one ``update`` per optimizer step.
 
-    ``Controller(config=None, *, prior=..., process_group=None, **overrides)``:
-    ``overrides`` replace fields of ``config`` (validated). ``prior`` defaults
-    to the warmup-cosine schedule of the config starting at ``mu_init``; any
-    callable ``step -> mu`` replaces it and ``None`` disables the blend.
+    ``Controller(config=None, *, prior=..., process_group=None,
+    compile_step=False, **overrides)``: ``overrides`` replace fields of
+    ``config`` (validated). ``prior`` defaults to the warmup-cosine schedule
+    of the config starting at ``mu_init``; any callable ``step -> mu``
+    replaces it and ``None`` disables the blend.
 
     numpy inputs return Python floats; torch inputs return a 0-d float32
     tensor on their device, computed without host-device synchronization (the
-    state moves to the device of the inputs on first use). Without a KL
+    state moves to the device of the inputs on first use; CPU tensors keep it
+    in host scalars, see ``gaccore.kernels.TorchBackend``). ``compile_step``
+    runs the device-side rest of each step (``close_step``: finalize and
+    ``advance``, the same code) through ``torch.compile``: ``True`` for its
+    default mode, or a mode name such as "reduce-overhead" (CUDA graphs); the
+    default ``False`` is eager. It applies where the state lives on a device
+    (the first compile of each shape takes seconds). Without a KL
     source (``kl=`` or ``ref_logp=``) rho stays at ``rho_init``. On a step
     whose ``observe`` was never called, no statistics are folded.
     """
@@ -229,6 +275,7 @@ class Controller:
         *,
         prior: Prior | None = _PRIOR_FROM_CONFIG,
         process_group: Any = None,
+        compile_step: bool | str = False,
         **overrides: Any,
     ) -> None:
         config = config if config is not None else Config()
@@ -253,6 +300,7 @@ class Controller:
         self.config = config
         self.prior = prior
         self.process_group = process_group
+        self._compiled_close = _compile_close_step(compile_step)
         self._step = 0
         self._backend: StatsBackend = NUMPY_BACKEND
         self._device: Any = None
@@ -305,14 +353,13 @@ class Controller:
         every rank computes the same ``mu``; every rank must call ``step``.
         """
         _check_kl(kl)  # before any collective: a rejected call must not leave peers waiting
-        batch: BatchStats[Any, Any] | None = None
+        partials: Any = None
         backend, device = self._backend, self._device
         if self._pending is not None:
             backend, partials, device = self._pending
             if self.process_group is not None:
                 partials = backend.reduce(partials, self.process_group)
-            batch = backend.finalize(partials, trim=self.config.trim)
-        return self._advance(backend, device, batch, kl)
+        return self._advance(backend, device, kl, partials=partials)
 
     def update(
         self,
@@ -349,11 +396,19 @@ class Controller:
         if self._pending is not None:
             raise RuntimeError("update_stats: this step already has observed micro-batches; call step()")
         if stats is None:
-            return self._advance(self._backend, self._device, None, kl)
+            return self._advance(self._backend, self._device, kl)
         backend = backend_for(stats.var_sft)
-        return self._advance(backend, backend.device_of(stats.var_sft), stats, kl)
+        return self._advance(backend, backend.device_of(stats.var_sft), kl, batch=stats)
 
-    def _advance(self, backend: StatsBackend, device: Any, batch: BatchStats[Any, Any] | None, kl: Any) -> Any:
+    def _advance(
+        self,
+        backend: StatsBackend,
+        device: Any,
+        kl: Any,
+        *,
+        partials: Any = None,
+        batch: BatchStats[Any, Any] | None = None,
+    ) -> Any:
         if kl is not None and self.process_group is not None:
             # SPEC: a caller's kl is averaged over the group, so every rank
             # steers rho with the same observation (lazy: torch only here).
@@ -362,11 +417,12 @@ class Controller:
             kl = mean_over_group(kl, self.process_group, device)
         prior_value = self._prior_value()
         state = self._state_on(backend, device)
-        placed_batch = None
-        if batch is not None:
-            placed_batch = BatchStats(**{f.name: backend.scalar(getattr(batch, f.name), device) for f in fields(batch)})
+        # Host values become state scalars here, outside close_step, so a
+        # compiled close_step sees tensors whose values change, never new constants.
         placed_kl = None if kl is None else backend.scalar(kl, device)
-        new_state = advance(state, self.config, placed_batch, placed_kl, prior_value)
+        placed_prior = None if prior_value is None else backend.scalar(prior_value, device)
+        close = close_step if device is None or self._compiled_close is None else self._compiled_close
+        new_state, batch = close(backend, device, state, self.config, placed_kl, placed_prior, partials, batch)
         # Commit only once everything above succeeded: a rejected call leaves no trace.
         self._state, self._backend, self._device = new_state, backend, device
         self._pending = None

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from gaccore._array import clip, is_torch, torch_module, where
+from gaccore._array import clip, is_torch, quiet, torch_module, where
 from gaccore.validation import check_trim
 
 Value = TypeVar("Value")
@@ -170,7 +170,7 @@ def finalize(rows: RowResults, *, trim: float = 0.1) -> BatchStats[Any, Any]:
     tokens of the RL rows.
     """
     check_trim(trim)
-    with np.errstate(all="ignore"):  # numpy rows: NaN/inf of rows outside a statistic are masked
+    with quiet(rows.valid):  # NaN/inf of rows outside a statistic are masked
         stats = _finalize(rows, trim)
     if is_torch(stats.var_sft):
         return stats

@@ -231,6 +231,25 @@ def test_non_finite_kl_tensor_keeps_state_finite(cpu_state):
     assert all(math.isfinite(metrics[k]) for k in ("mu", "rho", "mu_bar", "kl_drift_area"))
 
 
+def test_compiled_step_gives_the_eager_mu_sequence(device_state):
+    """compile_step: close_step (finalize + advance) through torch.compile on
+    CPU (inductor's C++ backend) takes the same steps as eager. One graph:
+    statistics, a kl and the prior on every step, the same batch shape."""
+    config = {**CONFIG, "update_every": 1}
+    steps = [(batch, torch.tensor(0.003 * t, dtype=torch.float64)) for t, (batch, _) in enumerate(_steps(6))]
+    eager = gaccore.Controller(**config)
+    compiled = gaccore.Controller(**config, compile_step=True)
+    want = [eager.update(**batch, kl=kl).item() for batch, kl in steps]
+    got = [compiled.update(**batch, kl=kl).item() for batch, kl in steps]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert compiled.metrics() == pytest.approx(eager.metrics(), rel=1e-12, nan_ok=True)
+
+
+def test_compile_step_must_be_a_flag_or_a_mode():
+    with pytest.raises(TypeError, match="compile_step must be"):
+        gaccore.Controller(compile_step=1)
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -248,6 +267,32 @@ def test_cuda_update_is_sync_free():
         torch.cuda.set_sync_debug_mode("default")
     assert all(m.device.type == "cuda" and m.dtype == torch.float32 for m in mus)
     assert 0.0 < ctrl.mu < 1.0
+
+
+@cuda
+@pytest.mark.parametrize("mode", [True, "reduce-overhead"])
+def test_cuda_compiled_step_is_sync_free_and_matches_eager(mode):
+    """compile_step on a GPU (inductor; "reduce-overhead" adds CUDA graphs):
+    no host sync under set_sync_debug_mode('error') once compiled, the eager
+    mu sequence."""
+    config = {**CONFIG, "update_every": 1}
+    steps = [
+        (batch, torch.tensor(0.003 * t, dtype=torch.float64, device="cuda"))
+        for t, (batch, _) in enumerate(_steps(20, device="cuda"))
+    ]
+    eager = gaccore.Controller(**config)
+    want = [eager.update(**batch, kl=kl).item() for batch, kl in steps]
+    compiled = gaccore.Controller(**config, compile_step=mode)
+    # compile (and record graphs) outside the checked region
+    got = [compiled.update(**batch, kl=kl).item() for batch, kl in steps[:3]]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mus = [compiled.update(**batch, kl=kl).clone() for batch, kl in steps[3:]]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    got += [m.item() for m in mus]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
 
 
 @cuda
