@@ -264,11 +264,11 @@ def measure_shape(
     nbytes = kernel_bytes(batch)
     row: dict[str, Any] = {"B": rows, "T": tokens, "logp": str(dtype).removeprefix("torch."), "MB": nbytes / 1e6}
     out = fused.empty_out(rows, device)
-    row["kernel_s"] = timer.median_s(lambda: fused.row_results(**batch, out=out))
+    row["kernel_s"] = timer.median_s(lambda: fused.kernel_row_results(**batch, out=out))
     row["kernel_GBps"] = nbytes / row["kernel_s"] / 1e9
     row["kernel_pct_copy"] = 100 * row["kernel_GBps"] / copy_gbs
-    row["triton_stats_s"] = timer.median_s(lambda: finalize(fused.row_results(**batch, out=out)))
-    row["twin_s"] = timer.median_s(lambda: finalize(reference.row_results(**batch)))
+    row["triton_stats_s"] = timer.median_s(lambda: finalize(fused.kernel_row_results(**batch, out=out)))
+    row["twin_s"] = timer.median_s(lambda: finalize(reference.twin_row_results(**batch)))
     if compiled is not None:
         try:
             row["compiled_s"] = timer.median_s(lambda: finalize(compiled(**batch)))
@@ -335,7 +335,7 @@ def measure_split(rows: int, tokens: int, args: argparse.Namespace, timer: Timer
     chunks = fused.chunk_count(rows, tokens)
     row: dict[str, Any] = {"B": rows, "T": tokens, "MB": nbytes / 1e6, "chunks": chunks}
     for name, count in (("split", chunks), ("unsplit", 1)):
-        seconds = timer.median_s(lambda count=count: fused.row_results(**batch, out=out, chunks=count))
+        seconds = timer.median_s(lambda count=count: fused.kernel_row_results(**batch, out=out, chunks=count))
         row[f"{name}_s"] = seconds
         row[f"{name}_GBps"] = nbytes / seconds / 1e9
         row[f"{name}_pct_copy"] = 100 * row[f"{name}_GBps"] / copy_gbs
@@ -355,7 +355,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     copy_gbs = copy_bandwidth_gbs(timer, (1 << 20) if args.quick else (1 << 30), device)
     compiled = None
     if not args.no_compile:
-        compiled = torch.compile(reference.row_results, dynamic=True)
+        compiled = torch.compile(reference.twin_row_results, dynamic=True)
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,

@@ -167,10 +167,10 @@ def advance(
     one graph per combination of ``None``s.
     """
     with quiet(state.mu):  # NaN/inf are data here, masked below
-        return _advance(state, config, batch, kl, prior_value, expert_reward, policy_reward)
+        return _advance_steps(state, config, batch, kl, prior_value, expert_reward, policy_reward)
 
 
-def _advance(
+def _advance_steps(
     state: ControllerState[A],
     config: Config,
     batch: BatchStats[A, A] | None,
@@ -418,7 +418,7 @@ class Controller:
             backend, partials, device = self._pending
             if self.process_group is not None:
                 partials = backend.reduce(partials, self.process_group)
-        return self._advance(backend, device, observations, partials=partials)
+        return self._finish_step(backend, device, observations, partials=partials)
 
     def update(
         self,
@@ -464,11 +464,11 @@ class Controller:
         if self._pending is not None:
             raise RuntimeError("update_stats: this step already has observed micro-batches; call step()")
         if stats is None:
-            return self._advance(self._backend, self._device, observations)
+            return self._finish_step(self._backend, self._device, observations)
         backend = backend_for(stats.var_sft)
-        return self._advance(backend, backend.device_of(stats.var_sft), observations, batch=stats)
+        return self._finish_step(backend, backend.device_of(stats.var_sft), observations, batch=stats)
 
-    def _advance(
+    def _finish_step(
         self,
         backend: StatsBackend,
         device: Any,

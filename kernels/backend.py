@@ -62,10 +62,10 @@ def row_results(
     _check_method(method)
     check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
     if method == "torch" or (method == "auto" and logp.device.type != "cuda"):
-        return reference.row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
+        return reference.twin_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
     from gaccore.kernels import fused  # lazy: triton is imported only when the kernel runs
 
-    return fused.row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, checked=True)
+    return fused.kernel_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, checked=True)
 
 
 def batch_stats(

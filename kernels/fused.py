@@ -394,7 +394,7 @@ def warps(block: int) -> int:
 
 
 def empty_out(rows: int, device: torch.device | str) -> torch.Tensor:
-    """A fresh output buffer for ``row_results(..., out=)``."""
+    """A fresh output buffer for ``kernel_row_results(..., out=)``."""
     return torch.empty(len(KERNEL_FIELDS), rows, dtype=ROW_DTYPE, device=device)
 
 
@@ -406,7 +406,7 @@ def chunk_count(rows: int, tokens: int) -> int:
     return max(1, min(wanted, triton.cdiv(tokens, MIN_CHUNK_TOKENS)))
 
 
-def row_results(
+def kernel_row_results(
     logp: torch.Tensor,
     mask: torch.Tensor,
     adv: torch.Tensor,

@@ -130,7 +130,7 @@ def rows_per_block(rows: int, tokens: int, device: torch.device) -> int:
     return max(1, CPU_BLOCK_TOKENS // max(tokens, 1))
 
 
-def row_results(
+def twin_row_results(
     logp: torch.Tensor,
     mask: torch.Tensor,
     adv: torch.Tensor,

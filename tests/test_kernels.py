@@ -124,7 +124,7 @@ def test_edge_cases(method, name, batch):
 def test_kernel_merges_many_blocks(adv_per_token, adv_offset):
     """Rows longer than a block: Chan merges across 9 blocks of 16 tokens."""
     batch = make_batch(5, 129, seed=12, adv_per_token=adv_per_token, adv_offset=adv_offset)
-    rows = fused.row_results(**batch, block_t=16)
+    rows = fused.kernel_row_results(**batch, block_t=16)
     assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
 
 
@@ -148,7 +148,7 @@ def test_kernel_default_blocks_with_a_partial_last_block():
 def test_kernel_property(rows, tokens, seed, adv_per_token, mask_rate, block_t, chunks):
     """The kernel equals the numpy reference for any batch, block size and split."""
     batch = make_batch(rows, tokens, seed=seed, adv_per_token=adv_per_token, mask_rate=mask_rate)
-    rows_out = fused.row_results(**batch, block_t=block_t, chunks=chunks)
+    rows_out = fused.kernel_row_results(**batch, block_t=block_t, chunks=chunks)
     assert_stats_close(finalize(rows_out), numpy_stats(batch), RTOL[torch.float32])
 
 
@@ -158,7 +158,7 @@ def test_kernel_writes_every_output_and_is_bit_identical():
     runs = []
     for _ in range(2):
         out = torch.full((len(fused.KERNEL_FIELDS), 9), math.nan, dtype=torch.float64)
-        rows = fused.row_results(**batch, out=out, block_t=32)
+        rows = fused.kernel_row_results(**batch, out=out, block_t=32)
         assert not torch.isnan(out).any(), "the kernel left an output unwritten"
         runs.append(out.clone())
     assert torch.equal(runs[0], runs[1])
@@ -177,7 +177,7 @@ def test_kernel_split_rows(rows, tokens, adv_per_token):
     runs = []
     for _ in range(2):
         out = torch.full((len(fused.KERNEL_FIELDS), rows), math.nan, dtype=torch.float64)
-        split = fused.row_results(**batch, out=out, block_t=16, chunks=3)
+        split = fused.kernel_row_results(**batch, out=out, block_t=16, chunks=3)
         assert not torch.isnan(out).any(), "the kernel left an output unwritten"
         runs.append(out.clone())
     assert torch.equal(runs[0], runs[1])
@@ -201,7 +201,7 @@ def test_kernel_many_rows():
 def test_kernel_out_is_checked():
     batch = make_batch(3, 4)
     with pytest.raises(ValueError, match="out must be a contiguous float64 tensor"):
-        fused.row_results(**batch, out=torch.zeros(len(fused.KERNEL_FIELDS), 3))
+        fused.kernel_row_results(**batch, out=torch.zeros(len(fused.KERNEL_FIELDS), 3))
 
 
 def test_kernel_field_order_matches_row_results():
@@ -219,7 +219,7 @@ def test_trim_drops_exact_counts(trim):
 def test_micro_batches_merge_exactly():
     """Rows of two micro-batches concatenated = one batch holding both."""
     a, b = make_batch(5, 13, seed=1, adv_per_token=True), make_batch(8, 13, seed=2, adv_per_token=True)
-    merged = reference.row_results(**a).merge(reference.row_results(**b))
+    merged = reference.twin_row_results(**a).merge(reference.twin_row_results(**b))
     whole = {k: torch.cat([a[k], b[k]]) for k in a}
     assert_stats_close(finalize(merged), numpy_stats(whole), RTOL[torch.float32])
     for name, value in finalize(merged).__dict__.items():
@@ -311,7 +311,7 @@ def test_cuda_kernel_poisoned_and_bit_identical():
     runs = []
     for _ in range(2):
         out = torch.full((len(fused.KERNEL_FIELDS), 513), math.nan, dtype=torch.float64, device="cuda")
-        fused.row_results(**batch, out=out)
+        fused.kernel_row_results(**batch, out=out)
         runs.append(out.clone())
         assert not torch.isnan(out).any()
     assert torch.equal(runs[0], runs[1])
