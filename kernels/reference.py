@@ -40,17 +40,19 @@ def sft_coefficient(logp: torch.Tensor, sft_coef: str) -> torch.Tensor:
     return one_minus_p.mul_(torch.exp(logp)) if sft_coef == "phi" else one_minus_p
 
 
-def _row_min(on: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Smallest masked-in value of each row (+max float without tokens)."""
+def _row_min(off: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Smallest masked-in value of each row (+max float without tokens);
+    ``off`` is 1.0 where masked out. Values of valid rows are finite, so
+    adding ``off * max`` leaves them exact and lifts the rest out of the way."""
     limit = torch.finfo(values.dtype).max
     if values.shape[1] == 0:  # no tokens at all (T = 0): a shape, not a value
         return values.new_full((values.shape[0],), limit)
-    return torch.where(on, values, limit).amin(dim=1)
+    return torch.addcmul(values, off, values.new_full((), limit)).amin(dim=1)
 
 
-def _row_max(on: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def _row_max(off: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Largest masked-in value of each row (-max float without tokens)."""
-    return -_row_min(on, -values)
+    return -_row_min(off, -values)
 
 
 def _block_rows(
@@ -66,6 +68,11 @@ def _block_rows(
     cannot overflow from fp32 values, and NaN or -inf propagate into it; +inf,
     which the logp clamp would hide, shows in the row's maximum."""
     on = mask if mask.dtype == torch.bool else mask != 0
+    # Masks as 0/1 floats multiply faster than torch.where selects; they are
+    # used only on values that are finite in valid rows (masked-out logp may
+    # be NaN, so the inputs themselves still go through where).
+    on_f = on.view(torch.uint8).to(torch.float32)  # bool -> float directly is several times slower
+    off_f = 1.0 - on_f
     n_tokens = on.sum(dim=1, dtype=torch.int32).to(ROW_DTYPE)
     count = n_tokens.clamp(min=1.0)
     logp32 = torch.where(on, logp.to(torch.float32), 0.0)
@@ -75,7 +82,7 @@ def _block_rows(
 
     weight = sft_coefficient(logp32, sft_coef)  # 0 where masked out
     mean_w = weight.to(ROW_DTYPE).sum(dim=1) / count
-    dev_w = torch.where(on, weight - mean_w.to(torch.float32)[:, None], 0.0)  # about the fp32-rounded mean
+    dev_w = (weight - mean_w.to(torch.float32)[:, None]).mul_(on_f)  # about the fp32-rounded mean
     m2_w = torch.linalg.vecdot(dev_w, dev_w)
 
     if adv.ndim == 1:
@@ -92,10 +99,10 @@ def _block_rows(
         adv_sum = adv32.to(ROW_DTYPE).sum(dim=1)
         valid &= torch.isfinite(adv_sum)
         mean_a = adv_sum / count
-        dev_a = torch.where(on, adv32 - mean_a.to(torch.float32)[:, None], 0.0)
+        dev_a = (adv32 - mean_a.to(torch.float32)[:, None]).mul_(on_f)
         m2_a = torch.linalg.vecdot(dev_a, dev_a)
         c_aw = torch.linalg.vecdot(dev_a, dev_w)
-        min_a, max_a = _row_min(on, adv32), _row_max(on, adv32)
+        min_a, max_a = _row_min(off_f, adv32), _row_max(off_f, adv32)
 
     if ref_logp is None:
         kl_sum = torch.full_like(n_tokens, math.nan)
@@ -116,7 +123,7 @@ def _block_rows(
         "c_aw": c_aw,
         "min_a": min_a,
         "max_a": max_a,
-        "min_w": _row_min(on, weight),
+        "min_w": _row_min(off_f, weight),
         "max_w": weight.amax(dim=1) if weight.shape[1] else torch.zeros_like(n_tokens),  # w >= 0, 0 where masked out
         "kl_sum": kl_sum,
     }
