@@ -13,9 +13,9 @@ never enter arithmetic (padding may be NaN or -inf), logp is clamped to
 
 Every operation has a fixed shape (no boolean indexing, no host reads), so the
 twin runs on any device without synchronizing. On CPU it walks the batch in
-blocks of rows small enough for their fp32 temporaries to stay in cache:
-allocating and touching batch-sized temporaries (4 MB each at (256, 4096))
-costs more than the arithmetic.
+blocks of rows (``CPU_BLOCK_TOKENS``): allocating and touching batch-sized
+temporaries (4 MB each at (256, 4096), fresh pages every call) costs more
+than the arithmetic.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import torch
 from gaccore.kernels.rows import ROW_DTYPE, RowResults, with_roles
 from gaccore.stats import k3
 
-# Tokens per block of rows on CPU: the dozen fp32 temporaries of a block stay
-# within a core's L2 cache.
+# Tokens per block of rows on CPU: large enough that the ~45 torch calls of a
+# block cost little next to its arithmetic, small enough that no temporary is
+# batch-sized (2^13 to 2^21 timed at (64, 1024) and (256, 4096) on the
+# development machine: 2^17 was fastest).
 CPU_BLOCK_TOKENS = 1 << 17
 
 
