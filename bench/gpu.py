@@ -12,13 +12,20 @@ GB/s (every input byte once plus its outputs), that as a percentage
 of a device-to-device copy measured in the same run, the host syncs of one
 ``Controller.update`` and of one naive call, the time of a whole ``update``
 (device time between events, and host wall time per call when many run back
-to back), and the cost of ``update`` relative to computing the log-probs it
-reads: an LM-head matmul plus log-softmax gather over a 150k vocabulary for
-the same tokens (one chunk of tokens is timed and scaled linearly).
+to back), its device time beyond the statistics kernel, the same three for
+``Controller(compile_step=True)`` (finalize + advance through inductor) and
+``compile_step="reduce-overhead"`` (plus CUDA graphs), and the cost of
+``update`` relative to computing the log-probs it reads: an LM-head matmul
+plus log-softmax gather over a 150k vocabulary for the same tokens (one chunk
+of tokens is timed and scaled linearly). A second table times the kernel on
+few long rows, (8, 131072) and (4, 524288), split into ``chunk_count(B, T)``
+chunks and unsplit, each as GB/s and as a percentage of copy bandwidth.
 
-Targets (SPEC §5 and issue #3): kernel >= 60% of copy bandwidth for inputs
->= 64 MB; >= 20x faster than the naive baseline at (256, 4096); whole update
-< 50 us at (256, 4096) with zero syncs; update < 1% of the log-prob cost.
+Targets (SPEC §5, issues #3 and #11): kernel >= 60% of copy bandwidth for
+inputs >= 64 MB, split rows included; >= 20x faster than the naive baseline
+at (256, 4096); whole update at (256, 4096) in <= 50 us of host time and
+<= 100 us of device time beyond the kernel, with zero syncs; update < 1% of
+the log-prob cost.
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ if ARGS.device == "cpu":
 import torch  # noqa: E402
 
 import gaccore  # noqa: E402
-from gaccore.kernels import fused, reference  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND, fused, reference  # noqa: E402
 from gaccore.kernels.rows import finalize  # noqa: E402
 
 # -- timing ----------------------------------------------------------------------
@@ -257,11 +264,11 @@ def measure_shape(
     nbytes = kernel_bytes(batch)
     row: dict[str, Any] = {"B": rows, "T": tokens, "logp": str(dtype).removeprefix("torch."), "MB": nbytes / 1e6}
     out = fused.empty_out(rows, device)
-    row["kernel_s"] = timer.median_s(lambda: fused.row_results(**batch, out=out))
+    row["kernel_s"] = timer.median_s(lambda: fused.kernel_row_results(**batch, out=out))
     row["kernel_GBps"] = nbytes / row["kernel_s"] / 1e9
     row["kernel_pct_copy"] = 100 * row["kernel_GBps"] / copy_gbs
-    row["triton_stats_s"] = timer.median_s(lambda: finalize(fused.row_results(**batch, out=out)))
-    row["twin_s"] = timer.median_s(lambda: finalize(reference.row_results(**batch)))
+    row["triton_stats_s"] = timer.median_s(lambda: finalize(fused.kernel_row_results(**batch, out=out)))
+    row["twin_s"] = timer.median_s(lambda: finalize(reference.twin_row_results(**batch)))
     if compiled is not None:
         try:
             row["compiled_s"] = timer.median_s(lambda: finalize(compiled(**batch)))
@@ -278,8 +285,60 @@ def measure_shape(
     row["update_syncs"] = syncs.count(lambda: ctrl.update(**batch, kl=kl))
     row["update_s"] = timer.median_s(lambda: ctrl.update(**batch, kl=kl))
     row["update_wall_s"] = timer.wall_per_call_s(lambda: ctrl.update(**batch, kl=kl), 10 if args.quick else 100)
+    row["update_beyond_kernel_s"] = row["update_s"] - row["kernel_s"]
+    if not args.no_compile:
+        for name, mode in COMPILE_MODES:
+            measure_compiled_update(row, name, mode, batch, kl, args, timer, syncs)
     row["logprob_s"] = logprob_cost_s(timer, rows * tokens, args, device)
     row["update_pct_logprob"] = 100 * max(row["update_s"], row["update_wall_s"]) / row["logprob_s"]
+    return row
+
+
+# Controller(compile_step=...): inductor-fused finalize + advance, and the same
+# with CUDA graphs (one replay per update; "reduce-overhead" on CPU is plain inductor).
+COMPILE_MODES = [("compiled", True), ("graphs", "reduce-overhead")]
+
+
+def measure_compiled_update(
+    row: dict[str, Any],
+    name: str,
+    mode: bool | str,
+    batch: dict[str, torch.Tensor],
+    kl: torch.Tensor,
+    args: argparse.Namespace,
+    timer: Timer,
+    syncs: SyncCounter,
+) -> None:
+    """Device time, host wall time per call and host syncs of one ``update``
+    with ``compile_step=mode`` (compiled and warmed up first)."""
+    try:
+        ctrl = gaccore.Controller(compile_step=mode)
+        for _ in range(3):
+            ctrl.update(**batch, kl=kl)
+        row[f"update_{name}_syncs"] = syncs.count(lambda: ctrl.update(**batch, kl=kl))
+        row[f"update_{name}_s"] = timer.median_s(lambda: ctrl.update(**batch, kl=kl))
+        row[f"update_{name}_wall_s"] = timer.wall_per_call_s(
+            lambda: ctrl.update(**batch, kl=kl), 10 if args.quick else 100
+        )
+        row[f"update_{name}_beyond_kernel_s"] = row[f"update_{name}_s"] - row["kernel_s"]
+    except Exception as exc:  # report, keep measuring the rest
+        row[f"update_{name}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+
+
+def measure_split(rows: int, tokens: int, args: argparse.Namespace, timer: Timer, copy_gbs: float) -> dict[str, Any]:
+    """The kernel on few long rows, split into ``chunk_count(B, T)`` chunks and
+    unsplit (one program per row), bf16 logp, against copy bandwidth."""
+    device = torch.device(args.device)
+    batch = make_inputs(rows, tokens, torch.bfloat16, device)
+    nbytes = kernel_bytes(batch)
+    out = fused.empty_out(rows, device)
+    chunks = fused.chunk_count(rows, tokens)
+    row: dict[str, Any] = {"B": rows, "T": tokens, "MB": nbytes / 1e6, "chunks": chunks}
+    for name, count in (("split", chunks), ("unsplit", 1)):
+        seconds = timer.median_s(lambda count=count: fused.kernel_row_results(**batch, out=out, chunks=count))
+        row[f"{name}_s"] = seconds
+        row[f"{name}_GBps"] = nbytes / seconds / 1e9
+        row[f"{name}_pct_copy"] = 100 * row[f"{name}_GBps"] / copy_gbs
     return row
 
 
@@ -287,13 +346,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu --quick for a smoke test")
+    # The smoke test runs the GPU code path: controller state in 0-d tensors,
+    # not the host scalars CPU tensors get by default.
+    TORCH_BACKEND.host_on_cpu = False
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     timer = Timer(device, reps=3 if args.quick else 20, warmup=1 if args.quick else 3)
     syncs = SyncCounter(device)
     copy_gbs = copy_bandwidth_gbs(timer, (1 << 20) if args.quick else (1 << 30), device)
     compiled = None
     if not args.no_compile:
-        compiled = torch.compile(reference.row_results, dynamic=True)
+        compiled = torch.compile(reference.twin_row_results, dynamic=True)
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -304,9 +366,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for dtype in (torch.bfloat16, torch.float32):
             row = measure_shape(rows, tokens, dtype, args, timer, syncs, copy_gbs, compiled)
             results["rows"].append(row)
-            print_row(row, first=len(results["rows"]) == 1)
+            print_row(row, COLUMNS, first=len(results["rows"]) == 1)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    results["split"] = []
+    for rows, tokens in QUICK_SPLIT_SHAPES if args.quick else SPLIT_SHAPES:
+        row = measure_split(rows, tokens, args, timer, copy_gbs)
+        results["split"].append(row)
+        print_row(row, SPLIT_COLUMNS, first=len(results["split"]) == 1)
     return results
 
 
@@ -328,17 +395,42 @@ COLUMNS = [
     ("update_syncs", "upd syncs", 9, None),
     ("update_s", "upd us", 8, 1),
     ("update_wall_s", "upd wall us", 11, 1),
+    ("update_beyond_kernel_s", "upd-k us", 9, 1),
+    ("update_compiled_s", "cmp us", 8, 1),
+    ("update_compiled_wall_s", "cmp wall", 9, 1),
+    ("update_compiled_beyond_kernel_s", "cmp-k us", 9, 1),
+    ("update_compiled_syncs", "cmp syncs", 9, None),
+    ("update_graphs_s", "graph us", 9, 1),
+    ("update_graphs_wall_s", "graph wall", 10, 1),
+    ("update_graphs_beyond_kernel_s", "graph-k us", 10, 1),
+    ("update_graphs_syncs", "graph syncs", 11, None),
     ("update_pct_logprob", "%logprob", 9, 4),
+]
+SPLIT_SHAPES = [(8, 131072), (4, 524288)]
+QUICK_SPLIT_SHAPES = [(2, 20000)]
+SPLIT_COLUMNS = [
+    ("B", "B", 5, None),
+    ("T", "T", 7, None),
+    ("MB", "MB", 7, 1),
+    ("chunks", "chunks", 6, None),
+    ("split_s", "split us", 10, 1),
+    ("split_GBps", "GB/s", 7, 0),
+    ("split_pct_copy", "%copy", 6, 0),
+    ("unsplit_s", "unsplit us", 11, 1),
+    ("unsplit_GBps", "GB/s", 7, 0),
+    ("unsplit_pct_copy", "%copy", 6, 0),
 ]
 
 
-def print_row(row: dict[str, Any], *, first: bool) -> None:
+def print_row(row: dict[str, Any], columns: list[tuple[str, str, int, int | None]], *, first: bool) -> None:
     if first:
-        print(" ".join(f"{title:>{width}}" for _, title, width, _ in COLUMNS))
+        print(" ".join(f"{title:>{width}}" for _, title, width, _ in columns))
     cells = []
-    for key, _, width, decimals in COLUMNS:
+    for key, _, width, decimals in columns:
         value = row.get(key, math.nan)
-        if decimals is None:
+        if decimals is None and isinstance(value, float):
+            cells.append(f"{'-':>{width}}")
+        elif decimals is None:
             cells.append(f"{value:>{width}}")
         else:
             scale = 1e6 if key.endswith("_s") else 1.0
@@ -352,8 +444,8 @@ def main() -> None:
     results["seconds"] = time.perf_counter() - started
     print(f"device: {results['device']}; copy {results['copy_GBps']:.0f} GB/s; {results['seconds']:.0f} s in all")
     for row in results["rows"]:
-        if "compiled_error" in row:
-            print(f"torch.compile failed at B={row['B']} T={row['T']} {row['logp']}: {row['compiled_error']}")
+        for key in [k for k in row if k.endswith("_error")]:
+            print(f"{key} at B={row['B']} T={row['T']} {row['logp']}: {row[key]}")
     if ARGS.out:
         ARGS.out.write_text(json.dumps(results, indent=2))
         print(f"wrote {ARGS.out}")

@@ -50,7 +50,7 @@ def _batch(rows: int, tokens: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("rows,tokens", SHAPES, ids=[f"{b}x{t}" for b, t in SHAPES])
 def test_torch_twin(benchmark, rows, tokens):
     batch = _batch(rows, tokens)
-    stats = benchmark.pedantic(lambda: kernels.batch_stats(**batch, backend="torch"), rounds=10, warmup_rounds=1)
+    stats = benchmark.pedantic(lambda: kernels.batch_stats(**batch, method="torch"), rounds=10, warmup_rounds=1)
     assert stats.n_rl.item() > 0
 
 

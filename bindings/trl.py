@@ -178,7 +178,7 @@ class GACGRPOTrainer(GRPOTrainer):
             expert_mask,
         )
         if self._window_mu is None:
-            self._window_mu = torch.tensor(self.gac.mu, device=logp.device)
+            self._window_mu = self.gac.mu_tensor(logp.device)  # stays on the device: no host read
         self.gac.observe(logp, mask, adv, expert, ref_logp=ref_logp)
         mu = self._window_mu
         if self.accelerator.sync_gradients:

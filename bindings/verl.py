@@ -121,8 +121,8 @@ def compute_mu(batch: DataProto, controller: Controller) -> dict[str, float]:
     rows = tensors["response_mask"].shape[0]
     tensors[MU_KEY] = mu.to(torch.float32).expand(rows).clone()
     tensors[SFT_NLL_KEY] = torch.full((rows,), controller.config.sft_coef == "nll", dtype=torch.bool)
-    batch.meta_info[MU_META_KEY] = float(mu)
-    metrics = controller.metrics()
+    metrics = controller.metrics()  # one device read for mu and every logged value
+    batch.meta_info[MU_META_KEY] = metrics["mu"]
     return {f"gac/{name}": metrics[name] for name in _LOGGED}
 
 

@@ -9,6 +9,8 @@ own functions are looked up lazily, which keeps ``import gaccore`` numpy-only.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 from typing import Any, Protocol
 
@@ -41,7 +43,8 @@ def is_torch(value: object) -> bool:
     return type(value).__module__.partition(".")[0] == "torch"
 
 
-def _torch() -> Any:
+def torch_module() -> Any:
+    """The torch module, already imported by whoever made the tensor at hand."""
     return sys.modules["torch"]
 
 
@@ -49,30 +52,64 @@ def _any_torch(*values: object) -> bool:
     return any(is_torch(v) for v in values)
 
 
+# Host scalars take plain Python paths: a numpy ufunc call on a 0-d value
+# costs about a microsecond, ten times the arithmetic, and the controller's
+# step is a hundred such calls.
+_HOST_FLAGS = (bool, np.bool_)
+_HOST_NUMBERS = (float, int, np.floating, np.integer)
+
+
+def _is_host_number(x: Any) -> bool:
+    return isinstance(x, _HOST_NUMBERS) and type(x) is not bool
+
+
 def where(cond: Any, a: Any, b: Any) -> Any:
     """Elementwise ``a if cond else b``; both branches are evaluated."""
+    if type(cond) in _HOST_FLAGS and _is_host_number(a) and _is_host_number(b):
+        return np.float64(a if cond else b)
     if _any_torch(cond, a, b):
-        return _torch().where(cond, a, b)
+        return torch_module().where(cond, a, b)
     return np.where(cond, a, b)
 
 
 def clip(x: Any, lo: float, hi: float) -> Any:
     """Clamp to [lo, hi]; NaN stays NaN, so callers clear it first."""
+    if isinstance(x, _HOST_NUMBERS):
+        return np.float64(min(max(x, lo), hi))  # max/min keep a NaN first argument
     if is_torch(x):
-        return _torch().clamp(x, min=lo, max=hi)
+        return torch_module().clamp(x, min=lo, max=hi)
     return np.clip(x, lo, hi)
 
 
 def isfinite(x: Any) -> Any:
+    if isinstance(x, _HOST_NUMBERS):
+        return np.bool_(math.isfinite(x))
     if is_torch(x):
-        return _torch().isfinite(x)
+        return torch_module().isfinite(x)
     return np.isfinite(x)
 
 
 def absolute(x: Any) -> Any:
+    if isinstance(x, _HOST_NUMBERS):
+        return np.float64(abs(x))
     if is_torch(x):
-        return _torch().abs(x)
+        return torch_module().abs(x)
     return np.abs(x)
+
+
+def expm1(x: Any) -> Any:
+    if is_torch(x):
+        return torch_module().expm1(x)
+    return np.expm1(x)
+
+
+def quiet(*values: Any) -> Any:
+    """A context that silences numpy's floating-point warnings for host
+    values (NaN and inf are data here, masked by the caller); a no-op for
+    torch tensors, which never warn, so ``torch.compile`` traces through it."""
+    if _any_torch(*values):
+        return contextlib.nullcontext()
+    return np.errstate(all="ignore")
 
 
 def as_float64(*values: Any) -> tuple[Any, ...]:

@@ -9,13 +9,14 @@ as 0-d float64 tensors on the inputs' device and never synchronizes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from gaccore import stats
 from gaccore._array import is_torch
-from gaccore.stats import BatchStats, NumpyPartials
+from gaccore.rows import BatchStats, RowResults, finalize
 
 
 class StatsBackend(Protocol):
@@ -59,6 +60,9 @@ class StatsBackend(Protocol):
     def to_host(self, value: Any) -> float | bool:
         """A state scalar as a Python float or bool (may synchronize)."""
 
+    def to_host_all(self, values: Sequence[Any]) -> list[float]:
+        """Scalars as Python floats (flags as 0.0/1.0), in one transfer."""
+
     def output(self, mu: Any) -> Any:
         """The ``mu`` handed back by ``update``/``step``."""
 
@@ -80,20 +84,20 @@ class NumpyBackend:
         *,
         ref_logp: Any,
         sft_coef: str,
-    ) -> NumpyPartials:
+    ) -> RowResults:
         return stats.batch_partials(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
 
-    def merge(self, a: NumpyPartials, b: NumpyPartials) -> NumpyPartials:
+    def merge(self, a: RowResults, b: RowResults) -> RowResults:
         return a.merge(b)
 
-    def reduce(self, partials: NumpyPartials, process_group: Any) -> NumpyPartials:
+    def reduce(self, partials: RowResults, process_group: Any) -> RowResults:
         raise TypeError(
             "process_group needs torch tensors: pass logp, mask and adv as torch tensors "
             "(numpy inputs are never reduced across ranks)"
         )
 
-    def finalize(self, partials: NumpyPartials, *, trim: float) -> BatchStats[float, int]:
-        return stats.finalize(partials, trim=trim)
+    def finalize(self, partials: RowResults, *, trim: float) -> BatchStats[float, int]:
+        return finalize(partials, trim=trim)
 
     def device_of(self, value: Any) -> None:
         return None
@@ -110,6 +114,9 @@ class NumpyBackend:
         if isinstance(value, (bool, np.bool_)):
             return bool(value)
         return float(value)
+
+    def to_host_all(self, values: Sequence[Any]) -> list[float]:
+        return [float(value) for value in values]
 
     def output(self, mu: Any) -> float:
         return float(mu)

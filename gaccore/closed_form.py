@@ -11,14 +11,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
-from gaccore._array import as_float64, isfinite, to_python, where
+from gaccore._array import as_float64, isfinite, quiet, to_python, where
 
 
 def _ratio(numerator: Any, denominator: Any) -> Any:
     positive = denominator > 0
-    with np.errstate(all="ignore"):
+    with quiet(numerator, denominator):
         quotient = numerator / where(positive, denominator, 1.0)
         return where(positive & isfinite(quotient), quotient, math.nan)
 
@@ -33,7 +31,7 @@ def mu_star(D: Any, var_sft: Any, var_rl: Any, rho: Any, cov: Any = 0.0) -> Any:
     weighting ``vR / (vS + vR)``; with no noise it is ``rho``.
     """
     D, var_sft, var_rl, rho, cov = as_float64(D, var_sft, var_rl, rho, cov)
-    with np.errstate(all="ignore"):
+    with quiet(D, var_sft, var_rl, rho, cov):
         numerator = rho * D + var_rl - cov
         denominator = D + var_sft + var_rl - 2.0 * cov
     return to_python(_ratio(numerator, denominator))
@@ -71,7 +69,7 @@ def mu_star_biased(
         bias_rl_dot_delta,
         bias_rl_dot_diff,
     )
-    with np.errstate(all="ignore"):
+    with quiet(D, var_sft, var_rl, rho, cov):
         numerator = var_rl - cov + rho * (D + b_dd) - br_d - br_db
         denominator = D + 2.0 * b_dd + b_sq + var_sft + var_rl - 2.0 * cov
     return to_python(_ratio(numerator, denominator))

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, isfinite, where
+from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, is_torch, isfinite, quiet, where
 from gaccore.backend import NUMPY_BACKEND, StatsBackend, backend_for
 from gaccore.closed_form import mu_star
 from gaccore.config import Config
@@ -92,7 +92,10 @@ class ControllerState(Generic[A]):
         )
 
     def to_host(self, backend: StatsBackend) -> dict[str, float | bool]:
-        return {f.name: backend.to_host(getattr(self, f.name)) for f in fields(self)}
+        """Every value on the host, read in one transfer."""
+        names = [f.name for f in fields(self)]
+        values = backend.to_host_all([getattr(self, name) for name in names])
+        return {name: bool(value) if self.is_flag(name) else value for name, value in zip(names, values, strict=True)}
 
 
 def _fold(ema: A, has: A, value: A, beta: float) -> tuple[A, A, A]:
@@ -146,7 +149,7 @@ def advance(
     config: Config,
     batch: BatchStats[A, A] | None,
     kl: A | None,
-    prior_value: float | None,
+    prior_value: A | None,
     *,
     expert_reward: A | None = None,
     policy_reward: A | None = None,
@@ -155,21 +158,23 @@ def advance(
 
     ``batch`` holds this step's proxies as state scalars (``None`` on steps
     without statistics), ``kl`` the caller's KL observation, ``prior_value``
-    the prior at this step (``None`` or non-finite: no blend), and
-    ``expert_reward``/``policy_reward`` the step's verifier success rates of
-    the demonstrations and of the rollouts (folded into EMAs in every mode;
-    they steer rho in ``mode="verified"``).
+    the prior at this step as a state scalar (``None`` or non-finite: no
+    blend), and ``expert_reward``/``policy_reward`` the step's verifier
+    success rates of the demonstrations and of the rollouts (folded into EMAs
+    in every mode; they steer rho in ``mode="verified"``). Branch-free in the
+    values (only ``None`` picks a branch), so ``torch.compile`` traces it into
+    one graph per combination of ``None``s.
     """
-    with np.errstate(all="ignore"):  # NaN/inf are data here, masked below
-        return _advance(state, config, batch, kl, prior_value, expert_reward, policy_reward)
+    with quiet(state.mu):  # NaN/inf are data here, masked below
+        return _advance_steps(state, config, batch, kl, prior_value, expert_reward, policy_reward)
 
 
-def _advance(
+def _advance_steps(
     state: ControllerState[A],
     config: Config,
     batch: BatchStats[A, A] | None,
     kl: A | None,
-    prior_value: float | None,
+    prior_value: A | None,
     expert_reward: A | None,
     policy_reward: A | None,
 ) -> ControllerState[A]:
@@ -228,8 +233,10 @@ def _advance(
     beta = config.ema_beta
     mu_bar = where(defined, beta * s.mu_bar + (1.0 - beta) * estimate, s.mu_bar)
     target = mu_bar
-    if prior_value is not None and math.isfinite(prior_value):
-        target = config.blend * mu_bar + (1.0 - config.blend) * prior_value
+    if prior_value is not None:
+        has_prior = isfinite(prior_value)
+        blended = config.blend * mu_bar + (1.0 - config.blend) * where(has_prior, prior_value, 0.0)
+        target = where(has_prior, blended, mu_bar)
 
     # 7. Telemetry: large jumps of the defined estimate.
     jump = defined & s.has_estimate & (absolute(estimate - s.estimate) > config.large_shift)
@@ -243,20 +250,74 @@ def _advance(
     )
 
 
+def close_step(
+    backend: StatsBackend,
+    device: Any,
+    state: ControllerState[A],
+    config: Config,
+    observations: dict[str, A | None],
+    prior_value: A | None,
+    partials: Any = None,
+    batch: BatchStats[Any, Any] | None = None,
+) -> tuple[ControllerState[A], BatchStats[Any, Any] | None]:
+    """Everything a step does after its row results are complete: finalize
+    them (when given) into ``batch``, place the proxies as state scalars and
+    ``advance`` with the step's observations (``kl``, ``expert_reward``,
+    ``policy_reward`` as state scalars or ``None``). The whole device-side
+    update, and what ``compile_step`` hands to ``torch.compile``; returns the
+    new state and the placed batch (detached state scalars, never the
+    caller's tensors)."""
+    if partials is not None:
+        batch = backend.finalize(partials, trim=config.trim)
+    placed = None
+    if batch is not None:
+        placed = BatchStats(**{f.name: backend.scalar(getattr(batch, f.name), device) for f in fields(batch)})
+    new_state = advance(
+        state,
+        config,
+        placed,
+        observations["kl"],
+        prior_value,
+        expert_reward=observations["expert_reward"],
+        policy_reward=observations["policy_reward"],
+    )
+    return new_state, placed
+
+
+def _compile_close_step(compile_step: bool | str) -> Any:
+    """``close_step`` compiled with ``torch.compile`` (``True``: its default
+    mode; a string: that mode, e.g. "reduce-overhead" for CUDA graphs), or
+    ``None`` for eager. torch is imported only when compiling is asked for."""
+    if compile_step is False:
+        return None
+    if compile_step is not True and not isinstance(compile_step, str):
+        raise TypeError(f"compile_step must be a bool or a torch.compile mode name, got {compile_step!r}")
+    import torch
+
+    return torch.compile(close_step, mode=None if compile_step is True else compile_step)
+
+
 _PRIOR_FROM_CONFIG: Any = object()
 
 
 class Controller:
     """Noise-aware SFT/RL mixing weight, one ``update`` per optimizer step.
 
-    ``Controller(config=None, *, prior=..., process_group=None, **overrides)``:
-    ``overrides`` replace fields of ``config`` (validated). ``prior`` defaults
-    to the warmup-cosine schedule of the config starting at ``mu_init``; any
-    callable ``step -> mu`` replaces it and ``None`` disables the blend.
+    ``Controller(config=None, *, prior=..., process_group=None,
+    compile_step=False, **overrides)``: ``overrides`` replace fields of
+    ``config`` (validated). ``prior`` defaults to the warmup-cosine schedule
+    of the config starting at ``mu_init``; any callable ``step -> mu``
+    replaces it and ``None`` disables the blend.
 
     numpy inputs return Python floats; torch inputs return a 0-d float32
     tensor on their device, computed without host-device synchronization (the
-    state moves to the device of the inputs on first use). Without a KL
+    state moves to the device of the inputs on first use; CPU tensors keep it
+    in host scalars, see ``gaccore.kernels.TorchBackend``). ``compile_step``
+    runs the device-side rest of each step (``close_step``: finalize and
+    ``advance``, the same code) through ``torch.compile``: ``True`` for its
+    default mode, or a mode name such as "reduce-overhead" (CUDA graphs); the
+    default ``False`` is eager. It applies where the state lives on a device
+    (the first compile of each shape takes seconds). Without a KL
     source (``kl=`` or ``ref_logp=``) rho stays at ``rho_init``. On a step
     whose ``observe`` was never called, no statistics are folded.
     """
@@ -267,6 +328,7 @@ class Controller:
         *,
         prior: Prior | None = _PRIOR_FROM_CONFIG,
         process_group: Any = None,
+        compile_step: bool | str = False,
         **overrides: Any,
     ) -> None:
         config = config if config is not None else Config()
@@ -291,6 +353,7 @@ class Controller:
         self.config = config
         self.prior = prior
         self.process_group = process_group
+        self._compiled_close = _compile_close_step(compile_step)
         self._step = 0
         self._backend: StatsBackend = NUMPY_BACKEND
         self._device: Any = None
@@ -350,14 +413,13 @@ class Controller:
         must call ``step``.
         """
         observations = _check_observations(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
-        batch: BatchStats[Any, Any] | None = None
+        partials: Any = None
         backend, device = self._backend, self._device
         if self._pending is not None:
             backend, partials, device = self._pending
             if self.process_group is not None:
                 partials = backend.reduce(partials, self.process_group)
-            batch = backend.finalize(partials, trim=self.config.trim)
-        return self._advance(backend, device, batch, observations)
+        return self._finish_step(backend, device, observations, partials=partials)
 
     def update(
         self,
@@ -403,16 +465,18 @@ class Controller:
         if self._pending is not None:
             raise RuntimeError("update_stats: this step already has observed micro-batches; call step()")
         if stats is None:
-            return self._advance(self._backend, self._device, None, observations)
+            return self._finish_step(self._backend, self._device, observations)
         backend = backend_for(stats.var_sft)
-        return self._advance(backend, backend.device_of(stats.var_sft), stats, observations)
+        return self._finish_step(backend, backend.device_of(stats.var_sft), observations, batch=stats)
 
-    def _advance(
+    def _finish_step(
         self,
         backend: StatsBackend,
         device: Any,
-        batch: BatchStats[Any, Any] | None,
         observations: dict[str, Any],
+        *,
+        partials: Any = None,
+        batch: BatchStats[Any, Any] | None = None,
     ) -> Any:
         if self.process_group is not None:
             # SPEC: a caller's kl (and reward) is averaged over the group, so every
@@ -425,25 +489,18 @@ class Controller:
             }
         prior_value = self._prior_value()
         state = self._state_on(backend, device)
-        placed_batch = None
-        if batch is not None:
-            placed_batch = BatchStats(**{f.name: backend.scalar(getattr(batch, f.name), device) for f in fields(batch)})
+        # Host values become state scalars here, outside close_step, so a
+        # compiled close_step sees tensors whose values change, never new constants.
         placed = {
             name: None if value is None else backend.scalar(value, device) for name, value in observations.items()
         }
-        new_state = advance(
-            state,
-            self.config,
-            placed_batch,
-            placed["kl"],
-            prior_value,
-            expert_reward=placed["expert_reward"],
-            policy_reward=placed["policy_reward"],
-        )
+        placed_prior = None if prior_value is None else backend.scalar(prior_value, device)
+        close = close_step if device is None or self._compiled_close is None else self._compiled_close
+        new_state, batch = close(backend, device, state, self.config, placed, placed_prior, partials, batch)
         # Commit only once everything above succeeded: a rejected call leaves no trace.
         self._state, self._backend, self._device = new_state, backend, device
         self._pending = None
-        self._last_batch = placed_batch  # placed: detached copies, never the caller's tensors
+        self._last_batch = batch
         self._step += 1
         return backend.output(new_state.mu)
 
@@ -471,9 +528,24 @@ class Controller:
     def rho(self) -> float:
         return float(self._backend.to_host(self._state.rho))
 
+    def mu_tensor(self, device: Any = None) -> Any:
+        """The current ``mu`` as a 0-d float32 torch tensor on ``device``
+        (default: where the state lives, the CPU for host state), without a
+        host read: trainers weight their loss with it on the device. A state
+        on the host is copied to ``device``; one on a device stays there."""
+        from gaccore.kernels import TORCH_BACKEND  # lazy: a tensor means torch
+
+        return TORCH_BACKEND.as_tensor(self._state.mu, device)
+
     def metrics(self) -> dict[str, float]:
-        """Everything worth logging, as Python floats (NaN where undefined)."""
-        host = self._state.to_host(self._backend)
+        """Everything worth logging, as Python floats (NaN where undefined),
+        read from the device in one transfer."""
+        names = [f.name for f in fields(ControllerState)]
+        values = [getattr(self._state, name) for name in names]
+        batch_names = [] if self._last_batch is None else [f.name for f in fields(self._last_batch)]
+        values += [getattr(self._last_batch, name) for name in batch_names]
+        read = _host_values(self._backend, values)
+        host = {name: bool(v) if ControllerState.is_flag(name) else v for name, v in zip(names, read, strict=False)}
 
         def gated(value_key: str, flag_key: str) -> float:
             return float(host[value_key]) if host[flag_key] else math.nan
@@ -497,9 +569,8 @@ class Controller:
             "n_skipped_var_rl": float(host["n_skipped_var_rl"]),
             "n_dropped": float(host["n_dropped"]),
         }
-        if self._last_batch is not None:
-            for f in fields(self._last_batch):
-                out[f"batch_{f.name}"] = float(self._backend.to_host(getattr(self._last_batch, f.name)))
+        for name, value in zip(batch_names, read[len(names) :], strict=True):
+            out[f"batch_{name}"] = float(value)
         return out
 
     # -- persistence ---------------------------------------------------------
@@ -539,6 +610,16 @@ class Controller:
         self._step = step
         self._pending = None
         self._last_batch = None
+
+
+def _host_values(backend: StatsBackend, values: list[Any]) -> list[float]:
+    """Host floats of state scalars and batch values: one transfer when any
+    is a tensor (the torch backend reads numbers as they are)."""
+    if any(is_torch(value) for value in values):
+        from gaccore.kernels import TORCH_BACKEND
+
+        return TORCH_BACKEND.to_host_all(values)
+    return backend.to_host_all(values)
 
 
 def _check_observations(**observations: Any) -> dict[str, Any]:

@@ -1,24 +1,45 @@
-"""The torch statistics backend of the Controller, and the backend switch.
+"""The torch statistics backend of the Controller, and the method switch.
 
 ``TorchBackend`` satisfies ``gaccore.backend.StatsBackend``: row results come
-from the fused Triton kernel on CUDA and from the torch twin elsewhere, the
-controller's state lives as 0-d float64 tensors on the inputs' device, and
-nothing here reads a device value on the host except ``to_host`` (the
+from the fused Triton kernel on CUDA and from the torch twin elsewhere (the
+``method`` option: "auto", "triton", "torch"), the controller's state lives as
+0-d float64 tensors on an accelerator and as host scalars for CPU tensors,
+and nothing here reads a device value on the host except ``to_host`` (the
 explicit read path behind ``ctrl.mu`` and ``ctrl.metrics()``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from gaccore.kernels import reference
-from gaccore.kernels.rows import RowResults, check_inputs, finalize
+from gaccore.kernels.rows import RowResults, check_inputs, finalize, on_host
 from gaccore.stats import BatchStats
 from gaccore.validation import check_trim
 
-BACKENDS = ("auto", "triton", "torch")
+METHODS = ("auto", "triton", "torch")
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def _method_from(method: str | None, backend: str | None) -> str:
+    """``method=``, or the ``backend=`` it was called before ``StatsBackend``
+    objects took that name (kept so existing callers work)."""
+    if backend is not None:
+        if method is not None:
+            raise TypeError("pass method= only (backend= is its former name)")
+        method = backend
+    method = "auto" if method is None else method
+    _check_method(method)
+    return method
 
 
 def row_results(
@@ -29,22 +50,22 @@ def row_results(
     *,
     ref_logp: torch.Tensor | None = None,
     sft_coef: str = "phi",
-    backend: str = "auto",
+    method: str = "auto",
 ) -> RowResults:
-    """Row results of one batch from the kernel or the twin.
+    """Row results of one batch from the kernel or the twin; the one place
+    inputs are validated.
 
     ``"auto"`` runs the Triton kernel on CUDA and the twin elsewhere,
     ``"triton"`` forces the kernel (on CPU only under ``TRITON_INTERPRET=1``),
     ``"torch"`` forces the twin.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_method(method)
     check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
-    if backend == "torch" or (backend == "auto" and logp.device.type != "cuda"):
-        return reference.row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
+    if method == "torch" or (method == "auto" and logp.device.type != "cuda"):
+        return reference.twin_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
     from gaccore.kernels import fused  # lazy: triton is imported only when the kernel runs
 
-    return fused.row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
+    return fused.kernel_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, checked=True)
 
 
 def batch_stats(
@@ -56,29 +77,44 @@ def batch_stats(
     ref_logp: torch.Tensor | None = None,
     trim: float = 0.1,
     sft_coef: str = "phi",
-    backend: str = "auto",
+    method: str | None = None,
+    backend: str | None = None,
 ) -> BatchStats[torch.Tensor, torch.Tensor]:
     """The proxies of SPEC §2 for torch tensors, as 0-d tensors on their device.
 
     ``logp``/``mask``/``ref_logp`` are ``[B, T]``, ``adv`` is ``[B]`` or
     ``[B, T]``, ``expert`` is ``[B]``. Floats come back as float64, counts as
-    int64; no host-device synchronization happens. See ``row_results`` for
-    ``backend``.
+    int64; no host-device synchronization happens. ``method`` ("auto" by
+    default) picks the kernel or the twin, see ``row_results``; ``backend`` is
+    its former name.
     """
     check_trim(trim)
-    rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, backend=backend)
+    method = _method_from(method, backend)
+    rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, method=method)
     return finalize(rows, trim=trim)
 
 
 class TorchBackend:
-    """Statistics from torch tensors; state as 0-d float64/bool tensors on their device."""
+    """Statistics from torch tensors (``gaccore.backend.StatsBackend``).
+
+    Row results always come from torch (the kernel or the twin, by
+    ``method``). Where the state lives depends on the device: on an
+    accelerator as 0-d float64/bool tensors beside the inputs, updated
+    without host reads; on CPU, with ``host_on_cpu`` (the default), as numpy
+    scalars, with the row results finalized through numpy views of their
+    memory: there is no device to stay on, and a host scalar operation costs
+    a tenth of a 0-d tensor operation. ``host_on_cpu=False`` keeps CPU state
+    in tensors too, exactly as on a GPU (tests use it to run the device path
+    on CPU). ``update`` returns a 0-d float32 tensor on the inputs' device
+    either way.
+    """
 
     name = "torch"
 
-    def __init__(self, backend: str = "auto") -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.backend = backend
+    def __init__(self, method: str = "auto", *, host_on_cpu: bool = True) -> None:
+        _check_method(method)
+        self.method = method
+        self.host_on_cpu = host_on_cpu
 
     def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
         check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
@@ -93,7 +129,7 @@ class TorchBackend:
         ref_logp: Any,
         sft_coef: str,
     ) -> RowResults:
-        return row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, backend=self.backend)
+        return row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, method=self.method)
 
     def merge(self, a: RowResults, b: RowResults) -> RowResults:
         return a.merge(b)
@@ -103,28 +139,68 @@ class TorchBackend:
 
         return all_gather_partials(partials, process_group)
 
-    def finalize(self, partials: RowResults, *, trim: float) -> BatchStats[torch.Tensor, torch.Tensor]:
+    def finalize(self, partials: RowResults, *, trim: float) -> BatchStats[Any, Any]:
+        if self._host(partials.n_tokens.device):
+            return finalize(on_host(partials), trim=trim)
         return finalize(partials, trim=trim)
 
-    def device_of(self, value: torch.Tensor) -> torch.device:
-        return value.device
+    def _host(self, device: torch.device) -> bool:
+        return self.host_on_cpu and device.type == "cpu"
 
-    def device_of_name(self, device: str | torch.device) -> torch.device:
-        return torch.device(device)
+    def device_of(self, value: torch.Tensor) -> torch.device | None:
+        """The state's placement: ``None`` (host scalars) for CPU tensors
+        with ``host_on_cpu``, else the tensor's device."""
+        return None if self._host(value.device) else value.device
 
-    def scalar(self, value: Any, device: torch.device) -> torch.Tensor:
+    def device_of_name(self, device: str | torch.device) -> torch.device | None:
+        placement = torch.device(device)
+        return None if self._host(placement) else placement
+
+    def scalar(self, value: Any, device: torch.device | None) -> Any:
         if isinstance(value, torch.Tensor):  # a kl or statistic may carry the caller's graph: never keep it
-            return value.detach().to(device=device, dtype=torch.float64)
+            value = value.detach()
+        if device is None:
+            return np.float64(value.item() if isinstance(value, torch.Tensor) else value)
+        if isinstance(value, torch.Tensor):
+            return value.to(device=device, dtype=torch.float64)
         return torch.full((), float(value), dtype=torch.float64, device=device)
 
-    def flag(self, value: bool, device: torch.device) -> torch.Tensor:
+    def flag(self, value: bool, device: torch.device | None) -> Any:
+        if device is None:
+            return np.bool_(value)
         return torch.full((), bool(value), dtype=torch.bool, device=device)
 
-    def to_host(self, value: torch.Tensor) -> float | bool:
-        return value.item()  # the explicit read path: may synchronize
+    def to_host(self, value: Any) -> float | bool:
+        if isinstance(value, torch.Tensor):
+            return value.item()  # the explicit read path: may synchronize
+        return bool(value) if isinstance(value, np.bool_) else float(value)
 
-    def output(self, mu: torch.Tensor) -> torch.Tensor:
-        return mu.to(torch.float32)
+    def to_host_all(self, values: Sequence[Any]) -> list[float]:
+        """One device-to-host copy for all tensors of a device (host values as they are)."""
+        out = [math.nan] * len(values)
+        by_device: dict[torch.device, list[int]] = {}
+        for i, value in enumerate(values):
+            if isinstance(value, torch.Tensor):
+                by_device.setdefault(value.device, []).append(i)
+            else:
+                out[i] = float(value)
+        for indices in by_device.values():
+            stacked = torch.stack([values[i].detach().to(torch.float64) for i in indices])
+            for i, host in zip(indices, stacked.tolist(), strict=True):
+                out[i] = host
+        return out
+
+    def as_tensor(self, value: Any, device: torch.device | str | None) -> torch.Tensor:
+        """``value`` as a 0-d float32 tensor on ``device`` (its own device when
+        ``None``); a tensor moves device to device, never through the host."""
+        if isinstance(value, torch.Tensor):
+            return value.to(device=value.device if device is None else device, dtype=torch.float32)
+        return torch.tensor(float(value), dtype=torch.float32, device=device)
+
+    def output(self, mu: Any) -> torch.Tensor:
+        if isinstance(mu, torch.Tensor):
+            return mu.to(torch.float32)
+        return torch.tensor(float(mu), dtype=torch.float32)
 
 
 TORCH_BACKEND = TorchBackend()

@@ -1,8 +1,8 @@
 """The fused statistics kernel (SPEC §5): one pass over the token tensors.
 
-One Triton program per row walks the row in blocks of ``BLOCK_T`` tokens and
-reads every element of logp, mask, adv (when per token) and ref_logp once,
-padding included: loading only where the response mask is on would make
+One Triton program per row (or per chunk of a row, see below) walks it in
+blocks of ``BLOCK_T`` tokens and reads every element of logp, mask, adv
+(when per token) and ref_logp once, padding included: loading only where the response mask is on would make
 every load's mask data-dependent, and Triton vectorizes only loads whose
 mask is uniform over a vector. Values are converted to fp32 right after the
 load (the interpreter computes bf16 arithmetic wrongly, and fp32 is the
@@ -16,10 +16,14 @@ that differ by 1e-3 of their size, lose nothing to fp32 summation. Token
 tensors given in float64 are read as fp32 (the kernel's element type); a
 per-row ``adv`` of shape [B] is read in float64.
 
-The row results are stored as float64 and finalized by
-``gaccore.kernels.rows.finalize``, shared with the torch twin. There are no
-atomics: every output is written by one program, so results are
-bit-identical from run to run.
+Few long rows would leave most of a GPU idle, so rows are split into
+``chunk_count(B, T)`` chunks of whole blocks (a function of the shape only):
+each (row, chunk) program stores its chunk's running statistics, and a small
+second kernel merges a row's chunks in chunk order with the same Chan
+updates. The row results are stored as float64 and finalized by
+``gaccore.rows.finalize``, shared with every other path. There are no
+atomics: every output is written by one program, and merges run in a fixed
+order, so results are bit-identical from run to run.
 
 fp32 has no accurate ``expm1`` in the interpreter (libdevice is GPU-only),
 so ``expm1`` and the k3 term use their Taylor series where the direct form
@@ -56,6 +60,11 @@ KERNEL_FIELDS = (
     "kl_sum",
 )
 MAX_BLOCK_T = 2048
+# Rows split into chunks when few and long (see chunk_count): an H100 has 132
+# SMs, and 1024 programs of at least 8192 tokens keep each busy for several
+# blocks. Chosen without a GPU to measure on; bench/gpu.py times the split shapes.
+TARGET_PROGRAMS = 1024
+MIN_CHUNK_TOKENS = 4 * MAX_BLOCK_T
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # padding for min/max of no tokens
 INF = tl.constexpr(float("inf"))
@@ -100,6 +109,57 @@ def _k3(x):
     return tl.where(tl.abs(x) < 1.0, (0.5 * x * x * b_s).to(tl.float64), tl.exp(x64) - 1.0 - x64)
 
 
+@triton.jit
+def _store_row(
+    p_out,
+    s_out_f,
+    i_b,
+    p_adv,
+    s_adv_b,
+    b_n,
+    b_bad,
+    b_lsum,
+    b_ma,
+    b_mw,
+    b_m2a,
+    b_m2w,
+    b_caw,
+    b_mina,
+    b_maxa,
+    b_minw,
+    b_maxw,
+    b_kl,
+    ADV_PER_TOKEN: tl.constexpr,
+):
+    """A row's running statistics as its row results, in KERNEL_FIELDS order."""
+    b_valid = (b_n > 0.0) & (b_bad == 0)
+    if ADV_PER_TOKEN:
+        b_mina64 = b_mina.to(tl.float64)
+        b_maxa64 = b_maxa.to(tl.float64)
+    else:
+        # One advantage per row: a_t is constant, so its moments are exact.
+        b_ma = tl.load(p_adv + i_b * s_adv_b).to(tl.float64)
+        b_valid = b_valid & _is_finite(b_ma)
+        b_mina64 = tl.where(b_n > 0.0, b_ma, FLT_MAX)
+        b_maxa64 = tl.where(b_n > 0.0, b_ma, -FLT_MAX)
+
+    p_row = p_out + i_b
+    tl.store(p_row + 0 * s_out_f, b_n)
+    tl.store(p_row + 1 * s_out_f, b_valid.to(tl.float64))
+    tl.store(p_row + 2 * s_out_f, -b_lsum / tl.maximum(b_n, 1.0))
+    tl.store(p_row + 3 * s_out_f, b_ma)  # the row's sequence advantage (Eq. 8)
+    tl.store(p_row + 4 * s_out_f, b_ma)
+    tl.store(p_row + 5 * s_out_f, b_mw)
+    tl.store(p_row + 6 * s_out_f, b_m2a)
+    tl.store(p_row + 7 * s_out_f, b_m2w)
+    tl.store(p_row + 8 * s_out_f, b_caw)
+    tl.store(p_row + 9 * s_out_f, b_mina64)
+    tl.store(p_row + 10 * s_out_f, b_maxa64)
+    tl.store(p_row + 11 * s_out_f, b_minw.to(tl.float64))
+    tl.store(p_row + 12 * s_out_f, b_maxw.to(tl.float64))
+    tl.store(p_row + 13 * s_out_f, b_kl)
+
+
 # T is specialized: Triton compiles at most three variants of an integer
 # argument (== 1, divisible by 16, other), never one per value, and knowing
 # T % 16 == 0 is what lets the in-range masks, and so the loads, vectorize.
@@ -111,6 +171,7 @@ def _row_stats_kernel(
     p_ref,
     p_out,
     T,
+    chunk_len,
     s_logp_b,
     s_logp_t,
     s_mask_b,
@@ -123,11 +184,20 @@ def _row_stats_kernel(
     ADV_PER_TOKEN: tl.constexpr,
     HAS_REF: tl.constexpr,
     SFT_COEF_PHI: tl.constexpr,
+    SPLIT: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
-    i_b = tl.program_id(0).to(tl.int64)
-    o_t = tl.arange(0, BLOCK_T)
+    """Program (row, chunk) reduces tokens [chunk * chunk_len, (chunk + 1) * chunk_len).
 
+    Unsplit (one chunk per row) it stores the row results; split, it stores
+    the chunk's raw running statistics (count, bad count, logp sum, moments,
+    ranges, KL sum) in column ``row * n_chunks + chunk`` for
+    ``_merge_chunks_kernel``."""
+    i_b = tl.program_id(0).to(tl.int64)
+    i_c = tl.program_id(1).to(tl.int64)
+    o_t = tl.arange(0, BLOCK_T)
+    t_start = i_c * chunk_len
+    t_end = tl.minimum(t_start + chunk_len, T)
     # Running row statistics. Element-wise work is fp32; the per-block sums
     # that become means are reduced in fp64 and the running scalars are fp64
     # (a handful of scalar operations per block), so a row mean carries no
@@ -146,9 +216,9 @@ def _row_stats_kernel(
     b_minw = tl.full((), FLT_MAX, tl.float32)
     b_maxw = tl.full((), -FLT_MAX, tl.float32)
 
-    for t0 in range(0, T, BLOCK_T):
+    for t0 in range(t_start, t_end, BLOCK_T):
         o_tok = (t0 + o_t).to(tl.int64)
-        m_in = o_tok < T
+        m_in = o_tok < t_end
         b_mask = tl.load(p_mask + i_b * s_mask_b + o_tok * s_mask_t, mask=m_in, other=0)
         m_on = m_in & (b_mask != 0)
         b_l = tl.load(p_logp + i_b * s_logp_b + o_tok * s_logp_t, mask=m_in, other=0.0).to(tl.float32)
@@ -197,33 +267,119 @@ def _row_stats_kernel(
             b_kl += tl.sum(tl.where(m_on, _k3(b_r - b_l), 0.0)).to(tl.float64)
         b_n = b_ntot
 
-    b_valid = (b_n > 0.0) & (b_bad == 0)
-    if ADV_PER_TOKEN:
-        b_mina64 = b_mina.to(tl.float64)
-        b_maxa64 = b_maxa.to(tl.float64)
+    if SPLIT:
+        p_chunk = p_out + i_b * tl.num_programs(1) + i_c
+        tl.store(p_chunk + 0 * s_out_f, b_n)
+        tl.store(p_chunk + 1 * s_out_f, b_bad.to(tl.float64))
+        tl.store(p_chunk + 2 * s_out_f, b_lsum)
+        tl.store(p_chunk + 3 * s_out_f, b_ma)
+        tl.store(p_chunk + 4 * s_out_f, b_mw)
+        tl.store(p_chunk + 5 * s_out_f, b_m2a)
+        tl.store(p_chunk + 6 * s_out_f, b_m2w)
+        tl.store(p_chunk + 7 * s_out_f, b_caw)
+        tl.store(p_chunk + 8 * s_out_f, b_mina.to(tl.float64))
+        tl.store(p_chunk + 9 * s_out_f, b_maxa.to(tl.float64))
+        tl.store(p_chunk + 10 * s_out_f, b_minw.to(tl.float64))
+        tl.store(p_chunk + 11 * s_out_f, b_maxw.to(tl.float64))
+        tl.store(p_chunk + 12 * s_out_f, b_kl)
     else:
-        # One advantage per row: a_t is constant, so its moments are exact.
-        b_ma = tl.load(p_adv + i_b * s_adv_b).to(tl.float64)
-        b_valid = b_valid & _is_finite(b_ma)
-        b_mina64 = tl.where(b_n > 0.0, b_ma, FLT_MAX)
-        b_maxa64 = tl.where(b_n > 0.0, b_ma, -FLT_MAX)
+        _store_row(
+            p_out,
+            s_out_f,
+            i_b,
+            p_adv,
+            s_adv_b,
+            b_n,
+            b_bad,
+            b_lsum,
+            b_ma,
+            b_mw,
+            b_m2a,
+            b_m2w,
+            b_caw,
+            b_mina,
+            b_maxa,
+            b_minw,
+            b_maxw,
+            b_kl,
+            ADV_PER_TOKEN,
+        )
 
-    # Stores in KERNEL_FIELDS order.
-    p_row = p_out + i_b
-    tl.store(p_row + 0 * s_out_f, b_n)
-    tl.store(p_row + 1 * s_out_f, b_valid.to(tl.float64))
-    tl.store(p_row + 2 * s_out_f, -b_lsum / tl.maximum(b_n, 1.0))
-    tl.store(p_row + 3 * s_out_f, b_ma)  # the row's sequence advantage (Eq. 8)
-    tl.store(p_row + 4 * s_out_f, b_ma)
-    tl.store(p_row + 5 * s_out_f, b_mw)
-    tl.store(p_row + 6 * s_out_f, b_m2a)
-    tl.store(p_row + 7 * s_out_f, b_m2w)
-    tl.store(p_row + 8 * s_out_f, b_caw)
-    tl.store(p_row + 9 * s_out_f, b_mina64)
-    tl.store(p_row + 10 * s_out_f, b_maxa64)
-    tl.store(p_row + 11 * s_out_f, b_minw.to(tl.float64))
-    tl.store(p_row + 12 * s_out_f, b_maxw.to(tl.float64))
-    tl.store(p_row + 13 * s_out_f, b_kl)
+
+CHUNK_FIELDS = 13  # what a split program stores, in the order of its stores
+
+
+@triton.jit
+def _merge_chunks_kernel(
+    p_chunks,
+    p_adv,
+    p_out,
+    n_chunks,
+    s_chunk_f,
+    s_adv_b,
+    s_out_f,
+    ADV_PER_TOKEN: tl.constexpr,
+):
+    """One program per row: Chan merges of the row's chunks, in chunk order
+    (a fixed order, so results are bit-identical run to run), then the row
+    results as the unsplit kernel stores them."""
+    i_b = tl.program_id(0).to(tl.int64)
+    b_n = tl.zeros((), tl.float64)
+    b_bad = tl.zeros((), tl.float64)
+    b_lsum = tl.zeros((), tl.float64)
+    b_kl = tl.zeros((), tl.float64)
+    b_ma = tl.zeros((), tl.float64)
+    b_mw = tl.zeros((), tl.float64)
+    b_m2a = tl.zeros((), tl.float64)
+    b_m2w = tl.zeros((), tl.float64)
+    b_caw = tl.zeros((), tl.float64)
+    b_mina = tl.full((), FLT_MAX, tl.float32)
+    b_maxa = tl.full((), -FLT_MAX, tl.float32)
+    b_minw = tl.full((), FLT_MAX, tl.float32)
+    b_maxw = tl.full((), -FLT_MAX, tl.float32)
+    for i_c in range(0, n_chunks):
+        p_chunk = p_chunks + i_b * n_chunks + i_c
+        c_n = tl.load(p_chunk + 0 * s_chunk_f)
+        c_ma = tl.load(p_chunk + 3 * s_chunk_f)
+        c_mw = tl.load(p_chunk + 4 * s_chunk_f)
+        b_ntot = b_n + c_n
+        b_f = c_n / tl.maximum(b_ntot, 1.0)  # the chunk's share
+        b_delta_a = c_ma - b_ma
+        b_delta_w = c_mw - b_mw
+        b_m2a += tl.load(p_chunk + 5 * s_chunk_f) + b_delta_a * b_delta_a * b_n * b_f
+        b_m2w += tl.load(p_chunk + 6 * s_chunk_f) + b_delta_w * b_delta_w * b_n * b_f
+        b_caw += tl.load(p_chunk + 7 * s_chunk_f) + b_delta_a * b_delta_w * b_n * b_f
+        b_ma += b_delta_a * b_f
+        b_mw += b_delta_w * b_f
+        b_n = b_ntot
+        b_bad += tl.load(p_chunk + 1 * s_chunk_f)
+        b_lsum += tl.load(p_chunk + 2 * s_chunk_f)
+        b_mina = tl.minimum(b_mina, tl.load(p_chunk + 8 * s_chunk_f).to(tl.float32))
+        b_maxa = tl.maximum(b_maxa, tl.load(p_chunk + 9 * s_chunk_f).to(tl.float32))
+        b_minw = tl.minimum(b_minw, tl.load(p_chunk + 10 * s_chunk_f).to(tl.float32))
+        b_maxw = tl.maximum(b_maxw, tl.load(p_chunk + 11 * s_chunk_f).to(tl.float32))
+        b_kl += tl.load(p_chunk + 12 * s_chunk_f)
+    _store_row(
+        p_out,
+        s_out_f,
+        i_b,
+        p_adv,
+        s_adv_b,
+        b_n,
+        b_bad,
+        b_lsum,
+        b_ma,
+        b_mw,
+        b_m2a,
+        b_m2w,
+        b_caw,
+        b_mina,
+        b_maxa,
+        b_minw,
+        b_maxw,
+        b_kl,
+        ADV_PER_TOKEN,
+    )
 
 
 def block_size(tokens: int) -> int:
@@ -238,12 +394,20 @@ def warps(block: int) -> int:
 
 
 def empty_out(rows: int, device: torch.device | str) -> torch.Tensor:
-    """A fresh output buffer for ``row_results(..., out=)``."""
+    """A fresh output buffer for ``kernel_row_results(..., out=)``."""
     return torch.empty(len(KERNEL_FIELDS), rows, dtype=ROW_DTYPE, device=device)
 
 
+def chunk_count(rows: int, tokens: int) -> int:
+    """Chunks per row: enough programs to fill a large GPU (``TARGET_PROGRAMS``)
+    when rows are few and long, each chunk at least ``MIN_CHUNK_TOKENS`` long.
+    A function of (B, T) only, so results never depend on the GPU."""
+    wanted = triton.cdiv(TARGET_PROGRAMS, max(rows, 1))
+    return max(1, min(wanted, triton.cdiv(tokens, MIN_CHUNK_TOKENS)))
+
+
 @torch.no_grad()  # statistics of the inputs, never part of the caller's graph
-def row_results(
+def kernel_row_results(
     logp: torch.Tensor,
     mask: torch.Tensor,
     adv: torch.Tensor,
@@ -253,15 +417,22 @@ def row_results(
     sft_coef: str = "phi",
     out: torch.Tensor | None = None,
     block_t: int | None = None,
+    chunks: int | None = None,
+    checked: bool = False,
 ) -> RowResults:
-    """Row results of one batch from the fused kernel (inputs validated).
+    """Row results of one batch from the fused kernel.
+
+    Inputs are validated unless ``checked`` says the caller (``gaccore.kernels.
+    backend.row_results``) already did.
 
     ``out``, a contiguous float64 ``[len(KERNEL_FIELDS), B]`` tensor on the
-    inputs' device, receives the kernel's stores (tests poison it with NaN).
-    ``block_t`` (a power of two) overrides ``block_size(T)``, so tests can
-    cover many blocks per row with short rows.
+    inputs' device, receives the row results (tests poison it with NaN).
+    ``block_t`` (a power of two) overrides ``block_size(T)`` and ``chunks``
+    overrides ``chunk_count(B, T)``, so tests can cover many blocks and
+    chunks per row with short rows. Chunks hold whole blocks, so a row may
+    get fewer chunks than asked for.
     """
-    rows, tokens = check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+    rows, tokens = logp.shape if checked else check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
     if out is None:
         out = empty_out(rows, logp.device)
     elif out.shape != (len(KERNEL_FIELDS), rows) or out.dtype != ROW_DTYPE or not out.is_contiguous():
@@ -270,14 +441,20 @@ def row_results(
         mask = mask.view(torch.uint8)  # same bytes; avoids relying on i1 pointer loads
     ref = logp if ref_logp is None else ref_logp  # never read without HAS_REF
     block = block_size(tokens) if block_t is None else block_t
+    wanted = chunk_count(rows, tokens) if chunks is None else chunks
+    chunk_len = triton.cdiv(triton.cdiv(max(tokens, 1), wanted), block) * block
+    n_chunks = triton.cdiv(max(tokens, 1), chunk_len)
+    split = n_chunks > 1
+    target = torch.empty(CHUNK_FIELDS, rows * n_chunks, dtype=ROW_DTYPE, device=logp.device) if split else out
     if rows > 0:
-        _row_stats_kernel[(rows,)](
+        _row_stats_kernel[(rows, n_chunks)](
             logp,
             mask,
             adv,
             ref,
-            out,
+            target,
             tokens,
+            chunk_len,
             logp.stride(0),
             logp.stride(1),
             mask.stride(0),
@@ -286,13 +463,26 @@ def row_results(
             adv.stride(1) if adv.ndim == 2 else 0,
             ref.stride(0),
             ref.stride(1),
-            out.stride(0),
+            target.stride(0),
             ADV_PER_TOKEN=adv.ndim == 2,
             HAS_REF=ref_logp is not None,
             SFT_COEF_PHI=sft_coef == "phi",
+            SPLIT=split,
             BLOCK_T=block,
             num_warps=warps(block),
         )
+        if split:
+            _merge_chunks_kernel[(rows,)](
+                target,
+                adv,
+                out,
+                n_chunks,
+                target.stride(0),
+                adv.stride(0),
+                out.stride(0),
+                ADV_PER_TOKEN=adv.ndim == 2,
+                num_warps=1,
+            )
     fields = dict(zip(KERNEL_FIELDS, out.unbind(0), strict=False))
     if ref_logp is None:
         fields["kl_sum"] = torch.full((rows,), math.nan, dtype=ROW_DTYPE, device=logp.device)

@@ -1,11 +1,21 @@
 """The torch twin of the fused kernel: the same row results in plain torch ops.
 
-It is the one reference that tests and benchmarks compare the Triton kernel
-with, and the statistics path on devices without Triton (``backend="auto"``
-on CPU). Row results are computed in float64 from the inputs as given, with
-the same semantics as the float64 numpy reference ``gaccore.stats`` (SPEC
-§2): the mask is binarized, masked-out positions never enter arithmetic
-(padding may be NaN or -inf), logp is clamped to ``<= 0``.
+It is the statistics path wherever the Triton kernel does not run
+(``batch_stats(method="auto")`` off CUDA, the Controller on CPU tensors), and
+the torch reference that benchmarks compare the kernel with. It follows the
+kernel's numerics: element-wise work in fp32 (values converted right after
+they are read), sums that become means reduced in fp64, second moments taken
+about the fp32-rounded row mean (two passes, never ``sum(x^2) - n mean^2``),
+the k3 term in fp64. Semantics are those of the float64 numpy reference
+``gaccore.stats`` (SPEC §2): the mask is binarized, masked-out positions
+never enter arithmetic (padding may be NaN or -inf), logp is clamped to
+``<= 0``.
+
+Every operation has a fixed shape (no boolean indexing, no host reads), so the
+twin runs on any device without synchronizing. On CPU it walks the batch in
+blocks of rows (``CPU_BLOCK_TOKENS``): allocating and touching batch-sized
+temporaries (4 MB each at (256, 4096), fresh pages every call) costs more
+than the arithmetic.
 """
 
 from __future__ import annotations
@@ -14,68 +24,69 @@ import math
 
 import torch
 
-from gaccore.kernels.rows import ROW_DTYPE, RowResults, check_inputs, with_roles
+from gaccore.kernels.rows import ROW_DTYPE, RowResults, with_roles
+from gaccore.stats import k3
 
-# Below this |x| the k3 term expm1(x) - x is evaluated by its series, as in
-# gaccore.stats (float64 has the headroom; the fp32 kernel uses a wider band).
-K3_SERIES_BELOW = 1e-3
-
-
-def k3(x: torch.Tensor) -> torch.Tensor:
-    """The k3 KL term ``exp(x) - x - 1`` as ``expm1(x) - x``, by its series
-    for tiny ``|x|`` where the subtraction would cancel."""
-    series = 0.5 * x * x * (1 + x / 3 * (1 + x / 4 * (1 + x / 5 * (1 + x / 6))))
-    return torch.where(x.abs() < K3_SERIES_BELOW, series, torch.expm1(x) - x)
+# Tokens per block of rows on CPU: large enough that the ~45 torch calls of a
+# block cost little next to its arithmetic, small enough that no temporary is
+# batch-sized (2^13 to 2^21 timed at (64, 1024) and (256, 4096) on the
+# development machine: 2^17 was fastest).
+CPU_BLOCK_TOKENS = 1 << 17
 
 
 def sft_coefficient(logp: torch.Tensor, sft_coef: str) -> torch.Tensor:
-    """``w_t``: ``p (1 - p)`` ("phi") or ``1 - p`` ("nll"), with ``1 - p = -expm1(logp)``."""
-    one_minus_p = -torch.expm1(logp)
-    return torch.exp(logp) * one_minus_p if sft_coef == "phi" else one_minus_p
+    """``w_t``: ``p (1 - p)`` ("phi") or ``1 - p`` ("nll"), with ``1 - p = -expm1(logp)``.
+
+    Both are 0 where ``logp`` is 0, which is what masked-out positions hold here."""
+    one_minus_p = torch.expm1(logp).neg_()
+    return one_minus_p.mul_(torch.exp(logp)) if sft_coef == "phi" else one_minus_p
 
 
-def _row_moments(
-    on: torch.Tensor, values: torch.Tensor, count: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Masked mean, deviations from it (0 where masked out) and their sum of squares, per row."""
-    mean = torch.where(on, values, 0.0).sum(dim=1) / count
-    dev = torch.where(on, values - mean[:, None], 0.0)
-    return mean, dev, (dev * dev).sum(dim=1)
+def _row_min(off: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Smallest masked-in value of each row (+max float without tokens);
+    ``off`` is 1.0 where masked out. Values of valid rows are finite, so
+    adding ``off * max`` leaves them exact and lifts the rest out of the way."""
+    limit = torch.finfo(values.dtype).max
+    if values.shape[1] == 0:  # no tokens at all (T = 0): a shape, not a value
+        return values.new_full((values.shape[0],), limit)
+    return torch.addcmul(values, off, values.new_full((), limit)).amin(dim=1)
 
 
-def _row_extreme(on: torch.Tensor, values: torch.Tensor, *, largest: bool) -> torch.Tensor:
-    limit = torch.finfo(ROW_DTYPE).max
-    fill = -limit if largest else limit
-    masked = torch.where(on, values, fill)
-    if masked.shape[1] == 0:  # no tokens at all (T = 0): a shape, not a value
-        return masked.new_full((masked.shape[0],), fill)
-    return masked.amax(dim=1) if largest else masked.amin(dim=1)
+def _row_max(off: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Largest masked-in value of each row (-max float without tokens)."""
+    return -_row_min(off, -values)
 
 
-@torch.no_grad()  # statistics of the inputs, never part of the caller's graph
-def row_results(
+def _block_rows(
     logp: torch.Tensor,
     mask: torch.Tensor,
     adv: torch.Tensor,
-    expert: torch.Tensor | None = None,
-    *,
-    ref_logp: torch.Tensor | None = None,
-    sft_coef: str = "phi",
-) -> RowResults:
-    """Row results of one batch in float64 torch ops (inputs validated)."""
-    check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
-    on = mask != 0
-    logp64 = logp.to(ROW_DTYPE)
-    finite = torch.isfinite(logp64)
-    if ref_logp is not None:
-        finite &= torch.isfinite(ref_logp)
-    n_tokens = on.sum(dim=1).to(ROW_DTYPE)
-    valid = (n_tokens > 0) & (finite | ~on).all(dim=1)
-    count = n_tokens.clamp(min=1)
+    ref_logp: torch.Tensor | None,
+    sft_coef: str,
+) -> dict[str, torch.Tensor]:
+    """Row results of a block of rows, without the roles.
 
-    clamped = torch.where(on, logp64.clamp(max=0.0), 0.0)
-    weight = torch.where(on, sft_coefficient(clamped, sft_coef), 0.0)
-    mean_w, dev_w, m2_w = _row_moments(on, weight, count)
+    A row is finite when the fp64 sum of its masked-in values is: the sum
+    cannot overflow from fp32 values, and NaN or -inf propagate into it; +inf,
+    which the logp clamp would hide, shows in the row's maximum."""
+    on = mask if mask.dtype == torch.bool else mask != 0
+    # Masks as 0/1 floats multiply faster than torch.where selects; they are
+    # used only on values that are finite in valid rows (masked-out logp may
+    # be NaN, so the inputs themselves still go through where).
+    on_f = on.view(torch.uint8).to(torch.float32)  # bool -> float directly is several times slower
+    off_f = 1.0 - on_f
+    n_tokens = on.sum(dim=1, dtype=torch.int32).to(ROW_DTYPE)
+    count = n_tokens.clamp(min=1.0)
+    logp32 = torch.where(on, logp.to(torch.float32), 0.0)
+    no_pos_inf = logp32.amax(dim=1) < math.inf if logp32.shape[1] else torch.ones_like(n_tokens, dtype=torch.bool)
+    logp_sum = logp32.clamp_(max=0.0).to(ROW_DTYPE).sum(dim=1)
+    valid = (n_tokens > 0) & no_pos_inf & torch.isfinite(logp_sum)
+
+    weight = sft_coefficient(logp32, sft_coef)  # 0 where masked out
+    mean_w = weight.to(ROW_DTYPE).sum(dim=1) / count
+    dev_w = (weight - mean_w.to(torch.float32)[:, None]).mul_(on_f)  # about the fp32-rounded mean
+    m2_w = torch.linalg.vecdot(dev_w, dev_w)
+
     if adv.ndim == 1:
         # One advantage per row: a_t is constant along the row, so its mean
         # is adv_i and its M2 and co-moment are exactly 0.
@@ -86,33 +97,78 @@ def row_results(
         min_a = torch.where(n_tokens > 0, mean_a, limit)
         max_a = torch.where(n_tokens > 0, mean_a, -limit)
     else:
-        token_adv = adv.to(ROW_DTYPE)
-        valid &= (torch.isfinite(token_adv) | ~on).all(dim=1)
-        mean_a, dev_a, m2_a = _row_moments(on, token_adv, count)
-        c_aw = (dev_a * dev_w).sum(dim=1)
-        min_a = _row_extreme(on, token_adv, largest=False)
-        max_a = _row_extreme(on, token_adv, largest=True)
+        adv32 = torch.where(on, adv.to(torch.float32), 0.0)
+        adv_sum = adv32.to(ROW_DTYPE).sum(dim=1)
+        valid &= torch.isfinite(adv_sum)
+        mean_a = adv_sum / count
+        dev_a = (adv32 - mean_a.to(torch.float32)[:, None]).mul_(on_f)
+        m2_a = torch.linalg.vecdot(dev_a, dev_a)
+        c_aw = torch.linalg.vecdot(dev_a, dev_w)
+        min_a, max_a = _row_min(off_f, adv32), _row_max(off_f, adv32)
+
     if ref_logp is None:
         kl_sum = torch.full_like(n_tokens, math.nan)
     else:
-        kl_sum = torch.where(on, k3(ref_logp.to(ROW_DTYPE) - clamped), 0.0).sum(dim=1)
+        ref32 = torch.where(on, ref_logp.to(torch.float32), 0.0)
+        kl_sum = k3((ref32 - logp32).to(ROW_DTYPE)).sum(dim=1)  # 0 where masked out: k3(0) = 0
+        valid &= torch.isfinite(ref32.to(ROW_DTYPE).sum(dim=1))
 
-    rows = RowResults(
-        n_tokens=n_tokens,
-        valid=valid.to(ROW_DTYPE),
-        rl=valid.to(ROW_DTYPE),
-        sft=valid.to(ROW_DTYPE),
-        nll=-clamped.sum(dim=1) / count,
-        seq_adv=mean_a,
-        mean_a=mean_a,
-        mean_w=mean_w,
-        m2_a=m2_a,
-        m2_w=m2_w,
-        c_aw=c_aw,
-        min_a=min_a,
-        max_a=max_a,
-        min_w=_row_extreme(on, weight, largest=False),
-        max_w=_row_extreme(on, weight, largest=True),
-        kl_sum=kl_sum,
-    )
-    return with_roles(rows, expert)
+    fields = {
+        "n_tokens": n_tokens,
+        "valid": valid,
+        "nll": -logp_sum / count,
+        "seq_adv": mean_a,
+        "mean_a": mean_a,
+        "mean_w": mean_w,
+        "m2_a": m2_a,
+        "m2_w": m2_w,
+        "c_aw": c_aw,
+        "min_a": min_a,
+        "max_a": max_a,
+        "min_w": _row_min(off_f, weight),
+        "max_w": weight.amax(dim=1) if weight.shape[1] else torch.zeros_like(n_tokens),  # w >= 0, 0 where masked out
+        "kl_sum": kl_sum,
+    }
+    return {name: value.to(ROW_DTYPE) for name, value in fields.items()}
+
+
+def rows_per_block(rows: int, tokens: int, device: torch.device) -> int:
+    """All rows at once off CPU; on CPU, blocks of about ``CPU_BLOCK_TOKENS`` tokens."""
+    if device.type != "cpu":
+        return max(rows, 1)
+    return max(1, CPU_BLOCK_TOKENS // max(tokens, 1))
+
+
+def twin_row_results(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    adv: torch.Tensor,
+    expert: torch.Tensor | None = None,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    sft_coef: str = "phi",
+) -> RowResults:
+    """Row results of one batch (inputs already validated by the caller)."""
+    # Detached, not only no_grad: a field may be an input as it is (adv of an empty batch).
+    logp, mask, adv = logp.detach(), mask.detach(), adv.detach()
+    ref_logp = None if ref_logp is None else ref_logp.detach()
+    with torch.no_grad():
+        step = rows_per_block(logp.shape[0], logp.shape[1], logp.device)
+        blocks = [
+            _block_rows(
+                logp[start : start + step],
+                mask[start : start + step],
+                adv[start : start + step],
+                None if ref_logp is None else ref_logp[start : start + step],
+                sft_coef,
+            )
+            for start in range(0, logp.shape[0], step)
+        ]
+        if len(blocks) == 1:
+            fields = blocks[0]
+        elif blocks:
+            fields = {name: torch.cat([block[name] for block in blocks]) for name in blocks[0]}
+        else:  # B = 0
+            fields = _block_rows(logp, mask, adv, ref_logp, sft_coef)
+        placeholder = fields["valid"]  # rl and sft are set from valid by with_roles
+        return with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), expert)

@@ -33,3 +33,5 @@ def test_gpu_script_smoke(tmp_path):
         assert row["update_syncs"] == 0
         assert row["naive_syncs"] > 0
         assert row["kernel_s"] > 0 and row["update_pct_logprob"] > 0
+    (split,) = results["split"]
+    assert split["chunks"] > 1 and split["split_s"] > 0 and split["unsplit_s"] > 0

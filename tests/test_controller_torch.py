@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from kernel_cases import make_batch  # noqa: E402
 
 import gaccore  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND  # noqa: E402
 
 CONFIG = {"update_every": 2, "warmup_steps": 3, "decay_steps": 20, "stat_beta": 0.5, "kl_target": 1e-3}
 
@@ -44,14 +45,35 @@ def _run_numpy(ctrl, n_steps, **kwargs):
     return out
 
 
-def test_torch_and_numpy_controllers_agree():
+@pytest.fixture
+def device_state(monkeypatch):
+    """CPU tensors handled exactly as on a GPU: state in 0-d tensors, finalize
+    in torch (by default CPU state lives in host scalars)."""
+    monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
+
+
+@pytest.fixture(params=["host", "device"])
+def cpu_state(request, monkeypatch):
+    """Both placements of a CPU controller's state."""
+    monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", request.param == "host")
+    return request.param
+
+
+def test_torch_and_numpy_controllers_agree(cpu_state):
     mus = _run_torch(gaccore.Controller(**CONFIG), 30)
     assert all(m.dtype == torch.float32 and m.shape == () and m.device.type == "cpu" for m in mus)
     want = _run_numpy(gaccore.Controller(**CONFIG), 30)
     np.testing.assert_allclose([m.item() for m in mus], want, rtol=1e-6)
 
 
-def test_state_lives_on_the_device_as_float64():
+def test_cpu_state_lives_on_the_host_and_mu_comes_back_as_a_tensor():
+    ctrl = gaccore.Controller(**CONFIG)
+    mus = _run_torch(ctrl, 3)
+    assert isinstance(ctrl._state.mu, np.float64) and isinstance(ctrl._state.has_kl, np.bool_)
+    assert all(isinstance(m, torch.Tensor) and m.dtype == torch.float32 and m.shape == () for m in mus)
+
+
+def test_state_lives_on_the_device_as_float64(device_state):
     ctrl = gaccore.Controller(**CONFIG)
     _run_torch(ctrl, 3)
     assert ctrl._state.mu.dtype == torch.float64 and ctrl._state.has_kl.dtype == torch.bool
@@ -90,7 +112,7 @@ def _forbid_host_reads(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, refuse(name))
 
 
-def test_update_never_reads_device_values(monkeypatch):
+def test_update_never_reads_device_values(monkeypatch, device_state):
     """50 steps (25 with statistics), expert rows, ref_logp and a kl tensor."""
     steps = list(_steps(50))
     with monkeypatch.context() as patched:
@@ -107,7 +129,48 @@ def test_update_never_reads_device_values(monkeypatch):
     np.testing.assert_allclose(list(got_metrics.values()), list(want_metrics.values()), rtol=1e-6)
 
 
-def test_observe_and_step_never_read_device_values(monkeypatch):
+def _count_host_reads(monkeypatch):
+    calls = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+def test_metrics_and_state_dict_read_the_device_once(monkeypatch, device_state):
+    ctrl = gaccore.Controller(**CONFIG)
+    _run_torch(ctrl, 5)  # the last step computed statistics: metrics() reads the batch's too
+    want_metrics, want_state = ctrl.metrics(), ctrl.state_dict()
+    with monkeypatch.context() as patched:
+        calls = _count_host_reads(patched)
+        metrics = ctrl.metrics()
+        assert len(calls) == 1, calls
+        state = ctrl.state_dict()
+        assert len(calls) == 2, calls
+    assert metrics == pytest.approx(want_metrics, nan_ok=True) and state == want_state
+    assert "batch_var_sft" in metrics and isinstance(state["state"]["has_kl"], bool)
+
+
+def test_mu_tensor_stays_on_the_device(monkeypatch, cpu_state):
+    ctrl = gaccore.Controller(**CONFIG)
+    fresh = ctrl.mu_tensor("cpu")  # host state before any torch input
+    assert fresh.dtype == torch.float32 and fresh.shape == () and fresh.item() == pytest.approx(ctrl.mu)
+    _run_torch(ctrl, 3)
+    if cpu_state == "device":
+        with monkeypatch.context() as patched:
+            _forbid_host_reads(patched)
+            mu = ctrl.mu_tensor()
+    else:
+        mu = ctrl.mu_tensor()
+    assert mu.dtype == torch.float32 and mu.device.type == "cpu" and mu.item() == pytest.approx(ctrl.mu)
+
+
+def test_observe_and_step_never_read_device_values(monkeypatch, device_state):
     """Gradient accumulation: several observes, one step, a Python-float kl."""
     steps = list(_steps(12))
     with monkeypatch.context() as patched:
@@ -135,7 +198,9 @@ def _carries_no_graph(ctrl, mu):
     kept = [*vars(ctrl._state).values()]
     if ctrl._last_batch is not None:
         kept += vars(ctrl._last_batch).values()
-    return not mu.requires_grad and not any(t.requires_grad or t.grad_fn is not None for t in kept)
+    return not mu.requires_grad and not any(
+        getattr(t, "requires_grad", False) or getattr(t, "grad_fn", None) is not None for t in kept
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -144,7 +209,8 @@ def test_inputs_with_an_autograd_graph_never_reach_the_controller(backend, monke
     updates, and no graph chains from step to step (the issue's repro)."""
     from gaccore.kernels import TORCH_BACKEND
 
-    monkeypatch.setattr(TORCH_BACKEND, "backend", backend)
+    monkeypatch.setattr(TORCH_BACKEND, "method", backend)
+    monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)  # the state as tensors, as on a GPU
     weight = torch.nn.Parameter(torch.zeros(()))
     ctrl = gaccore.Controller(**CONFIG)
     for t, (batch, kl) in enumerate(_steps(5)):
@@ -200,7 +266,7 @@ def _json_round_trip(state):
 
 
 @pytest.mark.parametrize("load_on", ["numpy", "torch"])
-def test_state_dict_round_trip_across_backends(load_on):
+def test_state_dict_round_trip_across_backends(load_on, cpu_state):
     """Stop a torch controller after 13 steps, resume on numpy or torch: the
     same mu sequence as the controller that never stopped."""
     steps = list(_steps(26))
@@ -220,12 +286,12 @@ def test_state_dict_round_trip_across_backends(load_on):
         ]
     else:
         second.load_state_dict(state, device="cpu")
-        assert second._state.mu.device == torch.device("cpu")
+        assert isinstance(second._state.mu, torch.Tensor if cpu_state == "device" else np.float64)
         rest = [second.update(**batch, kl=kl).item() for batch, kl in steps[13:]]
     np.testing.assert_allclose(rest, want[13:], rtol=1e-6)
 
 
-def test_numpy_state_loads_onto_a_torch_device():
+def test_numpy_state_loads_onto_a_torch_device(device_state):
     ctrl = gaccore.Controller(**CONFIG)
     for batch, _kl in _steps(3):
         ctrl.update(**{k: _host(v) for k, v in batch.items()})
@@ -235,7 +301,7 @@ def test_numpy_state_loads_onto_a_torch_device():
     assert isinstance(resumed._state.rho, torch.Tensor)
 
 
-def test_non_finite_kl_tensor_keeps_state_finite():
+def test_non_finite_kl_tensor_keeps_state_finite(cpu_state):
     ctrl = gaccore.Controller(**CONFIG)
     batch, _ = next(_steps(1))
     for kl in (math.nan, math.inf, -math.inf):
@@ -243,6 +309,25 @@ def test_non_finite_kl_tensor_keeps_state_finite():
         assert torch.isfinite(mu)
     metrics = ctrl.metrics()
     assert all(math.isfinite(metrics[k]) for k in ("mu", "rho", "mu_bar", "kl_drift_area"))
+
+
+def test_compiled_step_gives_the_eager_mu_sequence(device_state):
+    """compile_step: close_step (finalize + advance) through torch.compile on
+    CPU (inductor's C++ backend) takes the same steps as eager. One graph:
+    statistics, a kl and the prior on every step, the same batch shape."""
+    config = {**CONFIG, "update_every": 1}
+    steps = [(batch, torch.tensor(0.003 * t, dtype=torch.float64)) for t, (batch, _) in enumerate(_steps(6))]
+    eager = gaccore.Controller(**config)
+    compiled = gaccore.Controller(**config, compile_step=True)
+    want = [eager.update(**batch, kl=kl).item() for batch, kl in steps]
+    got = [compiled.update(**batch, kl=kl).item() for batch, kl in steps]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert compiled.metrics() == pytest.approx(eager.metrics(), rel=1e-12, nan_ok=True)
+
+
+def test_compile_step_must_be_a_flag_or_a_mode():
+    with pytest.raises(TypeError, match="compile_step must be"):
+        gaccore.Controller(compile_step=1)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -262,6 +347,32 @@ def test_cuda_update_is_sync_free():
         torch.cuda.set_sync_debug_mode("default")
     assert all(m.device.type == "cuda" and m.dtype == torch.float32 for m in mus)
     assert 0.0 < ctrl.mu < 1.0
+
+
+@cuda
+@pytest.mark.parametrize("mode", [True, "reduce-overhead"])
+def test_cuda_compiled_step_is_sync_free_and_matches_eager(mode):
+    """compile_step on a GPU (inductor; "reduce-overhead" adds CUDA graphs):
+    no host sync under set_sync_debug_mode('error') once compiled, the eager
+    mu sequence."""
+    config = {**CONFIG, "update_every": 1}
+    steps = [
+        (batch, torch.tensor(0.003 * t, dtype=torch.float64, device="cuda"))
+        for t, (batch, _) in enumerate(_steps(20, device="cuda"))
+    ]
+    eager = gaccore.Controller(**config)
+    want = [eager.update(**batch, kl=kl).item() for batch, kl in steps]
+    compiled = gaccore.Controller(**config, compile_step=mode)
+    # compile (and record graphs) outside the checked region
+    got = [compiled.update(**batch, kl=kl).item() for batch, kl in steps[:3]]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mus = [compiled.update(**batch, kl=kl).clone() for batch, kl in steps[3:]]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    got += [m.item() for m in mus]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
 
 
 @cuda

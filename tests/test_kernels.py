@@ -20,47 +20,47 @@ from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # no
 from gaccore.kernels import RowResults, batch_stats, fused, reference  # noqa: E402  # noqa: E402
 from gaccore.kernels.rows import finalize  # noqa: E402
 
-BACKENDS = ["torch", "triton"]
+METHODS = ["torch", "triton"]
 SHAPES = [(1, 1), (3, 5), (7, 33), (37, 129)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("rows,tokens", SHAPES)
 @pytest.mark.parametrize("adv_per_token", [False, True])
-def test_matches_numpy_on_odd_shapes(backend, rows, tokens, adv_per_token):
+def test_matches_numpy_on_odd_shapes(method, rows, tokens, adv_per_token):
     batch = make_batch(rows, tokens, seed=rows * 1000 + tokens, adv_per_token=adv_per_token)
-    got = batch_stats(**batch, backend=backend)
+    got = batch_stats(**batch, method=method)
     assert_stats_close(got, numpy_stats(batch), RTOL[torch.float32])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("sft_coef", ["phi", "nll"])
-def test_logp_dtypes_and_sft_coefs(backend, dtype, sft_coef):
+def test_logp_dtypes_and_sft_coefs(method, dtype, sft_coef):
     batch = make_batch(9, 65, seed=3, dtype=dtype, adv_per_token=True)
-    got = batch_stats(**batch, sft_coef=sft_coef, backend=backend)
+    got = batch_stats(**batch, sft_coef=sft_coef, method=method)
     assert_stats_close(got, numpy_stats(batch, sft_coef=sft_coef), RTOL[dtype])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("adv_per_token", [False, True])
-def test_large_advantage_offset(backend, adv_per_token):
+def test_large_advantage_offset(method, adv_per_token):
     """Advantages around 1e3 with unit spread, log-probs near 0 (SPEC §5)."""
     batch = make_batch(37, 129, seed=11, adv_per_token=adv_per_token, adv_offset=1e3)
-    assert_stats_close(batch_stats(**batch, backend=backend), numpy_stats(batch), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**batch, method=method), numpy_stats(batch), RTOL[torch.float32])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int64, torch.uint8, torch.float32])
-def test_mask_dtypes(backend, mask_dtype):
+def test_mask_dtypes(method, mask_dtype):
     batch = make_batch(5, 17, seed=5, mask_dtype=mask_dtype)
-    assert_stats_close(batch_stats(**batch, backend=backend), numpy_stats(batch), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**batch, method=method), numpy_stats(batch), RTOL[torch.float32])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("adv_dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("adv_per_token", [False, True])
-def test_adv_ref_and_expert_dtypes(backend, adv_dtype, adv_per_token):
+def test_adv_ref_and_expert_dtypes(method, adv_dtype, adv_per_token):
     """float64 or bfloat16 advantages, a bfloat16 ref_logp, integer expert flags."""
     batch = make_batch(7, 23, seed=15, adv_per_token=adv_per_token)
     batch = {
@@ -70,11 +70,11 @@ def test_adv_ref_and_expert_dtypes(backend, adv_dtype, adv_per_token):
         "expert": batch["expert"].to(torch.int32) * 3,
     }
     host = {**batch, "adv": batch["adv"].to(torch.float64)}
-    assert_stats_close(batch_stats(**batch, backend=backend), numpy_stats(host), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**batch, method=method), numpy_stats(host), RTOL[torch.float32])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_non_contiguous_inputs(backend):
+@pytest.mark.parametrize("method", METHODS)
+def test_non_contiguous_inputs(method):
     """Transposed and strided views give the same statistics as their copies."""
     base = make_batch(6, 21, seed=8, adv_per_token=True)
     strided = {
@@ -85,7 +85,7 @@ def test_non_contiguous_inputs(backend):
         "ref_logp": torch.stack([base["ref_logp"], base["ref_logp"]], dim=2)[:, :, 1],
     }
     assert not strided["logp"].is_contiguous() and not strided["mask"].is_contiguous()
-    assert_stats_close(batch_stats(**strided, backend=backend), numpy_stats(base), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**strided, method=method), numpy_stats(base), RTOL[torch.float32])
 
 
 def _edge_batches():
@@ -113,10 +113,10 @@ def _edge_batches():
 
 # The interpreter evaluates both sides of tl.where, so invalid rows warn in numpy.
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name,batch", list(_edge_batches()), ids=[n for n, _ in _edge_batches()])
-def test_edge_cases(backend, name, batch):
-    assert_stats_close(batch_stats(**batch, backend=backend), numpy_stats(batch), RTOL[torch.float32])
+def test_edge_cases(method, name, batch):
+    assert_stats_close(batch_stats(**batch, method=method), numpy_stats(batch), RTOL[torch.float32])
 
 
 @pytest.mark.parametrize("adv_offset", [0.0, 1e3])
@@ -124,7 +124,7 @@ def test_edge_cases(backend, name, batch):
 def test_kernel_merges_many_blocks(adv_per_token, adv_offset):
     """Rows longer than a block: Chan merges across 9 blocks of 16 tokens."""
     batch = make_batch(5, 129, seed=12, adv_per_token=adv_per_token, adv_offset=adv_offset)
-    rows = fused.row_results(**batch, block_t=16)
+    rows = fused.kernel_row_results(**batch, block_t=16)
     assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
 
 
@@ -132,7 +132,7 @@ def test_kernel_default_blocks_with_a_partial_last_block():
     """T = 4100 at the default block size: two full 2048-token blocks and a partial one."""
     batch = make_batch(2, 4100, seed=16, adv_per_token=True, adv_offset=1e3, mask_rate=0.1)
     assert fused.block_size(4100) == fused.MAX_BLOCK_T
-    assert_stats_close(batch_stats(**batch, backend="triton"), numpy_stats(batch), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**batch, method="triton"), numpy_stats(batch), RTOL[torch.float32])
 
 
 @settings(max_examples=15, deadline=None)
@@ -143,11 +143,12 @@ def test_kernel_default_blocks_with_a_partial_last_block():
     adv_per_token=st.booleans(),
     mask_rate=st.floats(0.0, 1.0),
     block_t=st.sampled_from([16, 32, 128]),
+    chunks=st.integers(1, 4),
 )
-def test_kernel_property(rows, tokens, seed, adv_per_token, mask_rate, block_t):
-    """The kernel equals the numpy reference for any batch and block size."""
+def test_kernel_property(rows, tokens, seed, adv_per_token, mask_rate, block_t, chunks):
+    """The kernel equals the numpy reference for any batch, block size and split."""
     batch = make_batch(rows, tokens, seed=seed, adv_per_token=adv_per_token, mask_rate=mask_rate)
-    rows_out = fused.row_results(**batch, block_t=block_t)
+    rows_out = fused.kernel_row_results(**batch, block_t=block_t, chunks=chunks)
     assert_stats_close(finalize(rows_out), numpy_stats(batch), RTOL[torch.float32])
 
 
@@ -157,24 +158,50 @@ def test_kernel_writes_every_output_and_is_bit_identical():
     runs = []
     for _ in range(2):
         out = torch.full((len(fused.KERNEL_FIELDS), 9), math.nan, dtype=torch.float64)
-        rows = fused.row_results(**batch, out=out, block_t=32)
+        rows = fused.kernel_row_results(**batch, out=out, block_t=32)
         assert not torch.isnan(out).any(), "the kernel left an output unwritten"
         runs.append(out.clone())
     assert torch.equal(runs[0], runs[1])
     assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
 
 
+@pytest.mark.parametrize("rows,tokens", [(1, 257), (3, 101), (5, 33)])
+@pytest.mark.parametrize("adv_per_token", [False, True])
+def test_kernel_split_rows(rows, tokens, adv_per_token):
+    """Rows split in 3 chunks of whole 16-token blocks, T not a multiple of the
+    block, advantages around 1e3: every output written, bit-identical run to
+    run, equal to the numpy reference."""
+    batch = make_batch(rows, tokens, seed=rows + tokens, adv_per_token=adv_per_token, adv_offset=1e3, mask_rate=0.2)
+    chunk_len = math.ceil(math.ceil(tokens / 3) / 16) * 16
+    assert math.ceil(tokens / chunk_len) == 3, "the shape must really split in 3"
+    runs = []
+    for _ in range(2):
+        out = torch.full((len(fused.KERNEL_FIELDS), rows), math.nan, dtype=torch.float64)
+        split = fused.kernel_row_results(**batch, out=out, block_t=16, chunks=3)
+        assert not torch.isnan(out).any(), "the kernel left an output unwritten"
+        runs.append(out.clone())
+    assert torch.equal(runs[0], runs[1])
+    assert_stats_close(finalize(split), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_chunk_count_splits_few_long_rows_only():
+    """A function of (B, T): long rows of small batches split, others do not."""
+    assert fused.chunk_count(8, 131072) == 16 and fused.chunk_count(4, 524288) == 64
+    assert fused.chunk_count(256, 4096) == 1 and fused.chunk_count(1, 100) == 1
+    assert fused.chunk_count(1024, 1 << 20) == 1
+
+
 def test_kernel_many_rows():
     """Hundreds of rows (one program each; the interpreter runs them one by
     one, so thousands are left to the CUDA test) with B not a power of two."""
     batch = make_batch(300, 3, seed=14)
-    assert_stats_close(batch_stats(**batch, backend="triton"), numpy_stats(batch), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**batch, method="triton"), numpy_stats(batch), RTOL[torch.float32])
 
 
 def test_kernel_out_is_checked():
     batch = make_batch(3, 4)
     with pytest.raises(ValueError, match="out must be a contiguous float64 tensor"):
-        fused.row_results(**batch, out=torch.zeros(len(fused.KERNEL_FIELDS), 3))
+        fused.kernel_row_results(**batch, out=torch.zeros(len(fused.KERNEL_FIELDS), 3))
 
 
 def test_kernel_field_order_matches_row_results():
@@ -182,7 +209,7 @@ def test_kernel_field_order_matches_row_results():
     each field in its slot: every field of every row equals the twin's."""
     assert fused.KERNEL_FIELDS == tuple(f for f in RowResults.__dataclass_fields__ if f not in ("rl", "sft"))
     batch = make_batch(7, 40, seed=17, adv_per_token=True)
-    got, want = fused.row_results(**batch), reference.row_results(**batch)
+    got, want = fused.kernel_row_results(**batch), reference.twin_row_results(**batch)
     rows = want.n_tokens > 0  # the extremes of token-less rows are fill values of each path's float type
     for name in RowResults.__dataclass_fields__:
         torch.testing.assert_close(
@@ -198,16 +225,18 @@ def test_kernel_field_order_matches_row_results():
 def test_trim_drops_exact_counts(trim):
     batch = make_batch(23, 11, seed=6)
     assert_stats_close(
-        batch_stats(**batch, trim=trim, backend="torch"), numpy_stats(batch, trim=trim), RTOL[torch.float32]
+        batch_stats(**batch, trim=trim, method="torch"), numpy_stats(batch, trim=trim), RTOL[torch.float32]
     )
 
 
 def test_micro_batches_merge_exactly():
     """Rows of two micro-batches concatenated = one batch holding both."""
     a, b = make_batch(5, 13, seed=1, adv_per_token=True), make_batch(8, 13, seed=2, adv_per_token=True)
-    merged = reference.row_results(**a).merge(reference.row_results(**b))
+    merged = reference.twin_row_results(**a).merge(reference.twin_row_results(**b))
     whole = {k: torch.cat([a[k], b[k]]) for k in a}
-    assert_stats_close(finalize(merged), numpy_stats(whole), 1e-12)
+    assert_stats_close(finalize(merged), numpy_stats(whole), RTOL[torch.float32])
+    for name, value in finalize(merged).__dict__.items():
+        assert torch.equal(value, getattr(batch_stats(**whole, method="torch"), name)), name
 
 
 @settings(max_examples=40, deadline=None)
@@ -220,9 +249,17 @@ def test_micro_batches_merge_exactly():
     mask_rate=st.floats(0.0, 1.0),
 )
 def test_twin_property(rows, tokens, seed, adv_per_token, expert, mask_rate):
-    """The twin equals the numpy reference on arbitrary small batches."""
+    """The twin equals the numpy reference on arbitrary small batches (within
+    fp32 tolerances: it follows the kernel's fp32 element-wise numerics)."""
     batch = make_batch(rows, tokens, seed=seed, adv_per_token=adv_per_token, expert=expert, mask_rate=mask_rate)
-    assert_stats_close(batch_stats(**batch, backend="torch"), numpy_stats(batch), 1e-9)
+    assert_stats_close(batch_stats(**batch, method="torch"), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_backend_is_the_former_name_of_method():
+    batch = make_batch(7, 19, seed=4)
+    old, new = batch_stats(**batch, backend="torch"), batch_stats(**batch, method="torch")
+    for name, value in new.__dict__.items():
+        assert torch.equal(getattr(old, name), value), name
 
 
 def test_validation_names_the_argument():
@@ -235,8 +272,12 @@ def test_validation_names_the_argument():
         batch_stats(**{**batch, "logp": torch.zeros(3, 4, dtype=torch.int32)})
     with pytest.raises(TypeError, match="expert must have a bool or integer dtype"):
         batch_stats(**{**batch, "expert": torch.zeros(3)})
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="method must be one of"):
+        batch_stats(**batch, method="cuda")
+    with pytest.raises(ValueError, match="method must be one of"):
         batch_stats(**batch, backend="cuda")
+    with pytest.raises(TypeError, match="pass method= only"):
+        batch_stats(**batch, method="torch", backend="torch")
     with pytest.raises(ValueError, match="trim must be"):
         batch_stats(**batch, trim=0.5)
     with pytest.raises(ValueError, match="sft_coef must be"):
@@ -253,7 +294,7 @@ def test_importing_kernels_does_not_import_triton():
 
 
 def test_outputs_are_0d_on_the_inputs_device():
-    stats = batch_stats(**make_batch(3, 4), backend="torch")
+    stats = batch_stats(**make_batch(3, 4), method="torch")
     for value in stats.__dict__.values():
         assert value.shape == () and value.device == torch.device("cpu")
     assert stats.var_rl.dtype == torch.float64 and stats.n_rl.dtype == torch.int64
@@ -263,16 +304,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 @cuda
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "rows,tokens,adv_per_token",
-    [(1, 1, False), (37, 129, True), (257, 4099, True), (3, 32768, True), (4099, 17, False)],
+    [(1, 1, False), (37, 129, True), (257, 4099, True), (3, 32768, True), (8, 131072, False), (4099, 17, False)],
 )
-def test_cuda_matches_numpy(backend, dtype, rows, tokens, adv_per_token):
+def test_cuda_matches_numpy(method, dtype, rows, tokens, adv_per_token):
     batch = make_batch(rows, tokens, seed=rows + tokens, dtype=dtype, adv_per_token=adv_per_token, adv_offset=1e3)
     on_gpu = {k: None if v is None else v.cuda() for k, v in batch.items()}
-    got = batch_stats(**on_gpu, backend=backend)
+    got = batch_stats(**on_gpu, method=method)
     assert got.var_rl.device.type == "cuda"
     assert_stats_close(got, numpy_stats(batch), RTOL[dtype])
 
@@ -283,19 +324,19 @@ def test_cuda_kernel_poisoned_and_bit_identical():
     runs = []
     for _ in range(2):
         out = torch.full((len(fused.KERNEL_FIELDS), 513), math.nan, dtype=torch.float64, device="cuda")
-        fused.row_results(**batch, out=out)
+        fused.kernel_row_results(**batch, out=out)
         runs.append(out.clone())
         assert not torch.isnan(out).any()
     assert torch.equal(runs[0], runs[1])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_kl_of_a_policy_far_from_its_reference_stays_finite(backend):
+@pytest.mark.parametrize("method", METHODS)
+def test_kl_of_a_policy_far_from_its_reference_stays_finite(method):
     """x = ref - logp beyond fp32's exp range (~88.7): the KL is huge, not inf."""
     batch = make_batch(4, 9, seed=17)
     on = batch["mask"]
     batch["logp"] = torch.where(on, torch.full_like(batch["logp"], -95.0), batch["logp"])
     batch["ref_logp"] = torch.where(on, torch.full_like(batch["logp"], -0.1), batch["ref_logp"])
-    got = batch_stats(**batch, backend=backend)
+    got = batch_stats(**batch, method=method)
     assert math.isfinite(got.kl.item()) and got.kl.item() > 1e40
     assert_stats_close(got, numpy_stats(batch), RTOL[torch.float32])

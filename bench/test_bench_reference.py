@@ -1,0 +1,79 @@
+"""gaccore against the public GAC reference's statistics path, on CPU, in one run.
+
+    ./dev bench bench/test_bench_reference.py
+
+Each (B, T) times, side by side in one pytest-benchmark group, one step of:
+the reference re-implementation (``bench/reference_gac.py``: statistics and
+its mu update, with its ``.item()`` calls), gaccore's ``Controller.update`` on
+torch CPU tensors, and on the same batch as numpy arrays. One torch thread;
+logp float32 with 10% right padding (zeros, which the reference's ``m * x``
+needs), a quarter expert rows, one advantage per row, no ref_logp. Compare the
+ratios of one run: the machine is shared, absolute times are not steady.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from reference_gac import ReferenceMuController  # noqa: E402
+
+from gaccore import Controller  # noqa: E402
+
+SHAPES = [(64, 1024), (256, 4096)]
+IDS = [f"{b}x{t}" for b, t in SHAPES]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _batch(rows: int, tokens: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(rows + tokens)
+    mask = (torch.arange(tokens) < tokens - tokens // 10).expand(rows, tokens).contiguous()
+    logp = torch.where(mask, -(torch.rand(rows, tokens, generator=gen) ** 3) * 4.0, 0.0)
+    return {
+        "logp": logp,
+        "mask": mask,
+        "adv": torch.randn(rows, generator=gen),
+        "expert": torch.rand(rows, generator=gen) < 0.25,
+    }
+
+
+def _run(benchmark, rows: int, tokens: int, step) -> None:
+    benchmark.group = f"update {rows}x{tokens}"
+    benchmark.pedantic(step, rounds=30 if rows * tokens > 100_000 else 200, warmup_rounds=3)
+
+
+@pytest.mark.parametrize("rows,tokens", SHAPES, ids=IDS)
+def test_reference_update_stats(benchmark, rows, tokens):
+    batch = _batch(rows, tokens)
+    reference = ReferenceMuController()
+    _run(
+        benchmark,
+        rows,
+        tokens,
+        lambda: reference.update_stats(batch["logp"], batch["mask"], batch["adv"], batch["expert"]),
+    )
+    assert 0.05 <= reference.mu <= 0.9
+
+
+@pytest.mark.parametrize("rows,tokens", SHAPES, ids=IDS)
+def test_gaccore_update_torch_cpu(benchmark, rows, tokens):
+    batch = _batch(rows, tokens)
+    ctrl = Controller()
+    _run(benchmark, rows, tokens, lambda: ctrl.update(**batch))
+    assert 0.05 <= ctrl.mu <= 0.9
+
+
+@pytest.mark.parametrize("rows,tokens", SHAPES, ids=IDS)
+def test_gaccore_update_numpy(benchmark, rows, tokens):
+    batch = {name: value.numpy() for name, value in _batch(rows, tokens).items()}
+    ctrl = Controller()
+    _run(benchmark, rows, tokens, lambda: ctrl.update(**batch))
+    assert 0.05 <= ctrl.mu <= 0.9
