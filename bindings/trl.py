@@ -253,12 +253,13 @@ class GACGRPOTrainer(GRPOTrainer):
         mode = "train" if model.training else "eval"
 
         expert_ids, expert_mask, expert_prompt_ids, expert_prompt_mask = self._expert_batch(mode)
-        expert_logp, _, _ = super()._get_per_token_logps_and_entropies(
+        # (logps, entropies), plus the MoE aux loss in later TRL 1.x releases.
+        expert_logp = super()._get_per_token_logps_and_entropies(
             model,
             torch.cat([expert_prompt_ids, expert_ids], dim=1),
             torch.cat([expert_prompt_mask, expert_mask], dim=1),
             expert_ids.size(1),
-        )
+        )[0]
         expert_loss = sft_loss(expert_logp, expert_mask, sft_coef=self.gac.config.sft_coef)
         self._metrics[mode]["gac/sft_loss"].append(expert_loss.detach().item())
         if mode == "train":
