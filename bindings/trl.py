@@ -106,6 +106,9 @@ class GACGRPOConfig(GRPOConfig):
     gac_eta_up: float = _knob("eta_up", "rho's step toward rho_max while the KL is high")
     gac_eta_down: float = _knob("eta_down", "rho's step toward rho_min while the KL is low")
     gac_large_shift: float = _knob("large_shift", "a jump of the estimate above this counts as a large shift")
+    gac_mode: str = _knob(
+        "mode", "'paper' (rho from the KL); 'verified' needs verifier rewards, not fed by this trainer"
+    )
 
     expert_dataset_name: str | None = field(
         default=None,
@@ -139,6 +142,11 @@ class GACGRPOConfig(GRPOConfig):
             self.gac_config()
         except ValueError as error:
             raise ValueError(f"GACGRPOConfig: invalid gac_* setting: {error}") from None
+        if self.gac_mode != "paper":
+            raise ValueError(
+                f"GACGRPOConfig: gac_mode={self.gac_mode!r} steers rho with the verifier's success rates of expert "
+                "and policy completions, which GACGRPOTrainer does not compute; use gac_mode='paper'"
+            )
 
     def gac_config(self) -> Config:
         """The controller's ``Config`` from the ``gac_*`` fields."""

@@ -276,6 +276,8 @@ def test_trl_parser_reads_knobs_from_yaml_with_the_command_line_on_top(tmp_path:
 def test_gac_grpo_config_rejects_a_bad_knob_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"gac_.*cap must satisfy cap > 0"):
         GACGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gac_cap=-0.1)
+    with pytest.raises(ValueError, match="gac_mode='verified'"):  # the trainer feeds no verifier rewards
+        GACGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gac_mode="verified")
     parser = TrlParser((GACGRPOConfig,))
     with pytest.raises(SystemExit):  # argparse: not one of 'phi', 'nll'
         parser.parse_args_and_config(["--output_dir", str(tmp_path), "--gac_sft_coef", "chord"])
