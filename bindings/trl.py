@@ -24,28 +24,156 @@ The expert dataset has ``prompt`` and ``completion`` columns, as TRL's
 prompt-completion datasets: plain strings, or conversations rendered with
 the tokenizer's chat template. The completion is followed by the EOS token
 when the tokenizer has one, and truncated to ``max_completion_length``.
+
+Without code: ``GACGRPOConfig`` is a ``GRPOConfig`` whose ``gac_<name>``
+fields carry every ``gaccore.Config`` knob and whose ``expert_*`` fields name
+the expert dataset, so ``trl.TrlParser`` reads them from YAML or the command
+line; ``python -m gaccore.bindings.trl --config gac.yaml`` trains with them
+(``main``, the equivalent of ``trl grpo``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, cast
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, cast
 
 import torch
 import torch.distributed as dist
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import maybe_apply_chat_template
 
-from gaccore import Controller
+from gaccore import Config, Controller
 from gaccore.bindings.torch import mix, sft_loss
 
-__all__ = ["STATE_FILE", "GACGRPOTrainer"]
+__all__ = ["STATE_FILE", "GACGRPOConfig", "GACGRPOTrainer", "load_expert_dataset", "main"]
 
 STATE_FILE = "gaccore_state.json"
 
 # Controller metrics worth a line in the trainer's logs, under "gac/<name>".
 _LOGGED = ("mu", "rho", "estimate", "ema_disagreement", "ema_var_sft", "ema_var_rl", "kl_ema", "n_dropped")
+
+
+_DEFAULTS = Config()
+
+
+def _knob(name: str, description: str) -> Any:
+    """A ``gac_<name>`` field with gaccore.Config's default, so the two cannot drift apart."""
+    return field(default=getattr(_DEFAULTS, name), metadata={"help": f"{description} (gaccore.Config.{name})"})
+
+
+@dataclass
+class GACGRPOConfig(GRPOConfig):
+    """TRL's ``GRPOConfig`` plus the controller's knobs and the expert dataset.
+
+    Each ``gaccore.Config`` field ``<name>`` is the field ``gac_<name>`` here,
+    with the same default (``gac_config()`` builds the ``Config``); the
+    ``expert_*`` fields say where the expert (prompt, completion) examples
+    come from. ``GACGRPOTrainer`` reads both when it is given this config and
+    no ``controller`` / ``expert_dataset`` of its own. ``trl.TrlParser`` parses
+    it from YAML and the command line, e.g. ``--gac_cap 0.02``.
+    """
+
+    gac_ema_beta: float = _knob("ema_beta", "EMA factor of the mu estimate")
+    gac_stat_beta: float = _knob("stat_beta", "EMA factor of the three noise proxies")
+    gac_cap: float = _knob("cap", "largest change of mu per optimizer step")
+    gac_blend: float = _knob("blend", "weight of the EMA estimate against the schedule prior")
+    gac_mu_init: float = _knob("mu_init", "mu at step 0")
+    gac_mu_min: float = _knob("mu_min", "lower bound of mu")
+    gac_mu_max: float = _knob("mu_max", "upper bound of mu")
+    gac_update_every: int = _knob("update_every", "compute statistics every this many optimizer steps")
+    gac_trim: float = _knob("trim", "fraction trimmed from each end of the expert NLLs for var_sft")
+    gac_sft_coef: Literal["phi", "nll"] = _knob(
+        "sft_coef", "SFT token weighting: 'phi' = p(1-p) (CHORD), 'nll' = plain NLL; also the SFT loss's"
+    )
+    gac_scale: list[float] = field(
+        default_factory=lambda: list(_DEFAULTS.scale),
+        metadata={"help": "scales (kD, kS, kR) of the disagreement and the two variances (gaccore.Config.scale)"},
+    )
+    gac_per_mean: bool = _knob("per_mean", "divide var_sft and var_rl by their row counts")
+    gac_warmup_steps: int = _knob("warmup_steps", "prior: linear warmup steps")
+    gac_decay_steps: int = _knob("decay_steps", "prior: cosine decay steps")
+    gac_mu_peak: float = _knob("mu_peak", "prior: mu after the warmup")
+    gac_mu_valley: float = _knob("mu_valley", "prior: mu after the decay")
+    gac_rho_init: float = _knob("rho_init", "target SFT ratio rho at step 0")
+    gac_rho_min: float = _knob("rho_min", "lower bound of rho")
+    gac_rho_max: float = _knob("rho_max", "upper bound of rho")
+    gac_kl_target: float = _knob("kl_target", "KL the rho controller aims at")
+    gac_kl_band: float = _knob("kl_band", "relative hysteresis band around kl_target")
+    gac_kl_beta: float = _knob("kl_beta", "EMA factor of the KL")
+    gac_eta_up: float = _knob("eta_up", "rho's step toward rho_max while the KL is high")
+    gac_eta_down: float = _knob("eta_down", "rho's step toward rho_min while the KL is low")
+    gac_large_shift: float = _knob("large_shift", "a jump of the estimate above this counts as a large shift")
+    gac_mode: str = _knob(
+        "mode", "'paper' (rho from the KL); 'verified' needs verifier rewards, not fed by this trainer"
+    )
+
+    expert_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "expert dataset: a hub name, a local directory, or a builder such as 'json' with "
+            "expert_dataset_files (datasets.load_dataset's path)"
+        },
+    )
+    expert_dataset_config: str | None = field(
+        default=None, metadata={"help": "configuration of the expert dataset (datasets.load_dataset's name)"}
+    )
+    expert_dataset_files: list[str] | None = field(
+        default=None, metadata={"help": "data files of the expert dataset (datasets.load_dataset's data_files)"}
+    )
+    expert_dataset_split: str = field(default="train", metadata={"help": "split of the expert dataset"})
+    expert_prompt_column: str = field(default="prompt", metadata={"help": "column holding the expert prompts"})
+    expert_completion_column: str = field(
+        default="completion", metadata={"help": "column holding the expert completions"}
+    )
+    expert_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "expert examples per micro-batch and process (default: per_device_train_batch_size // "
+            "num_generations, at least 1)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            self.gac_config()
+        except ValueError as error:
+            raise ValueError(f"GACGRPOConfig: invalid gac_* setting: {error}") from None
+        if self.gac_mode != "paper":
+            raise ValueError(
+                f"GACGRPOConfig: gac_mode={self.gac_mode!r} steers rho with the verifier's success rates of expert "
+                "and policy completions, which GACGRPOTrainer does not compute; use gac_mode='paper'"
+            )
+
+    def gac_config(self) -> Config:
+        """The controller's ``Config`` from the ``gac_*`` fields."""
+        return Config(**{f.name: getattr(self, f"gac_{f.name}") for f in fields(Config)})
+
+
+def load_expert_dataset(args: GACGRPOConfig) -> Any:
+    """The expert dataset ``args`` names, with its columns renamed to ``prompt`` and ``completion``."""
+    if not args.expert_dataset_name:
+        raise ValueError("expert_dataset_name is not set: name the expert dataset (or pass expert_dataset=...)")
+    from datasets import load_dataset
+
+    dataset = load_dataset(
+        args.expert_dataset_name,
+        name=args.expert_dataset_config,
+        data_files=args.expert_dataset_files,
+        split=args.expert_dataset_split,
+    )
+    columns = {args.expert_prompt_column: "prompt", args.expert_completion_column: "completion"}
+    missing = [name for name in columns if name not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"expert dataset {args.expert_dataset_name!r} has no column(s) {missing} "
+            f"(expert_prompt_column / expert_completion_column); it has {dataset.column_names}"
+        )
+    dataset = dataset.select_columns(list(columns))
+    return dataset.rename_columns({old: new for old, new in columns.items() if old != new})
 
 
 class GACGRPOTrainer(GRPOTrainer):
@@ -54,25 +182,40 @@ class GACGRPOTrainer(GRPOTrainer):
     Takes every argument of ``GRPOTrainer`` plus:
 
     - ``expert_dataset``: a ``datasets.Dataset`` (or any sized sequence of
-      dicts) with ``prompt`` and ``completion`` columns.
-    - ``controller``: a ``gaccore.Controller`` (default ``Controller()``, with
+      dicts) with ``prompt`` and ``completion`` columns; by default the one
+      a ``GACGRPOConfig`` ``args`` names (``load_expert_dataset``).
+    - ``controller``: a ``gaccore.Controller`` (default: one built from a
+      ``GACGRPOConfig``'s ``gac_*`` fields, else ``Controller()``, with
       ``process_group`` set to the default group when several processes run).
       Its ``sft_coef`` also selects the SFT loss's token weighting.
     - ``expert_batch_size``: expert examples per micro-batch and process
-      (default ``per_device_train_batch_size // num_generations``, at least
-      1: as many demonstrations as prompts).
+      (default: a ``GACGRPOConfig``'s ``expert_batch_size``, else
+      ``per_device_train_batch_size // num_generations``, at least 1: as
+      many demonstrations as prompts).
+
+    An explicit ``controller``, ``expert_dataset`` or ``expert_batch_size``
+    takes precedence over the ``GACGRPOConfig`` fields.
     """
 
     def __init__(
         self,
         *args: Any,
-        expert_dataset: Any,
+        expert_dataset: Any = None,
         controller: Controller | None = None,
         expert_batch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        gac_args = self.args if isinstance(self.args, GACGRPOConfig) else None
+        if expert_dataset is None:
+            if gac_args is None:
+                raise TypeError(
+                    "GACGRPOTrainer needs expert_dataset=..., or args=GACGRPOConfig(expert_dataset_name=...)"
+                )
+            expert_dataset = load_expert_dataset(gac_args)
         _check_expert_dataset(expert_dataset)
+        if expert_batch_size is None and gac_args is not None:
+            expert_batch_size = gac_args.expert_batch_size
         if expert_batch_size is None:
             # GRPOTrainer resolved num_generations from its config during __init__.
             generations = cast(int, self.num_generations)
@@ -81,7 +224,8 @@ class GACGRPOTrainer(GRPOTrainer):
             raise ValueError(f"expert_batch_size must be an integer >= 1, got {expert_batch_size!r}")
         distributed = self.accelerator.num_processes > 1
         if controller is None:
-            controller = Controller(process_group=dist.group.WORLD if distributed else None)
+            config = gac_args.gac_config() if gac_args is not None else None
+            controller = Controller(config, process_group=dist.group.WORLD if distributed else None)
         elif not isinstance(controller, Controller):
             raise TypeError(f"controller must be a gaccore.Controller, got {type(controller).__name__}")
         elif distributed and controller.process_group is None:
@@ -117,12 +261,13 @@ class GACGRPOTrainer(GRPOTrainer):
         mode = "train" if model.training else "eval"
 
         expert_ids, expert_mask, expert_prompt_ids, expert_prompt_mask = self._expert_batch(mode)
-        expert_logp, _, _ = super()._get_per_token_logps_and_entropies(
+        # (logps, entropies), plus the MoE aux loss in later TRL 1.x releases.
+        expert_logp = super()._get_per_token_logps_and_entropies(
             model,
             torch.cat([expert_prompt_ids, expert_ids], dim=1),
             torch.cat([expert_prompt_mask, expert_mask], dim=1),
             expert_ids.size(1),
-        )
+        )[0]
         expert_loss = sft_loss(expert_logp, expert_mask, sft_coef=self.gac.config.sft_coef)
         self._metrics[mode]["gac/sft_loss"].append(expert_loss.detach().item())
         if mode == "train":
@@ -295,3 +440,75 @@ def _check_expert_dataset(dataset: Any) -> None:
     missing = [key for key in ("prompt", "completion") if key not in first]
     if missing:
         raise ValueError(f"expert_dataset examples must have 'prompt' and 'completion' columns; missing {missing}")
+
+
+def main(argv: Sequence[str] | None = None) -> GACGRPOTrainer:
+    """``python -m gaccore.bindings.trl --config gac.yaml [--field value ...]``: ``trl grpo`` with GAC.
+
+    Parses TRL's GRPO script arguments (``dataset_name`` or a ``datasets``
+    mixture for the prompts, ``reward_funcs``, ``reward_model_name_or_path``),
+    a ``GACGRPOConfig`` and TRL's ``ModelConfig`` (``model_name_or_path``)
+    with ``trl.TrlParser``: YAML first, the command line over it. Reward
+    functions are names from ``trl.rewards`` or dotted import paths
+    (``my_rewards.say_a``). Trains, saves the model to ``output_dir`` and
+    returns the trainer. Unknown settings are an error, not ignored.
+    """
+    from datasets import load_dataset
+    from trl import DatasetMixtureConfig, ModelConfig, TrlParser, get_dataset, get_peft_config
+    from trl.scripts.grpo import GRPOScriptArguments
+
+    parser = TrlParser((GRPOScriptArguments, GACGRPOConfig, ModelConfig, DatasetMixtureConfig))
+    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(argv)
+    if not model_args.model_name_or_path:
+        raise ValueError("model_name_or_path is required: the policy's hub name or local directory")
+    reward_funcs: list[Any] = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
+    reward_funcs += [_reward_function(name) for name in script_args.reward_funcs or []]
+    if not reward_funcs:
+        raise ValueError("reward_funcs (or reward_model_name_or_path) is required: GRPO needs a reward")
+    if dataset_args.datasets:
+        dataset = get_dataset(dataset_args)
+    elif script_args.dataset_name:
+        dataset = load_dataset(script_args.dataset_name, name=script_args.dataset_config)
+    else:
+        raise ValueError("dataset_name (or a datasets mixture) is required: the prompts to train on")
+
+    dtype = model_args.dtype
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": dtype if dtype in ("auto", None) else getattr(torch, dtype),
+        **(training_args.model_init_kwargs or {}),
+    }
+    trainer = GACGRPOTrainer(
+        model=model_args.model_name_or_path,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=dataset[script_args.dataset_train_split],
+        eval_dataset=dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    return trainer
+
+
+def _reward_function(name: str) -> Any:
+    """A reward function from ``trl.rewards`` by name, or from a dotted import path."""
+    import importlib
+
+    from trl import rewards
+
+    if hasattr(rewards, name):
+        return getattr(rewards, name)
+    module, _, attribute = name.rpartition(".")
+    if not module:
+        raise ValueError(f"reward_funcs: {name!r} is neither in trl.rewards nor a dotted import path (module.function)")
+    return getattr(importlib.import_module(module), attribute)
+
+
+if __name__ == "__main__":
+    # Run the importable module's main, not this __main__ copy: the trainer pickles its
+    # args into checkpoints, which must name gaccore.bindings.trl.GACGRPOConfig.
+    from gaccore.bindings.trl import main as _main
+
+    _main()

@@ -21,10 +21,11 @@ exit 0
 
 
 def _run_dev(tmp_path: Path, pip_install_e: str) -> subprocess.CompletedProcess[str]:
-    """./dev test in a copy of the repository's dev script and pyproject.toml,
+    """./dev test in a copy of the repository's dev script, pyproject.toml and constraints,
     with a fake .venv/bin/python (no stamp: the install step runs)."""
     shutil.copy(ROOT / "dev", tmp_path / "dev")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(ROOT / "constraints", tmp_path / "constraints")  # ./dev hashes and applies them
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text(FAKE_PYTHON.format(pip_install_e=pip_install_e))

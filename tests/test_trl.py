@@ -7,9 +7,13 @@ and moving, checkpoints, and a resumed run that continues the controller.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import runpy
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +27,10 @@ datasets = pytest.importorskip("datasets")
 transformers = pytest.importorskip("transformers")
 
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from trl import GRPOConfig  # noqa: E402
+from trl import GRPOConfig, TrlParser  # noqa: E402
 
-from gaccore import Controller  # noqa: E402
-from gaccore.bindings.trl import STATE_FILE, GACGRPOTrainer  # noqa: E402
+from gaccore import Config, Controller  # noqa: E402
+from gaccore.bindings.trl import STATE_FILE, GACGRPOConfig, GACGRPOTrainer, load_expert_dataset  # noqa: E402
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
 WORDS = ["a", "b", "c", "d", "e", "f", "g", "h"]
@@ -235,3 +239,96 @@ def test_readme_trl_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     namespace = runpy.run_path(str(SNIPPETS / "trl.py"), run_name="__main__")
     assert namespace["trainer"].gac.step_count >= 1
+
+
+# -- without code: GACGRPOConfig from YAML and the command line, python -m gaccore.bindings.trl ------
+
+
+def test_gac_grpo_config_carries_every_controller_knob_with_its_default(tmp_path: Path) -> None:
+    args = GACGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    knobs = {f.name.removeprefix("gac_") for f in dataclasses.fields(args) if f.name.startswith("gac_")}
+    assert knobs == {f.name for f in dataclasses.fields(Config)}
+    assert args.gac_config() == Config()
+
+
+def test_trl_parser_reads_knobs_from_yaml_with_the_command_line_on_top(tmp_path: Path) -> None:
+    yaml_path = tmp_path / "gac.yaml"
+    yaml_path.write_text(
+        f"output_dir: {tmp_path / 'out'}\n"
+        "use_cpu: true\n"
+        "gac_cap: 0.02\n"
+        "gac_sft_coef: nll\n"
+        "gac_scale: [1.0, 2.0, 0.5]\n"
+        "gac_warmup_steps: 3\n"
+        "expert_dataset_name: json\n"
+        "expert_dataset_files: [experts.jsonl]\n"
+        "expert_prompt_column: question\n"
+    )
+    parser = TrlParser((GACGRPOConfig,))
+    (args,) = parser.parse_args_and_config(["--config", str(yaml_path), "--gac_cap", "0.03", "--gac_per_mean", "true"])
+    config = args.gac_config()
+    assert config.cap == 0.03  # the command line wins over the YAML file
+    assert (config.sft_coef, config.scale, config.warmup_steps, config.per_mean) == ("nll", (1.0, 2.0, 0.5), 3, True)
+    assert config.mu_init == Config().mu_init  # unset knobs keep gaccore's defaults
+    assert (args.expert_dataset_files, args.expert_prompt_column) == (["experts.jsonl"], "question")
+
+
+def test_gac_grpo_config_rejects_a_bad_knob_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"gac_.*cap must satisfy cap > 0"):
+        GACGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gac_cap=-0.1)
+    with pytest.raises(ValueError, match="gac_mode='verified'"):  # the trainer feeds no verifier rewards
+        GACGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gac_mode="verified")
+    parser = TrlParser((GACGRPOConfig,))
+    with pytest.raises(SystemExit):  # argparse: not one of 'phi', 'nll'
+        parser.parse_args_and_config(["--output_dir", str(tmp_path), "--gac_sft_coef", "chord"])
+
+
+def test_load_expert_dataset_renames_columns_and_names_missing_ones(tmp_path: Path) -> None:
+    data = tmp_path / "experts.jsonl"
+    data.write_text("".join(json.dumps({"question": "b c", "answer": "a a", "id": i}) + "\n" for i in range(3)))
+    args = GACGRPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        expert_dataset_name="json",
+        expert_dataset_files=[str(data)],
+        expert_prompt_column="question",
+        expert_completion_column="answer",
+    )
+    experts = load_expert_dataset(args)
+    assert experts.column_names == ["prompt", "completion"] and experts[0] == {"prompt": "b c", "completion": "a a"}
+    args.expert_completion_column = "solution"
+    with pytest.raises(ValueError, match=r"no column\(s\) \['solution'\]"):
+        load_expert_dataset(args)
+
+
+def test_python_m_entry_point_trains_from_the_readme_yaml(tmp_path: Path, model_dir: Path) -> None:
+    """The README's YAML file and command, run as written in a subprocess: the tiny model saved
+    to ./tiny-model, local jsonl data, a reward function from a module beside them."""
+    shutil.copytree(model_dir, tmp_path / "tiny-model")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["b c", "c d", "d e"]))
+    (tmp_path / "experts.jsonl").write_text(
+        "".join(json.dumps({"question": p, "answer": c}) + "\n" for p, c in [("b c", "a a"), ("c d", "a a a")])
+    )
+    (tmp_path / "my_rewards.py").write_text(
+        "def say_a(completions, **kwargs):\n    return [float(c.split().count('a')) for c in completions]\n"
+    )
+    shutil.copy(SNIPPETS / "gac.yaml", tmp_path)
+    result = subprocess.run(
+        ["bash", str(SNIPPETS / "trl_cli.sh")],
+        cwd=tmp_path,
+        # `python` is this interpreter; everything stays local.
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    output = tmp_path / "gac-grpo"
+    controller = json.loads((output / "checkpoint-2" / STATE_FILE).read_text())["controller"]
+    assert controller["step"] == 2
+    # The YAML's and the command line's knobs reached the controller.
+    assert (controller["config"]["kl_target"], controller["config"]["cap"]) == (0.05, 0.02)
+    history = json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history if "gac/mu" in entry] == [1, 2]
+    assert (output / "model.safetensors").exists()  # the trained model, saved at the end
