@@ -12,6 +12,11 @@ from typing import Any
 
 from gaccore.validation import SFT_COEFS
 
+# "paper": SPEC.md §3 as written. "verified": rho follows the verifier's
+# measure of the expert's advantage over the policy (an extension; see
+# ``gaccore.controller.verified_rho``).
+MODES = ("paper", "verified")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -43,6 +48,7 @@ class Config:
     eta_up: float = 0.02
     eta_down: float = 0.03
     large_shift: float = 0.02
+    mode: str = "paper"
 
     def __post_init__(self) -> None:
         if isinstance(self.scale, list):
@@ -52,6 +58,9 @@ class Config:
             if f.name == "sft_coef":
                 if value not in SFT_COEFS:
                     raise ValueError(f"sft_coef must be one of {SFT_COEFS}, got {value!r}")
+            elif f.name == "mode":
+                if value not in MODES:
+                    raise ValueError(f"mode must be one of {MODES}, got {value!r}")
             elif f.name == "per_mean":
                 if not isinstance(value, bool):
                     raise ValueError(f"per_mean must be a bool, got {value!r}")

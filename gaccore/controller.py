@@ -32,7 +32,10 @@ A = TypeVar("A", bound=Scalar)
 Prior = Callable[[int], float]
 
 STATE_FORMAT = "gaccore.Controller"
-STATE_VERSION = 1
+# 2: the verifier reward EMAs (``ema_expert_reward``, ``ema_policy_reward``).
+STATE_VERSION = 2
+# Below this share of failures left to the policy, the expert's advantage is 0/0: treated as none.
+_MIN_FAILURE_RATE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,15 @@ class ControllerState(Generic[A]):
     ema_var_sft: A
     ema_var_rl: A
     kl_ema: A
+    ema_expert_reward: A
+    ema_policy_reward: A
     estimate: A  # the last defined clipped estimate mu^ (Eq. 12)
     has_disagreement: A
     has_var_sft: A
     has_var_rl: A
     has_kl: A
+    has_expert_reward: A
+    has_policy_reward: A
     has_estimate: A
     n_large_shifts: A
     kl_drift_area: A
@@ -113,6 +120,23 @@ def rho_step(rho: A, kl_ema: A, active: A, config: Config) -> A:
     return clip(where(high, raised, where(low, lowered, rho)), config.rho_min, config.rho_max)
 
 
+def verified_rho(expert_reward: A, policy_reward: A, config: Config) -> A:
+    """The target ratio of ``mode="verified"``: the expert's advantage over the policy.
+
+    ``(r_E - r_P) / (1 - r_P)``, clipped to [rho_min, rho_max], where ``r_E``
+    and ``r_P`` are the smoothed verifier success rates of the expert's
+    demonstrations and of the policy's rollouts: the share of the policy's
+    failures that imitating the expert would fix, net of the expert's own
+    failures. A perfect expert gives 1 whatever the policy's level; an expert
+    no better than the policy gives 0 (its demonstrations teach nothing the
+    rewards do not, and pull towards its mistakes). An extension of the
+    paper: Eq. 6's expert bias has no proxy there, the verifier measures it.
+    """
+    failures = clip(1.0 - policy_reward, _MIN_FAILURE_RATE, FLOAT_MAX)
+    advantage = clip((expert_reward - policy_reward) / failures, 0.0, 1.0)
+    return clip(advantage, config.rho_min, config.rho_max)
+
+
 def capped_step(mu: A, target: A, config: Config) -> A:
     """Eq. 13: move at most ``cap`` towards ``target``, inside [mu_min, mu_max]."""
     return clip(mu + clip(target - mu, -config.cap, config.cap), config.mu_min, config.mu_max)
@@ -124,15 +148,21 @@ def advance(
     batch: BatchStats[A, A] | None,
     kl: A | None,
     prior_value: float | None,
+    *,
+    expert_reward: A | None = None,
+    policy_reward: A | None = None,
 ) -> ControllerState[A]:
     """One optimizer step of the controller (SPEC.md §3, steps 1-7, without ``t += 1``).
 
     ``batch`` holds this step's proxies as state scalars (``None`` on steps
     without statistics), ``kl`` the caller's KL observation, ``prior_value``
-    the prior at this step (``None`` or non-finite: no blend).
+    the prior at this step (``None`` or non-finite: no blend), and
+    ``expert_reward``/``policy_reward`` the step's verifier success rates of
+    the demonstrations and of the rollouts (folded into EMAs in every mode;
+    they steer rho in ``mode="verified"``).
     """
     with np.errstate(all="ignore"):  # NaN/inf are data here, masked below
-        return _advance(state, config, batch, kl, prior_value)
+        return _advance(state, config, batch, kl, prior_value, expert_reward, policy_reward)
 
 
 def _advance(
@@ -141,6 +171,8 @@ def _advance(
     batch: BatchStats[A, A] | None,
     kl: A | None,
     prior_value: float | None,
+    expert_reward: A | None,
+    policy_reward: A | None,
 ) -> ControllerState[A]:
     s = state
     kD, kS, kR = config.scale
@@ -176,6 +208,16 @@ def _advance(
             rho=rho_step(s.rho, kl_ema, observed, config),
             kl_drift_area=clip(s.kl_drift_area + where(observed, excess, 0.0), 0.0, FLOAT_MAX),
         )
+
+    # 2b. The verifier's success rates; in mode "verified" they set rho once both are known.
+    for name, reward in (("expert_reward", expert_reward), ("policy_reward", policy_reward)):
+        if reward is not None:
+            ema, has, _ = _fold(getattr(s, f"ema_{name}"), getattr(s, f"has_{name}"), reward, config.stat_beta)
+            s = dataclasses.replace(s, **{f"ema_{name}": ema, f"has_{name}": has})
+    if config.mode == "verified":
+        verified = s.has_expert_reward & s.has_policy_reward
+        rho = verified_rho(s.ema_expert_reward, s.ema_policy_reward, config)
+        s = dataclasses.replace(s, rho=where(verified, rho, s.rho))
 
     # 3. Estimate (Eq. 12, with Eq. 3).
     ready = s.has_disagreement & s.has_var_sft & s.has_var_rl
@@ -294,14 +336,20 @@ class Controller:
         merged = partials if self._pending is None else backend.merge(self._pending[1], partials)
         self._pending = (backend, merged, backend.device_of(logp))
 
-    def step(self, *, kl: Any = None) -> Any:
+    def step(self, *, kl: Any = None, expert_reward: Any = None, policy_reward: Any = None) -> Any:
         """Close the optimizer step: fold statistics, update rho and mu.
 
+        ``expert_reward``/``policy_reward``: this step's verifier success
+        rates (in [0, 1]) of the expert's demonstrations and of the policy's
+        rollouts, when the reward function can score both; ``mode="verified"``
+        steers rho with them, every mode reports their EMAs.
+
         With a ``process_group``, the step's row results are gathered from
-        every rank (in rank order) and ``kl`` is averaged over the group, so
-        every rank computes the same ``mu``; every rank must call ``step``.
+        every rank (in rank order) and ``kl`` and the rewards are averaged
+        over the group, so every rank computes the same ``mu``; every rank
+        must call ``step``.
         """
-        _check_kl(kl)  # before any collective: a rejected call must not leave peers waiting
+        observations = _check_observations(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
         batch: BatchStats[Any, Any] | None = None
         backend, device = self._backend, self._device
         if self._pending is not None:
@@ -309,7 +357,7 @@ class Controller:
             if self.process_group is not None:
                 partials = backend.reduce(partials, self.process_group)
             batch = backend.finalize(partials, trim=self.config.trim)
-        return self._advance(backend, device, batch, kl)
+        return self._advance(backend, device, batch, observations)
 
     def update(
         self,
@@ -320,6 +368,8 @@ class Controller:
         *,
         kl: Any = None,
         ref_logp: Any = None,
+        expert_reward: Any = None,
+        policy_reward: Any = None,
     ) -> Any:
         """``observe`` + ``step``: the mixing weight for this step's loss.
 
@@ -330,40 +380,66 @@ class Controller:
         pending = self._pending
         self.observe(logp, mask, adv, expert, ref_logp=ref_logp)
         try:
-            return self.step(kl=kl)
+            return self.step(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
         except BaseException:
             self._pending = pending
             raise
 
-    def update_stats(self, stats: BatchStats[Any, Any], *, kl: Any = None) -> Any:
+    def update_stats(
+        self,
+        stats: BatchStats[Any, Any] | None,
+        *,
+        kl: Any = None,
+        expert_reward: Any = None,
+        policy_reward: Any = None,
+    ) -> Any:
         """A step from statistics computed elsewhere (``batch_stats`` of
         either backend); ``stats=None`` steps without statistics. With a
         ``process_group``, ``stats`` are used as given (they are not gathered)
-        and ``kl`` is averaged over the group."""
-        _check_kl(kl)
+        and ``kl`` and the rewards are averaged over the group."""
+        observations = _check_observations(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
         if stats is not None and not isinstance(stats, BatchStats):
             raise TypeError(f"stats must be a gaccore.BatchStats or None, got {type(stats).__name__}")
         if self._pending is not None:
             raise RuntimeError("update_stats: this step already has observed micro-batches; call step()")
         if stats is None:
-            return self._advance(self._backend, self._device, None, kl)
+            return self._advance(self._backend, self._device, None, observations)
         backend = backend_for(stats.var_sft)
-        return self._advance(backend, backend.device_of(stats.var_sft), stats, kl)
+        return self._advance(backend, backend.device_of(stats.var_sft), stats, observations)
 
-    def _advance(self, backend: StatsBackend, device: Any, batch: BatchStats[Any, Any] | None, kl: Any) -> Any:
-        if kl is not None and self.process_group is not None:
-            # SPEC: a caller's kl is averaged over the group, so every rank
-            # steers rho with the same observation (lazy: torch only here).
+    def _advance(
+        self,
+        backend: StatsBackend,
+        device: Any,
+        batch: BatchStats[Any, Any] | None,
+        observations: dict[str, Any],
+    ) -> Any:
+        if self.process_group is not None:
+            # SPEC: a caller's kl (and reward) is averaged over the group, so every
+            # rank steers rho with the same observation (lazy: torch only here).
             from gaccore.kernels.distributed import mean_over_group
 
-            kl = mean_over_group(kl, self.process_group, device)
+            observations = {
+                name: None if value is None else mean_over_group(value, self.process_group, device)
+                for name, value in observations.items()
+            }
         prior_value = self._prior_value()
         state = self._state_on(backend, device)
         placed_batch = None
         if batch is not None:
             placed_batch = BatchStats(**{f.name: backend.scalar(getattr(batch, f.name), device) for f in fields(batch)})
-        placed_kl = None if kl is None else backend.scalar(kl, device)
-        new_state = advance(state, self.config, placed_batch, placed_kl, prior_value)
+        placed = {
+            name: None if value is None else backend.scalar(value, device) for name, value in observations.items()
+        }
+        new_state = advance(
+            state,
+            self.config,
+            placed_batch,
+            placed["kl"],
+            prior_value,
+            expert_reward=placed["expert_reward"],
+            policy_reward=placed["policy_reward"],
+        )
         # Commit only once everything above succeeded: a rejected call leaves no trace.
         self._state, self._backend, self._device = new_state, backend, device
         self._pending = None
@@ -412,6 +488,8 @@ class Controller:
             "ema_var_sft": gated("ema_var_sft", "has_var_sft"),
             "ema_var_rl": gated("ema_var_rl", "has_var_rl"),
             "kl_ema": gated("kl_ema", "has_kl"),
+            "ema_expert_reward": gated("ema_expert_reward", "has_expert_reward"),
+            "ema_policy_reward": gated("ema_policy_reward", "has_policy_reward"),
             "n_large_shifts": float(host["n_large_shifts"]),
             "kl_drift_area": float(host["kl_drift_area"]),
             "n_skipped_disagreement": float(host["n_skipped_disagreement"]),
@@ -464,15 +542,20 @@ class Controller:
         self._last_batch = None
 
 
-def _check_kl(kl: Any) -> None:
-    if kl is None or (isinstance(kl, numbers.Real) and not isinstance(kl, bool)):
-        return
-    if getattr(kl, "shape", None) == () and _is_real_dtype(kl.dtype):
-        return
-    raise TypeError(
-        f"kl must be a real number or a 0-d real array/tensor, got {type(kl).__name__} "
-        f"{getattr(kl, 'dtype', '')}".rstrip()
-    )
+def _check_observations(**observations: Any) -> dict[str, Any]:
+    """The scalar observations of a step (``kl``, the rewards), each ``None``,
+    a real number or a 0-d real array/tensor; checked before any collective,
+    so a rejected call does not leave peers waiting."""
+    for name, value in observations.items():
+        if value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+            continue
+        if getattr(value, "shape", None) == () and _is_real_dtype(value.dtype):
+            continue
+        raise TypeError(
+            f"{name} must be a real number or a 0-d real array/tensor, got {type(value).__name__} "
+            f"{getattr(value, 'dtype', '')}".rstrip()
+        )
+    return observations
 
 
 def _is_real_dtype(dtype: Any) -> bool:

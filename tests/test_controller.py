@@ -34,6 +34,8 @@ class Model:
     rho: float = math.nan
     ema: dict | None = None
     kl_ema: float | None = None
+    expert_reward: float | None = None
+    policy_reward: float | None = None
     last_estimate: float | None = None
     large_shifts: int = 0
     drift_area: float = 0.0
@@ -43,7 +45,13 @@ class Model:
         self.rho = self.config.rho_init
         self.ema = {"D": None, "S": None, "R": None}
 
-    def step(self, stats, kl=None):
+    def _fold_reward(self, name, x):
+        if x is not None and math.isfinite(x):
+            old = getattr(self, name)
+            beta = self.config.stat_beta
+            setattr(self, name, x if old is None else saturate(beta * old + (1 - beta) * x))
+
+    def step(self, stats, kl=None, expert_reward=None, policy_reward=None):
         c = self.config
         batch_kl = None
         if stats is not None:
@@ -73,6 +81,12 @@ class Model:
                 self.rho -= c.eta_down * (self.rho - c.rho_min)
             self.rho = min(max(self.rho, c.rho_min), c.rho_max)
             self.drift_area = saturate(self.drift_area + max(0.0, observation - c.kl_target))
+        self._fold_reward("expert_reward", expert_reward)
+        self._fold_reward("policy_reward", policy_reward)
+        if c.mode == "verified" and self.expert_reward is not None and self.policy_reward is not None:
+            failures = max(1.0 - self.policy_reward, 1e-6)
+            advantage = min(max((self.expert_reward - self.policy_reward) / failures, 0.0), 1.0)
+            self.rho = min(max(advantage, c.rho_min), c.rho_max)
         estimate = None
         if all(v is not None for v in self.ema.values()):
             kD, kS, kR = c.scale
@@ -114,7 +128,10 @@ stats_strategy = st.builds(
     n_tokens=st.integers(0, 1000),
     n_dropped=st.integers(0, 5),
 )
-step_inputs = st.tuples(st.one_of(st.none(), stats_strategy), st.one_of(st.none(), wild, st.floats(0, 0.1)))
+rewards = st.one_of(st.none(), wild, st.floats(0, 1), st.just(1.0))
+step_inputs = st.tuples(
+    st.one_of(st.none(), stats_strategy), st.one_of(st.none(), wild, st.floats(0, 0.1)), rewards, rewards
+)
 configs = st.builds(
     Config,
     ema_beta=st.sampled_from([0.0, 0.5, 0.99]),
@@ -127,6 +144,7 @@ configs = st.builds(
     kl_band=st.sampled_from([0.0, 0.2]),
     eta_up=st.sampled_from([0.02, 1.0]),
     eta_down=st.sampled_from([0.03, 1.0]),
+    mode=st.sampled_from(["paper", "verified"]),
 )
 hostile_priors = st.sampled_from(
     [None, lambda t: math.nan, lambda t: math.inf, lambda t: -1e300, lambda t: 1e300, lambda t: (t % 3) - 1.0]
@@ -138,8 +156,8 @@ hostile_priors = st.sampled_from(
 def test_invariants_hold_for_any_inputs(config, prior, steps):
     ctrl = Controller(config, prior=prior)
     previous = ctrl.mu
-    for stats, kl in steps:
-        mu = ctrl.update_stats(stats, kl=kl)
+    for stats, kl, expert_reward, policy_reward in steps:
+        mu = ctrl.update_stats(stats, kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
         assert isinstance(mu, float) and math.isfinite(mu)
         assert config.mu_min <= mu <= config.mu_max
         assert abs(mu - previous) <= config.cap + 1e-12
@@ -154,9 +172,9 @@ def test_invariants_hold_for_any_inputs(config, prior, steps):
 def test_controller_equals_the_plain_python_model(config, prior, steps):
     ctrl = Controller(config, prior=prior)
     model = Model(config, prior)
-    for stats, kl in steps:
-        got = ctrl.update_stats(stats, kl=kl)
-        want = model.step(stats, kl)
+    for stats, kl, expert_reward, policy_reward in steps:
+        got = ctrl.update_stats(stats, kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+        want = model.step(stats, kl, expert_reward, policy_reward)
         assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
         assert ctrl.rho == pytest.approx(model.rho, rel=1e-12, abs=1e-12)
     metrics = ctrl.metrics()
@@ -369,17 +387,27 @@ def test_bad_state_dicts_are_refused_and_change_nothing(path, value, match):
         (lambda b: b.update(logp=b["logp"].astype(int)), TypeError, "logp must have a floating-point"),
         (lambda b: b.update(kl=np.zeros(2)), TypeError, "kl must be"),
         (lambda b: b.update(kl="high"), TypeError, "kl must be"),
+        (lambda b: b.update(expert_reward=np.ones(3)), TypeError, "expert_reward must be"),
+        (lambda b: b.update(policy_reward=True), TypeError, "policy_reward must be"),
     ],
 )
 def test_bad_input_names_the_argument_and_leaves_the_controller_unchanged(mutate, error, match):
     rng = np.random.default_rng(5)
     ctrl, twin = _trained(), _trained()
     logp, mask, adv, expert, _ = _batch(rng)
-    args = dict(logp=logp, mask=mask, adv=adv, expert=expert, kl=None)
+    args = dict(logp=logp, mask=mask, adv=adv, expert=expert, kl=None, expert_reward=None, policy_reward=None)
     mutate(args)
     before = ctrl.state_dict()
     with pytest.raises(error, match=match):
-        ctrl.update(args["logp"], args["mask"], args["adv"], args["expert"], kl=args["kl"])
+        ctrl.update(
+            args["logp"],
+            args["mask"],
+            args["adv"],
+            args["expert"],
+            kl=args["kl"],
+            expert_reward=args["expert_reward"],
+            policy_reward=args["policy_reward"],
+        )
     assert ctrl.state_dict() == before
     assert ctrl.update(logp, mask, adv, expert) == twin.update(logp, mask, adv, expert)
 
@@ -431,6 +459,7 @@ def test_a_prior_that_returns_a_non_number_is_refused_without_side_effects():
         (dict(trim=0.5), "trim"),
         (dict(kl_target=0.0), "kl_target"),
         (dict(sft_coef="kl"), "sft_coef"),
+        (dict(mode="bias"), "mode"),
         (dict(stat_beta=math.nan), "stat_beta"),
         (dict(scale=1.0), "scale"),
         (dict(scale=None), "scale"),
@@ -455,3 +484,57 @@ def test_import_gaccore_does_not_import_torch():
     code = "import sys, gaccore; gaccore.Controller().update_stats(None); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- mode "verified": rho from the verifier's success rates --------------------
+
+
+@pytest.mark.parametrize(
+    "expert_reward, policy_reward, rho",
+    [
+        (1.0, 0.0, 0.95),  # a perfect expert: rho_max whatever the policy's level
+        (1.0, 0.9, 0.95),
+        (0.65, 0.0, 0.65),  # the policy knows nothing: the expert's success rate
+        (0.65, 0.3, 0.5),  # (0.65 - 0.3) / 0.7
+        (0.2, 0.5, 0.10),  # an expert worse than the policy: rho_min
+        (0.5, 1.0, 0.10),  # the policy never fails: nothing left to teach
+    ],
+)
+def test_verified_rho_is_the_experts_advantage_over_the_policy(expert_reward, policy_reward, rho):
+    ctrl = Controller(mode="verified", stat_beta=0.0)
+    ctrl.update_stats(None, expert_reward=expert_reward, policy_reward=policy_reward)
+    assert ctrl.rho == pytest.approx(rho, abs=1e-12)
+    metrics = ctrl.metrics()
+    assert (metrics["ema_expert_reward"], metrics["ema_policy_reward"]) == (expert_reward, policy_reward)
+
+
+def test_verified_mode_keeps_the_kl_rho_until_both_rewards_are_known():
+    ctrl = Controller(mode="verified", stat_beta=0.0)
+    ctrl.update_stats(None, kl=0.1, expert_reward=1.0)  # no policy reward yet: the KL controller moves rho
+    assert ctrl.rho == pytest.approx(0.5 + 0.02 * (0.95 - 0.5))
+    ctrl.update_stats(None, kl=0.1, policy_reward=0.5)  # both known (EMAs): the verifier sets rho
+    assert ctrl.rho == pytest.approx(0.95)
+
+
+@settings(max_examples=25, deadline=None)
+@given(steps=st.lists(step_inputs, min_size=1, max_size=30))
+def test_the_paper_mode_only_reports_the_rewards(steps):
+    with_rewards, without = Controller(), Controller()
+    for stats, kl, expert_reward, policy_reward in steps:
+        got = with_rewards.update_stats(stats, kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+        assert got == without.update_stats(stats, kl=kl)
+        assert with_rewards.rho == without.rho
+
+
+@settings(max_examples=20, deadline=None)
+@given(steps=st.lists(step_inputs, min_size=2, max_size=30), split=st.integers(1, 29))
+def test_verified_state_round_trip_continues_the_same_trajectory(steps, split):
+    split = min(split, len(steps) - 1)
+    ref, resumed = Controller(mode="verified"), Controller(mode="verified")
+    for stats, kl, expert_reward, policy_reward in steps[:split]:
+        ref.update_stats(stats, kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+    resumed.load_state_dict(json.loads(json.dumps(ref.state_dict())))
+    for stats, kl, expert_reward, policy_reward in steps[split:]:
+        inputs = dict(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+        assert resumed.update_stats(stats, **inputs) == ref.update_stats(stats, **inputs)
+        assert resumed.rho == ref.rho

@@ -16,7 +16,7 @@ from gaccore.baselines import FixedMu, HPTGate
 from gaccore.demo.__main__ import main
 from gaccore.demo.report import SCHEMA, deterministic_view
 from gaccore.demo.runner import run_demo
-from gaccore.demo.task import EQUALS, PLUS, make_task, reward
+from gaccore.demo.task import EQUALS, MINUS, PLUS, SUITE, make_suite_task, make_task, reward
 from gaccore.demo.train import RunSettings, group_advantages, hybrid_loss
 
 TINY = RunSettings(steps=12, prompts_per_step=4, group_size=4, eval_every=6)
@@ -53,7 +53,36 @@ def test_expert_drops_the_carry_on_the_expected_share() -> None:
     assert 0.30 < task.demo_error_rate < 0.38  # about a third of all demos
     # Some carry demos stay right: RL can find the carry from them.
     assert (task.train_carry & ~wrong).sum() > 100
-    assert make_task(0, drop_carry_rate=0.0).demo_error_rate == 0.0
+    assert make_task(0, error_rate=0.0).demo_error_rate == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(SUITE))
+def test_suite_experts_err_in_their_declared_pattern(name: str) -> None:
+    spec, task = SUITE[name], make_suite_task(name)
+    wrong = task.train_demo_reward == 0.0
+    assert np.array_equal(wrong, (task.train_demos != task.train_answers).any(axis=1))
+    operator = PLUS if spec.operation == "add" else MINUS
+    assert (task.train_prompts[:, 2] == operator).all()
+    for prompt, answer, carry in zip(task.train_prompts[:50], task.train_answers, task.train_carry, strict=False):
+        a, b = 10 * prompt[0] + prompt[1], 10 * prompt[3] + prompt[4]
+        assert 10 * answer[0] + answer[1] == (a + b if spec.operation == "add" else a - b)
+        assert carry == ((a % 10 + b % 10 >= 10) if spec.operation == "add" else (a % 10 < b % 10))
+    if spec.expert_error == "none":
+        assert not wrong.any()
+    elif spec.expert_error == "drop-carry":
+        assert not wrong[~task.train_carry].any()
+        step = -1 if spec.operation == "add" else 1
+        assert np.all(task.train_demos[wrong, 0] - task.train_answers[wrong, 0] == step)
+        assert abs(wrong[task.train_carry].mean() - spec.error_rate) < 0.05
+    elif spec.expert_error == "units-off":
+        assert np.array_equal(task.train_demos[:, 0], task.train_answers[:, 0])
+        assert np.all((task.train_demos[wrong, 1] - task.train_answers[wrong, 1]) % 10 == 1)
+        assert abs(wrong.mean() - spec.error_rate) < 0.05
+    else:
+        assert abs(wrong.mean() - spec.error_rate) < 0.05
+        assert len({tuple(d) for d in task.train_demos[wrong]}) > 50  # unstructured
+    # The expert leaves correct hard demonstrations for RL to build on, except where it errs at random.
+    assert (task.train_carry & ~wrong).sum() > 100
 
 
 def test_group_advantages_and_hpt_loss() -> None:

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from gaccore.demo.task import AdditionTask
+from gaccore.demo.task import ArithmeticTask
 from gaccore.demo.train import DESCRIPTIONS, RunResult, RunSettings
 
 SCHEMA = "gaccore.demo.report/1"
@@ -108,7 +108,7 @@ def verdict(summary: dict[str, dict[str, Any]]) -> str:
 def build_report(
     runs: Sequence[RunResult],
     settings: RunSettings,
-    task: AdditionTask,
+    task: ArithmeticTask,
     *,
     command: str,
     total_wall_s: float,

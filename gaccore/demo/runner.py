@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from gaccore.demo.report import build_report, write_outputs
-from gaccore.demo.task import AdditionTask, make_task
+from gaccore.demo.task import ArithmeticTask, make_task
 from gaccore.demo.train import RunResult, RunSettings, train_one
 
 TASK_SEED = 0
@@ -62,7 +62,7 @@ PROGRESS_EVERY = 10
 
 
 def _train_in_workers(
-    plan: Sequence[tuple[str, int]], task: AdditionTask, settings: RunSettings, jobs: int, bar: tqdm
+    plan: Sequence[tuple[str, int]], task: ArithmeticTask, settings: RunSettings, jobs: int, bar: tqdm
 ) -> list[RunResult]:
     """Run ``plan`` in ``jobs`` spawned processes; results in plan order."""
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
@@ -80,7 +80,7 @@ def _train_in_workers(
         return [future.result() for future in futures]
 
 
-def _worker_run(method: str, seed: int, task: AdditionTask, settings: RunSettings, steps_done: Any) -> RunResult:
+def _worker_run(method: str, seed: int, task: ArithmeticTask, settings: RunSettings, steps_done: Any) -> RunResult:
     counted = 0
 
     def progress(n: int) -> None:

@@ -1,19 +1,33 @@
-"""The embedded task: two-digit addition with a verifiable reward and an
-imperfect expert.
+"""The embedded tasks: two-digit arithmetic with a verifiable reward and an
+expert whose demonstrations are wrong in a known pattern.
 
-Prompts are ``a1 a0 + b1 b0 =`` with ``a, b`` in ``[0, 50)``; the answer is
-the two digits of ``a + b`` (always below 100). The reward is 1 for an exact
-match, else 0: sparse for an untrained policy (a random one scores about 1%).
+Prompts are ``a1 a0 op b1 b0 =``; the answer is the two digits of the
+result (always in ``[0, 100)``). The reward is 1 for an exact match, else 0:
+sparse for an untrained policy (a random one scores about 1%). The same
+reward function scores the expert's demonstrations, so a trainer can tell
+how often the expert is right (``train_demo_reward``).
 
-The expert is imperfect in a systematic way: for a fixed random share
-(``drop_carry_rate``, 75% by default) of the pairs that need a carry
-(``a0 + b0 >= 10``), the demonstration drops the carry from the tens digit;
-about a third of all demonstrations are wrong. Pure imitation therefore
-plateaus (it learns the wrong carries), while the demonstrations that stay
-correct leave some probability on the right tens digit, which is what lets
-RL find it. (An expert that is always wrong on carries makes every mixture
-fail: the policy never samples the right digit, so RL has nothing to
-reinforce.)
+Operations: ``add`` (``a + b`` with ``a, b`` in ``[0, 50)``; the hard pairs
+need a carry, ``a0 + b0 >= 10``) and ``sub`` (``a - b`` with
+``0 <= b <= a < 100``; the hard pairs need a borrow, ``a0 < b0``). The
+``*_carry`` arrays flag the hard pairs of either operation.
+
+Expert error patterns (``expert_error``, applied to a fixed random share
+``error_rate`` of the pairs it concerns):
+
+- ``none``: a perfect expert;
+- ``random``: any pair's demonstration is replaced by a uniformly random
+  wrong answer (unstructured noise);
+- ``drop-carry``: on hard pairs the expert forgets the carry or borrow (the
+  tens digit is off by one); pure imitation plateaus at the easy pairs,
+  while the hard demonstrations that stay correct leave some probability on
+  the right tens digit, which is what lets RL find it (an expert that is
+  always wrong on carries makes every mixture fail: the policy never samples
+  the right digit);
+- ``units-off``: on any pair the units digit is one too high (mod 10), a
+  systematic error on most inputs when ``error_rate`` is high.
+
+``SUITE`` names the five regimes of expert quality the suite compares on.
 """
 
 from __future__ import annotations
@@ -25,21 +39,46 @@ import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
 
-# Vocabulary: the ten digits, then '+' and '='.
-PLUS, EQUALS = 10, 11
-VOCAB_SIZE = 12
+# Vocabulary: the ten digits, then '+', '=' and '-'.
+PLUS, EQUALS, MINUS = 10, 11, 12
+VOCAB_SIZE = 13
 PROMPT_LEN = 6  # a1 a0 + b1 b0 =
 ANSWER_LEN = 2  # s1 s0
-OPERAND_LIMIT = 50
+OPERAND_LIMIT = 50  # addition operands; subtraction uses a >= b in [0, 100)
+OPERATIONS = ("add", "sub")
+EXPERT_ERRORS = ("none", "random", "drop-carry", "units-off")
 
 
 @dataclass(frozen=True)
-class AdditionTask:
+class TaskSpec:
+    """One regime of the suite: an operation and how the expert errs."""
+
+    name: str
+    operation: str
+    expert_error: str
+    error_rate: float
+    description: str
+
+
+SUITE: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("perfect", "add", "none", 0.0, "addition, every demonstration right"),
+        TaskSpec("random-errors", "add", "random", 0.3, "addition, 30% of demonstrations a random wrong answer"),
+        TaskSpec("carry-drop", "add", "drop-carry", 0.75, "addition, the carry dropped on 75% of the carry pairs"),
+        TaskSpec("mostly-wrong", "add", "units-off", 0.8, "addition, the units digit one too high on 80% of pairs"),
+        TaskSpec("sub-borrow", "sub", "drop-carry", 0.5, "subtraction, the borrow dropped on 50% of the borrow pairs"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
     """Train/held-out splits of operand pairs and their (imperfect) demos.
 
     Arrays: ``*_prompts [N, PROMPT_LEN]``, ``*_answers [N, ANSWER_LEN]`` (the
     correct answer), ``train_demos [N, ANSWER_LEN]`` (the expert's answer),
-    ``*_carry [N]`` (the pair needs a carry).
+    ``*_carry [N]`` (the pair needs a carry or a borrow).
     """
 
     train_prompts: IntArray
@@ -55,15 +94,25 @@ class AdditionTask:
         """The share of training demonstrations that are wrong."""
         return float((self.train_demos != self.train_answers).any(axis=1).mean())
 
+    @property
+    def train_demo_reward(self) -> npt.NDArray[np.float64]:
+        """The verifier's reward of each training demonstration."""
+        return reward(self.train_demos, self.train_answers)
 
-def encode_prompts(a: IntArray, b: IntArray) -> IntArray:
+
+def encode_prompts(a: IntArray, b: IntArray, operator: int = PLUS) -> IntArray:
     n = a.shape[0]
-    return np.stack([a // 10, a % 10, np.full(n, PLUS), b // 10, b % 10, np.full(n, EQUALS)], axis=1).astype(np.int64)
+    return np.stack([a // 10, a % 10, np.full(n, operator), b // 10, b % 10, np.full(n, EQUALS)], axis=1).astype(
+        np.int64
+    )
+
+
+def digits(values: IntArray) -> IntArray:
+    return np.stack([values // 10, values % 10], axis=1).astype(np.int64)
 
 
 def correct_answers(a: IntArray, b: IntArray) -> IntArray:
-    total = a + b
-    return np.stack([total // 10, total % 10], axis=1).astype(np.int64)
+    return digits(a + b)
 
 
 def needs_carry(a: IntArray, b: IntArray) -> npt.NDArray[np.bool_]:
@@ -75,32 +124,59 @@ def reward(sampled: IntArray, answers: IntArray) -> npt.NDArray[np.float64]:
     return (sampled == answers).all(axis=-1).astype(np.float64)
 
 
+def _operand_pairs(operation: str, count: int, rng: np.random.Generator) -> tuple[IntArray, IntArray]:
+    """``count`` distinct operand pairs in random order."""
+    if operation == "add":
+        space = np.arange(OPERAND_LIMIT**2)
+        a_all, b_all = space // OPERAND_LIMIT, space % OPERAND_LIMIT
+    else:
+        a_all, b_all = np.tril_indices(100)  # every 0 <= b <= a < 100
+    if count > a_all.shape[0]:
+        raise ValueError(f"n_train + n_test must be at most {a_all.shape[0]} for {operation!r}, got {count}")
+    chosen = rng.permutation(a_all.shape[0])[:count]
+    return a_all[chosen].astype(np.int64), b_all[chosen].astype(np.int64)
+
+
 def make_task(
     seed: int = 0,
     *,
     n_train: int = 2000,
     n_test: int = 500,
-    drop_carry_rate: float = 0.75,
-) -> AdditionTask:
+    operation: str = "add",
+    expert_error: str = "drop-carry",
+    error_rate: float = 0.75,
+) -> ArithmeticTask:
     """Draw distinct operand pairs for the splits and the expert's demos.
 
     The split and the expert depend on ``seed`` only (the demo keeps the task
     fixed across training seeds so that seeds measure training noise).
     """
-    if not 0.0 <= drop_carry_rate <= 1.0:
-        raise ValueError(f"drop_carry_rate must be in [0, 1], got {drop_carry_rate}")
-    if n_train + n_test > OPERAND_LIMIT**2:
-        raise ValueError(f"n_train + n_test must be at most {OPERAND_LIMIT**2}, got {n_train + n_test}")
+    if operation not in OPERATIONS:
+        raise ValueError(f"operation must be one of {OPERATIONS}, got {operation!r}")
+    if expert_error not in EXPERT_ERRORS:
+        raise ValueError(f"expert_error must be one of {EXPERT_ERRORS}, got {expert_error!r}")
+    if not 0.0 <= error_rate <= 1.0:
+        raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
     rng = np.random.default_rng(seed)
-    pair_ids = rng.permutation(OPERAND_LIMIT**2)[: n_train + n_test]
-    a, b = pair_ids // OPERAND_LIMIT, pair_ids % OPERAND_LIMIT
-    prompts, answers, carry = encode_prompts(a, b), correct_answers(a, b), needs_carry(a, b)
+    a, b = _operand_pairs(operation, n_train + n_test, rng)
+    if operation == "add":
+        prompts, answers, carry = encode_prompts(a, b, PLUS), digits(a + b), needs_carry(a, b)
+    else:
+        prompts, answers, carry = encode_prompts(a, b, MINUS), digits(a - b), (a % 10) < (b % 10)
     train, test = slice(0, n_train), slice(n_train, None)
-    # The expert drops the carry on a fixed random subset of the carry pairs.
-    drops = carry[train] & (rng.random(n_train) < drop_carry_rate)
     demos = answers[train].copy()
-    demos[drops, 0] -= 1
-    return AdditionTask(
+    # The expert errs on a fixed random subset of the pairs its pattern concerns.
+    chosen = rng.random(n_train) < error_rate
+    if expert_error == "drop-carry":
+        dropped = carry[train] & chosen
+        demos[dropped, 0] += -1 if operation == "add" else 1
+    elif expert_error == "units-off":
+        demos[chosen, 1] = (demos[chosen, 1] + 1) % 10
+    elif expert_error == "random":
+        shift = rng.integers(1, 100, n_train)  # a non-zero shift mod 100: always a wrong answer
+        values = 10 * demos[:, 0] + demos[:, 1]
+        demos[chosen] = digits((values[chosen] + shift[chosen]) % 100)
+    return ArithmeticTask(
         train_prompts=prompts[train],
         train_answers=answers[train],
         train_demos=demos,
@@ -109,3 +185,11 @@ def make_task(
         test_answers=answers[test],
         test_carry=carry[test],
     )
+
+
+def make_suite_task(name: str, seed: int = 0) -> ArithmeticTask:
+    """The task of one regime of ``SUITE``."""
+    if name not in SUITE:
+        raise ValueError(f"unknown suite task {name!r}; choose from {sorted(SUITE)}")
+    spec = SUITE[name]
+    return make_task(seed, operation=spec.operation, expert_error=spec.expert_error, error_rate=spec.error_rate)

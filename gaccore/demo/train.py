@@ -41,7 +41,7 @@ from gaccore import Config, Controller
 from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
 from gaccore.bindings.torch import mix, sft_loss
 from gaccore.demo.model import TinyTransformer
-from gaccore.demo.task import ANSWER_LEN, AdditionTask, reward
+from gaccore.demo.task import ANSWER_LEN, ArithmeticTask, reward
 
 # Below this within-group reward spread the group carries no RL signal.
 GROUP_STD_EPS = 1e-4
@@ -118,16 +118,17 @@ def _gac(settings: RunSettings, **overrides: Any) -> Controller:
     """GAC with the library defaults, the schedule prior scaled to the run
     length, the demo's KL target, and the statistic matching the SFT loss."""
     prior_off = overrides.pop("prior_off", False)
-    config = Config(
-        warmup_steps=settings.warmup_steps,
-        decay_steps=settings.decay_steps,
-        kl_target=settings.kl_target,
-        sft_coef=settings.sft_loss,
-        large_shift=LARGE_SHIFT,
-    )
+    fields: dict[str, Any] = {
+        "warmup_steps": settings.warmup_steps,
+        "decay_steps": settings.decay_steps,
+        "kl_target": settings.kl_target,
+        "sft_coef": settings.sft_loss,
+        "large_shift": LARGE_SHIFT,
+    }
+    config = Config(**{**fields, **overrides})
     if prior_off:
-        return Controller(config, prior=None, **overrides)
-    return Controller(config, **overrides)
+        return Controller(config, prior=None)
+    return Controller(config)
 
 
 # Each baseline gets its knob from the shared settings by a rule written down
@@ -149,6 +150,8 @@ METHODS: dict[str, RuleFactory] = {
     # GAC trained (and measured) with the other SFT loss than the comparison's.
     "gac-phi": lambda s: _gac(s, sft_coef="phi"),
     "gac-nll": lambda s: _gac(s, sft_coef="nll"),
+    "gac-verified": lambda s: _gac(s, mode="verified"),
+    "gac-verified-no-prior": lambda s: _gac(s, mode="verified", prior_off=True),
 }
 DESCRIPTIONS = {
     "gac": "gaccore.Controller, library defaults (Eq. 3 + EMA + prior blend + cap, KL-controlled rho); "
@@ -165,6 +168,8 @@ DESCRIPTIONS = {
     "gac-no-prior": "GAC with prior = None (no schedule blend)",
     "gac-phi": "GAC trained with CHORD's token-weighted SFT loss phi = p(1-p) (statistic sft_coef='phi')",
     "gac-nll": "GAC trained with the plain NLL SFT loss (statistic sft_coef='nll')",
+    "gac-verified": "GAC, mode='verified': rho = the verifier's measure of the expert's advantage over the policy",
+    "gac-verified-no-prior": "GAC, mode='verified', prior = None",
 }
 MAIN_METHODS = ["gac", "chord", "fixed-0.5", "kl-ctrl", "rewvar-ctrl", "hpt", "pure-rl", "pure-sft"]
 OTHER_SFT_LOSS = {"nll": "gac-phi", "phi": "gac-nll"}
@@ -207,7 +212,7 @@ def seed_everything(seed: int, threads: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(policy: TinyTransformer, task: AdditionTask) -> tuple[float, float, float]:
+def evaluate(policy: TinyTransformer, task: ArithmeticTask) -> tuple[float, float, float]:
     """Greedy exact-match accuracy on the held-out pairs: all, carry, no carry."""
     policy.eval()
     answers = policy.generate(torch.from_numpy(task.test_prompts), greedy=True).numpy()
@@ -240,7 +245,7 @@ class StepOutcome:
 class Trainer:
     """One policy, its optimizer, and one mixing rule; ``step()`` trains once."""
 
-    def __init__(self, method: str, seed: int, task: AdditionTask, settings: RunSettings) -> None:
+    def __init__(self, method: str, seed: int, task: ArithmeticTask, settings: RunSettings) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
         seed_everything(seed, settings.threads)
@@ -279,7 +284,8 @@ class Trainer:
         # with gaccore.kernels (on CPU, the plain-torch twin of the Triton kernel).
         adv_rows = torch.cat([advantages.reshape(-1), torch.zeros(P)])
         args = (logp.detach(), self.mask, adv_rows, self.expert)
-        kwargs = {"kl": kl, **_extra_inputs(self.rule, rewards_np)}
+        demo_rewards = task.train_demo_reward[chosen]
+        kwargs = {"kl": kl, **_extra_inputs(self.rule, rewards_np, demo_rewards)}
         self.last_rule_inputs = (args, kwargs)
         controller_started = time.perf_counter()
         mu = float(self.rule.update(*args, **kwargs))
@@ -302,7 +308,7 @@ class Trainer:
 def train_one(
     method: str,
     seed: int,
-    task: AdditionTask,
+    task: ArithmeticTask,
     settings: RunSettings,
     *,
     progress: Callable[[int], None] | None = None,
@@ -343,9 +349,13 @@ def train_one(
     return result
 
 
-def _extra_inputs(rule: Any, rewards: np.ndarray) -> dict[str, Any]:
-    """The rewards for the rules that read them (``Controller`` takes none)."""
-    return {} if isinstance(rule, Controller) else {"rewards": rewards}
+def _extra_inputs(rule: Any, rewards: np.ndarray, demo_rewards: np.ndarray) -> dict[str, Any]:
+    """What each rule reads besides the token tensors: the baselines the
+    rollouts' rewards; the ``Controller`` the verifier's success rates of the
+    step's demonstrations and rollouts (``mode="verified"`` steers by them)."""
+    if isinstance(rule, Controller):
+        return {"expert_reward": float(demo_rewards.mean()), "policy_reward": float(rewards.mean())}
+    return {"rewards": rewards}
 
 
 def _raw_estimate(rule: Any, mu: float) -> float | None:
