@@ -32,14 +32,16 @@ micro-batches per step (``use_dynamic_bsz: false``).
 Checkpoints: when step ``t + 1`` begins, the controller's state after step
 ``t`` is written (by rank 0) as ``gaccore_state.json`` into
 ``<state_dir>/global_step_<t>`` if Trinity saved a checkpoint there; a run
-resumed from ``global_step_<t>`` reads it back at its first step. The state of
-the very last step is written by ``save_state`` (call it after training), as
-the loss cannot tell that a step was the last one.
+resumed from ``global_step_<t>`` reads it back at its first step (and warns,
+starting afresh, when that checkpoint has no state). The state of the very
+last step is written by ``save_state`` (call it after training), as the loss
+cannot tell that a step was the last one.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -176,6 +178,13 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         folder = os.path.join(self.state_dir, f"global_step_{step - 1}")
         if os.path.exists(os.path.join(folder, STATE_FILE)):
             load_controller(self.gac, folder)
+        elif os.path.isdir(folder):
+            warnings.warn(
+                f"{folder} holds no {STATE_FILE} (a run's last step, unless save_state() was called, or a "
+                f"checkpoint made without mix_gac): the controller starts afresh at step {step}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _write_state(self, step: int, *, only_existing: bool) -> str | None:
         if self.state_dir is None or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):

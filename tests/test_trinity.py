@@ -142,6 +142,9 @@ def test_the_controller_is_kept_with_trinitys_checkpoints(tmp_path: Path) -> Non
     run(resumed, 3)  # a run resumed from global_step_2 starts at step 3
     assert resumed.gac.step_count == 2
     assert run(resumed, 4) == pytest.approx(run(first, 4), abs=1e-12)  # the same mu sequence
+    (tmp_path / "global_step_6").mkdir()  # a checkpoint without the controller's state
+    with pytest.warns(RuntimeWarning, match="starts afresh"):
+        run(MixGACPolicyLossFn(gac=GAC, state_dir=str(tmp_path), **CHORD_ARGS), 7)
     last = first.save_state()  # after training: the last step's state
     assert last == str(tmp_path / "global_step_4" / STATE_FILE)
     assert json.loads(Path(last).read_text())["controller"]["step"] == 4
