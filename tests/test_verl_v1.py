@@ -2,8 +2,13 @@
 
 The trainer classes are verl's own (``PPOTrainerSync`` and its registry), built
 from verl's own Hydra config; the TransferQueue and the Ray worker groups are
-replaced by stand-ins that hold the same tensors, since a V1 run needs a
-rollout server (vLLM/SGLang) and Ray workers that this CPU machine cannot start.
+replaced by stand-ins that hold the same tensors. A real V1 run cannot start
+on a CPU-only machine: ``python -m gaccore.bindings.verl_main`` with a tiny
+local model gets through Hydra, Ray and the GAC task runner (``gac_sync``
+found in the runner's own registry) to verl's resource pool, which asks Ray
+for GPUs (``use_gpu=True``) and stops with "Total available GPUs 0 is less
+than total desired GPUs 1"; V1's rollout also needs a vLLM, SGLang or
+TensorRT-LLM server, none of which installs here.
 """
 
 from __future__ import annotations
