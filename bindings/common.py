@@ -15,16 +15,39 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
-from gaccore import Controller
+from gaccore import Config, Controller
 
-__all__ = ["LOGGED_METRICS", "METRIC_PREFIX", "STATE_FILE", "load_controller", "logged_metrics", "save_controller"]
+__all__ = [
+    "LOGGED_METRICS",
+    "METRIC_PREFIX",
+    "STATE_FILE",
+    "config_from_knobs",
+    "load_controller",
+    "logged_metrics",
+    "save_controller",
+]
 
 STATE_FILE = "gaccore_state.json"
 METRIC_PREFIX = "gac/"
 # Controller metrics worth a line in a trainer's logs, as "gac/<name>".
 LOGGED_METRICS = ("mu", "rho", "estimate", "ema_disagreement", "ema_var_sft", "ema_var_rl", "kl_ema", "n_dropped")
+
+
+def config_from_knobs(knobs: Mapping[str, Any], *, source: str) -> Config:
+    """A ``Config`` from a trainer's configuration file or command line.
+
+    ``knobs`` holds ``Config`` fields as YAML/Hydra give them (lists where
+    ``Config`` holds tuples); ``source`` names where they came from in errors.
+    """
+    known = set(Config.__dataclass_fields__)
+    unknown = sorted(str(key) for key in knobs if key not in known)
+    if unknown:
+        raise ValueError(f"{source} has unknown keys {unknown}; gaccore.Config fields are {sorted(known)}")
+    fields = {str(key): tuple(value) if isinstance(value, list) else value for key, value in knobs.items()}
+    return Config(**fields)
 
 
 def logged_metrics(controller: Controller) -> dict[str, float]:

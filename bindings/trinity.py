@@ -49,8 +49,8 @@ import torch.distributed as dist
 from trinity.algorithm.policy_loss_fn import POLICY_LOSS_FN
 from trinity.algorithm.policy_loss_fn.chord_policy_loss import MIXCHORDPolicyLossFn
 
-from gaccore import Config, Controller
-from gaccore.bindings.common import STATE_FILE, load_controller, logged_metrics, save_controller
+from gaccore import Controller
+from gaccore.bindings.common import STATE_FILE, config_from_knobs, load_controller, logged_metrics, save_controller
 from gaccore.bindings.torch import mix
 
 __all__ = ["MixGACPolicyLossFn"]
@@ -85,10 +85,9 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
                 f"gac.sft_coef={knobs['sft_coef']!r} disagrees with enable_phi_function={enable_phi_function}: "
                 "the controller must measure the SFT loss that is trained"
             )
-        if isinstance(knobs.get("scale"), list):
-            knobs["scale"] = tuple(knobs["scale"])  # YAML lists; Config holds a tuple
+        config = config_from_knobs(knobs, source="policy_loss_fn_args.gac")
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.gac = Controller(Config(**knobs), process_group=dist.group.WORLD if distributed else None)
+        self.gac = Controller(config, process_group=dist.group.WORLD if distributed else None)
         self.state_dir = state_dir
         self._step: int | None = None  # the training step being observed
         self._observed = False

@@ -34,8 +34,8 @@ from verl.trainer.ppo.v1 import PPOTrainer, register_trainer
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 from verl.utils.config import omega_conf_to_dataclass
 
-from gaccore import Config, Controller
-from gaccore.bindings.common import load_controller, logged_metrics, save_controller
+from gaccore import Controller
+from gaccore.bindings.common import config_from_knobs, load_controller, logged_metrics, save_controller
 from gaccore.bindings.verl import EXPERT_KEY, STAT_FIELDS, gac_ppo_loss, observe_tensors, step_folder
 
 __all__ = [
@@ -61,13 +61,7 @@ def controller_from_config(config: DictConfig) -> Controller:
     knobs = {} if section is None else OmegaConf.to_container(section, resolve=True)
     if not isinstance(knobs, dict):
         raise ValueError(f"config.{CONFIG_KEY} must be a mapping of gaccore.Config fields, got {knobs!r}")
-    known = set(Config.__dataclass_fields__)
-    unknown = sorted(str(key) for key in knobs if key not in known)
-    if unknown:
-        raise ValueError(f"config.{CONFIG_KEY} has unknown keys {unknown}; gaccore.Config fields are {sorted(known)}")
-    if isinstance(knobs.get("scale"), list):
-        knobs["scale"] = tuple(knobs["scale"])  # Hydra lists; Config holds a tuple
-    return Controller(Config(**{str(key): value for key, value in knobs.items()}))
+    return Controller(config_from_knobs(knobs, source=f"config.{CONFIG_KEY}"))
 
 
 def gac_trainer_mode(mode: str) -> str:

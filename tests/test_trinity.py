@@ -157,6 +157,9 @@ def test_bad_arguments_are_named() -> None:
         MixGACPolicyLossFn(gac={"sft_coef": "nll"}, **CHORD_ARGS)
     with pytest.raises(ValueError, match="cap"):
         MixGACPolicyLossFn(gac={"cap": -1.0}, **CHORD_ARGS)
+    with pytest.raises(ValueError, match=r"policy_loss_fn_args.gac has unknown keys \['kap'\]"):
+        MixGACPolicyLossFn(gac={"kap": 0.02}, **CHORD_ARGS)
+    assert MixGACPolicyLossFn(gac={"scale": [1.0, 2.0, 3.0]}, **CHORD_ARGS).gac.config.scale == (1.0, 2.0, 3.0)
     assert MixGACPolicyLossFn(enable_phi_function=False, **CHORD_ARGS).gac.config.sft_coef == "nll"
     loss_fn = MixGACPolicyLossFn(**CHORD_ARGS)
     logp = -torch.rand(ROWS, RESPONSE_LEN)
