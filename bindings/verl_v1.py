@@ -29,6 +29,7 @@ import torch
 import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf
 from transfer_queue import KVBatchMeta
+from verl.trainer.distillation import is_distillation_enabled
 from verl.trainer.ppo.checkpoint_callback import CheckpointCallback
 from verl.trainer.ppo.v1 import PPOTrainer, register_trainer
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
@@ -55,8 +56,14 @@ def controller_from_config(config: DictConfig) -> Controller:
     """A controller with the knobs of ``config.gac`` (absent: the defaults).
 
     Unknown keys and bad values raise ValueError naming them, before any
-    worker starts.
+    worker starts; so does on-policy distillation, whose loss the GAC loss
+    would replace on the workers.
     """
+    if is_distillation_enabled(config.get("distillation", None)):
+        raise ValueError(
+            "distillation.enabled=true: verl's distillation loss and GAC's mix both replace the actor's "
+            "ppo_loss, and gaccore does not combine them"
+        )
     section = config.get(CONFIG_KEY, None)
     knobs = {} if section is None else OmegaConf.to_container(section, resolve=True)
     if not isinstance(knobs, dict):

@@ -93,6 +93,8 @@ def test_bad_knobs_and_the_legacy_trainer_are_refused_before_ray_starts() -> Non
         verl_main.prepare_config(verl_config(["+gac.cap=-1"]))
     with pytest.raises(ValueError, match="use_v1"):
         verl_main.prepare_config(verl_config(["trainer.use_v1=false"]))
+    with pytest.raises(ValueError, match=r"distillation\.enabled=true"):
+        verl_main.prepare_config(verl_config(["distillation.enabled=true"]))
 
 
 def test_each_v1_trainer_has_a_registered_gac_variant() -> None:
