@@ -23,6 +23,9 @@ class StatsBackend(Protocol):
 
     name: str
 
+    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
+        """Validate one micro-batch as ``partials`` does, without computing anything."""
+
     def partials(
         self,
         logp: Any,
@@ -65,6 +68,9 @@ class NumpyBackend:
 
     name = "numpy"
 
+    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
+        stats.check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+
     def partials(
         self,
         logp: Any,
@@ -93,6 +99,8 @@ class NumpyBackend:
         return None
 
     def scalar(self, value: Any, device: Any) -> np.float64:
+        if is_torch(value):  # a torch kl on a host state: its value, never its graph
+            value = value.detach()
         return np.float64(value)
 
     def flag(self, value: bool, device: Any) -> np.bool_:

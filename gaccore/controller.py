@@ -26,7 +26,6 @@ from gaccore.config import Config
 from gaccore.persistence import check_envelope, check_same_config, json_number, parse_values
 from gaccore.schedules import warmup_cosine
 from gaccore.stats import BatchStats
-from gaccore.validation import check_batch
 
 A = TypeVar("A", bound=Scalar)
 Prior = Callable[[int], float]
@@ -321,11 +320,12 @@ class Controller:
         """Add one micro-batch's row results to this step's statistics.
 
         On steps that compute no statistics (``t % update_every != 0``) the
-        inputs are only checked for shape and ignored, and nothing launches.
+        inputs are checked as on every step (types, shapes, dtypes, device)
+        and ignored: nothing launches.
         """
         backend = backend_for(logp)
         if not self.is_stats_step():
-            check_batch(logp, mask, adv, expert, ref_logp)
+            backend.check(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef)
             return
         partials = backend.partials(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef)
         if self._pending is not None and self._pending[0] is not backend:
@@ -443,7 +443,7 @@ class Controller:
         # Commit only once everything above succeeded: a rejected call leaves no trace.
         self._state, self._backend, self._device = new_state, backend, device
         self._pending = None
-        self._last_batch = batch
+        self._last_batch = placed_batch  # placed: detached copies, never the caller's tensors
         self._step += 1
         return backend.output(new_state.mu)
 
@@ -498,9 +498,8 @@ class Controller:
             "n_dropped": float(host["n_dropped"]),
         }
         if self._last_batch is not None:
-            backend = backend_for(self._last_batch.var_sft)
             for f in fields(self._last_batch):
-                out[f"batch_{f.name}"] = float(backend.to_host(getattr(self._last_batch, f.name)))
+                out[f"batch_{f.name}"] = float(self._backend.to_host(getattr(self._last_batch, f.name)))
         return out
 
     # -- persistence ---------------------------------------------------------

@@ -25,15 +25,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from gaccore.validation import (
-    EXPERT_KINDS,
-    FLOAT_KINDS,
-    MASK_KINDS,
-    check_batch,
-    check_dtype_kind,
-    check_sft_coef,
-    check_trim,
-)
+from gaccore.validation import check_batch, check_trim
 
 Value = TypeVar("Value")
 Count = TypeVar("Count")
@@ -160,10 +152,23 @@ def k3(x: FloatArray) -> FloatArray:
     return np.where(np.abs(x) < K3_SERIES_BELOW, series, direct)
 
 
-def _as_array(name: str, value: object) -> np.ndarray:
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(value).__name__}")
-    return value
+def check_inputs(
+    logp: np.ndarray,
+    mask: np.ndarray,
+    adv: np.ndarray,
+    expert: np.ndarray | None,
+    ref_logp: np.ndarray | None,
+    sft_coef: str,
+) -> tuple[int, int]:
+    """Validate one batch of numpy arrays (types, shapes, dtype kinds)
+    without reading any value; returns ``(B, T)``."""
+    return check_batch(
+        {"logp": logp, "mask": mask, "adv": adv, "expert": expert, "ref_logp": ref_logp},
+        array_type=np.ndarray,
+        type_name="a numpy array",
+        kind_of=lambda dtype: dtype.kind,
+        sft_coef=sft_coef,
+    )
 
 
 def batch_partials(
@@ -176,20 +181,7 @@ def batch_partials(
     sft_coef: str = "phi",
 ) -> NumpyPartials:
     """Reduce one batch to mergeable row results (float64 throughout)."""
-    logp, mask, adv = _as_array("logp", logp), _as_array("mask", mask), _as_array("adv", adv)
-    if expert is not None:
-        expert = _as_array("expert", expert)
-    if ref_logp is not None:
-        ref_logp = _as_array("ref_logp", ref_logp)
-    check_batch(logp, mask, adv, expert, ref_logp)
-    check_dtype_kind("logp", logp.dtype.kind, FLOAT_KINDS, logp.dtype)
-    check_dtype_kind("mask", mask.dtype.kind, MASK_KINDS, mask.dtype)
-    check_dtype_kind("adv", adv.dtype.kind, FLOAT_KINDS, adv.dtype)
-    if expert is not None:
-        check_dtype_kind("expert", expert.dtype.kind, EXPERT_KINDS, expert.dtype)
-    if ref_logp is not None:
-        check_dtype_kind("ref_logp", ref_logp.dtype.kind, FLOAT_KINDS, ref_logp.dtype)
-    check_sft_coef(sft_coef)
+    check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
 
     on = mask != 0
     token_adv = np.broadcast_to(adv[:, None], on.shape) if adv.ndim == 1 else adv

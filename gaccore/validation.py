@@ -7,7 +7,7 @@ what was expected.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 # numpy dtype kinds: b bool, i signed int, u unsigned int, f float.
@@ -40,18 +40,46 @@ def check_batch_shapes(
     return rows, tokens
 
 
-def check_batch(logp: Any, mask: Any, adv: Any, expert: Any = None, ref_logp: Any = None) -> tuple[int, int]:
-    """``check_batch_shapes`` on arrays or tensors (anything with ``.shape``)."""
-    for name, value in (("logp", logp), ("mask", mask), ("adv", adv), ("expert", expert), ("ref_logp", ref_logp)):
-        if value is not None and not hasattr(value, "shape"):
-            raise TypeError(f"{name} must be an array or tensor, got {type(value).__name__}")
-    return check_batch_shapes(
-        logp.shape,
-        mask.shape,
-        adv.shape,
+# The dtype kinds each input of a batch may have.
+INPUT_KINDS = {
+    "logp": FLOAT_KINDS,
+    "mask": MASK_KINDS,
+    "adv": FLOAT_KINDS,
+    "expert": EXPERT_KINDS,
+    "ref_logp": FLOAT_KINDS,
+}
+
+
+def check_batch(
+    inputs: Mapping[str, Any],
+    *,
+    array_type: type,
+    type_name: str,
+    kind_of: Callable[[Any], str],
+    sft_coef: str,
+) -> tuple[int, int]:
+    """Validate one batch and return ``(B, T)``: every input given is an
+    ``array_type`` (``type_name`` in the error), then the shapes, the dtype
+    kinds (``kind_of`` maps a dtype to its numpy kind) and ``sft_coef``.
+
+    ``inputs`` maps the names of ``INPUT_KINDS`` to arrays, ``None`` for an
+    optional input that is absent."""
+    for name, value in inputs.items():
+        if value is not None and not isinstance(value, array_type):
+            raise TypeError(f"{name} must be {type_name}, got {type(value).__name__}")
+    expert, ref_logp = inputs["expert"], inputs["ref_logp"]
+    shape = check_batch_shapes(
+        inputs["logp"].shape,
+        inputs["mask"].shape,
+        inputs["adv"].shape,
         None if expert is None else expert.shape,
         None if ref_logp is None else ref_logp.shape,
     )
+    for name, value in inputs.items():
+        if value is not None:
+            check_dtype_kind(name, kind_of(value.dtype), INPUT_KINDS[name], value.dtype)
+    check_sft_coef(sft_coef)
+    return shape
 
 
 def check_dtype_kind(name: str, kind: str, allowed: str, dtype: object) -> None:

@@ -80,6 +80,9 @@ class TorchBackend:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
 
+    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
+        check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+
     def partials(
         self,
         logp: Any,
@@ -110,8 +113,8 @@ class TorchBackend:
         return torch.device(device)
 
     def scalar(self, value: Any, device: torch.device) -> torch.Tensor:
-        if isinstance(value, torch.Tensor):
-            return value.to(device=device, dtype=torch.float64)
+        if isinstance(value, torch.Tensor):  # a kl or statistic may carry the caller's graph: never keep it
+            return value.detach().to(device=device, dtype=torch.float64)
         return torch.full((), float(value), dtype=torch.float64, device=device)
 
     def flag(self, value: bool, device: torch.device) -> torch.Tensor:

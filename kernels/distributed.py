@@ -7,9 +7,11 @@ rank finalizes the same proxies (sums, Chan merges and the SFT rows' NLL
 values for the trimmed variance alike) and computes the same, deterministic
 ``mu``: no float reduction order depends on the collective's algorithm.
 
-Every rank must call with the same number of rows (the same per-step batch
-size). A rank with fewer real rows pads with rows whose mask is all zero:
-rows without tokens take part in no statistic and are not counted as dropped.
+Ranks may hold different numbers of rows (dynamic batching, a last partial
+batch): the row counts are gathered first (one tiny collective of one integer
+per rank, read on the host to size the payload), every rank pads its rows to
+the largest count, and the padding is dropped again before the rows are
+concatenated, so the result is exactly the rows of the concatenated batch.
 The tensors must live where the group's backend communicates (CPU for gloo,
 the rank's CUDA device for NCCL).
 """
@@ -29,13 +31,15 @@ RowsT = TypeVar("RowsT")
 _WIRE_DTYPE = torch.float64
 
 
+@torch.no_grad()  # row results are statistics: no caller's graph travels or comes back
 def all_gather_partials(partials: RowsT, process_group: Any) -> RowsT:
     """The rows of every rank of ``process_group``, concatenated in rank order.
 
     ``partials`` is a dataclass whose fields are all 1-D tensors of one
-    length ``B`` on one device; the result is the same dataclass type with
-    each field of length ``world_size * B`` and its original dtype. All
-    fields travel in one ``all_gather``.
+    length ``B`` on one device; ``B`` may differ between ranks. The result is
+    the same dataclass type with each field of length ``sum(B)`` over ranks
+    and its original dtype. All fields travel in one ``all_gather``, after
+    one ``all_gather`` of the row counts.
     """
     if not dataclasses.is_dataclass(partials) or isinstance(partials, type):
         raise TypeError(f"partials must be a dataclass instance of row tensors, got {type(partials).__name__}")
@@ -44,14 +48,27 @@ def all_gather_partials(partials: RowsT, process_group: Any) -> RowsT:
     _check_rows(names, columns)
     _check_initialized()
     packed = torch.stack([column.to(_WIRE_DTYPE) for column in columns])  # [n_fields, B]
-    world_size = dist.get_world_size(process_group)
-    gathered = [torch.empty_like(packed) for _ in range(world_size)]
-    dist.all_gather(gathered, packed, group=process_group)
-    merged = torch.cat(gathered, dim=1)  # rank order, as the list is
+    counts = _gather_row_counts(packed.shape[1], packed.device, process_group)
+    widest = max(counts)
+    if widest == 0:  # no rank has rows: every rank sees the same counts and skips alike
+        return partials
+    padded = torch.nn.functional.pad(packed, (0, widest - packed.shape[1]))
+    gathered = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded, group=process_group)
+    merged = torch.cat([block[:, :count] for block, count in zip(gathered, counts, strict=True)], dim=1)
     return dataclasses.replace(
         partials,
-        **{name: row.to(column.dtype) for name, row, column in zip(names, merged.unbind(0), columns, strict=False)},
+        **{name: row.to(column.dtype) for name, row, column in zip(names, merged.unbind(0), columns, strict=True)},
     )
+
+
+def _gather_row_counts(rows: int, device: torch.device, process_group: Any) -> list[int]:
+    """Every rank's row count, in rank order. The counts size the payload, so
+    they are read on the host: on NCCL, a copy of ``world_size`` integers."""
+    mine = torch.tensor([rows], dtype=torch.int64, device=device)
+    counts = [torch.empty_like(mine) for _ in range(dist.get_world_size(process_group))]
+    dist.all_gather(counts, mine, group=process_group)
+    return torch.cat(counts).tolist()
 
 
 def mean_over_group(value: Any, process_group: Any, device: Any) -> torch.Tensor:

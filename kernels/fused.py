@@ -242,6 +242,7 @@ def empty_out(rows: int, device: torch.device | str) -> torch.Tensor:
     return torch.empty(len(KERNEL_FIELDS), rows, dtype=ROW_DTYPE, device=device)
 
 
+@torch.no_grad()  # statistics of the inputs, never part of the caller's graph
 def row_results(
     logp: torch.Tensor,
     mask: torch.Tensor,

@@ -52,6 +52,7 @@ def _row_extreme(on: torch.Tensor, values: torch.Tensor, *, largest: bool) -> to
     return masked.amax(dim=1) if largest else masked.amin(dim=1)
 
 
+@torch.no_grad()  # statistics of the inputs, never part of the caller's graph
 def row_results(
     logp: torch.Tensor,
     mask: torch.Tensor,

@@ -27,15 +27,7 @@ from typing import Any
 import torch
 
 from gaccore.stats import BatchStats
-from gaccore.validation import (
-    EXPERT_KINDS,
-    FLOAT_KINDS,
-    MASK_KINDS,
-    check_batch_shapes,
-    check_dtype_kind,
-    check_sft_coef,
-    check_trim,
-)
+from gaccore.validation import check_batch, check_trim
 
 ROW_DTYPE = torch.float64
 
@@ -110,30 +102,12 @@ def check_inputs(
     """Validate one batch of torch tensors (types, shapes, dtype kinds, one
     device) without reading any value; returns ``(B, T)``."""
     named = {"logp": logp, "mask": mask, "adv": adv, "expert": expert, "ref_logp": ref_logp}
-    for name, value in named.items():
-        if value is not None and not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    shape = check_batch_shapes(
-        logp.shape,
-        mask.shape,
-        adv.shape,
-        None if expert is None else expert.shape,
-        None if ref_logp is None else ref_logp.shape,
+    shape = check_batch(
+        named, array_type=torch.Tensor, type_name="a torch.Tensor", kind_of=numpy_kind, sft_coef=sft_coef
     )
-    kinds = {
-        "logp": FLOAT_KINDS,
-        "mask": MASK_KINDS,
-        "adv": FLOAT_KINDS,
-        "expert": EXPERT_KINDS,
-        "ref_logp": FLOAT_KINDS,
-    }
-    for name, value in named.items():
-        if value is not None:
-            check_dtype_kind(name, numpy_kind(value.dtype), kinds[name], value.dtype)
     for name, value in named.items():
         if value is not None and value.device != logp.device:
             raise ValueError(f"{name} is on {value.device} but logp is on {logp.device}: put all inputs on one device")
-    check_sft_coef(sft_coef)
     return shape
 
 

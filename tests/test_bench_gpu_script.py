@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 # find_spec, not import: triton must not be imported before conftest's TRITON_INTERPRET matters.
-if importlib.util.find_spec("torch") is None or importlib.util.find_spec("triton") is None:
-    pytest.skip("needs torch and triton", allow_module_level=True)
+for _module in ("torch", "triton"):
+    if importlib.util.find_spec(_module) is None:
+        pytest.skip(f"could not import {_module!r}: not installed", allow_module_level=True)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -410,6 +411,37 @@ def test_bad_input_names_the_argument_and_leaves_the_controller_unchanged(mutate
         )
     assert ctrl.state_dict() == before
     assert ctrl.update(logp, mask, adv, expert) == twin.update(logp, mask, adv, expert)
+
+
+@pytest.mark.parametrize(
+    "name, bad, error, match",
+    [
+        ("logp", lambda b: b["logp"].astype(int), TypeError, "logp must have a floating-point"),
+        ("mask", lambda b: b["mask"].astype(complex), TypeError, "mask must have a bool, integer"),
+        ("adv", lambda b: b["adv"].tolist(), TypeError, "adv must be a numpy array"),
+        ("expert", lambda b: b["expert"].astype(float), TypeError, "expert must have a bool or integer"),
+        ("ref_logp", lambda b: b["ref_logp"].astype(np.int32), TypeError, "ref_logp must have a floating-point"),
+        ("mask", lambda b: b["mask"][:, :3], ValueError, "mask must have the shape"),
+    ],
+)
+def test_steps_without_statistics_check_inputs_like_statistics_steps(name, bad, error, match):
+    """update_every=2: step 1 computes nothing, but refuses what step 0 would."""
+    logp, mask, adv, expert, ref = _batch(np.random.default_rng(8))
+    good = dict(logp=logp, mask=mask, adv=adv, expert=expert, ref_logp=ref)
+    args = {**good, name: bad(good)}
+    for stats_step in (True, False):
+        ctrl = Controller(update_every=2)
+        if not stats_step:
+            ctrl.update(**good)
+        before = ctrl.state_dict()
+        with pytest.raises(error, match=match):
+            ctrl.update(**args)
+        assert ctrl.state_dict() == before
+
+
+def test_update_stats_accepts_none_by_its_signature():
+    hints = typing.get_type_hints(Controller.update_stats)
+    assert type(None) in typing.get_args(hints["stats"])
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 
@@ -112,10 +113,86 @@ def test_observe_and_step_never_read_device_values(monkeypatch):
     with monkeypatch.context() as patched:
         _forbid_host_reads(patched)
         ctrl = gaccore.Controller(**CONFIG)
+        mus = []
         for i in range(0, 12, 3):
             for batch, _ in steps[i : i + 3]:
                 ctrl.observe(**batch)
-            ctrl.step(kl=0.01)
+            mus.append(ctrl.step(kl=0.01))
+        with pytest.raises(AssertionError, match="host sync"):
+            bool(mus[0] > 0)  # the patch is live
+    numpy_ctrl = gaccore.Controller(**CONFIG)
+    want = []
+    for i in range(0, 12, 3):
+        for batch, _ in steps[i : i + 3]:
+            numpy_ctrl.observe(**{k: _host(v) for k, v in batch.items()})
+        want.append(numpy_ctrl.step(kl=0.01))
+    np.testing.assert_allclose([m.item() for m in mus], want, rtol=1e-6)
+    assert ctrl.metrics() == pytest.approx(numpy_ctrl.metrics(), rel=1e-6, nan_ok=True)
+
+
+def _carries_no_graph(ctrl, mu):
+    """Neither mu nor anything the controller keeps between steps is part of an autograd graph."""
+    kept = [*vars(ctrl._state).values()]
+    if ctrl._last_batch is not None:
+        kept += vars(ctrl._last_batch).values()
+    return not mu.requires_grad and not any(t.requires_grad or t.grad_fn is not None for t in kept)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_inputs_with_an_autograd_graph_never_reach_the_controller(backend, monkeypatch):
+    """A trainer's logp that was not detached (and a kl with a graph): five
+    updates, and no graph chains from step to step (the issue's repro)."""
+    from gaccore.kernels import TORCH_BACKEND
+
+    monkeypatch.setattr(TORCH_BACKEND, "backend", backend)
+    weight = torch.nn.Parameter(torch.zeros(()))
+    ctrl = gaccore.Controller(**CONFIG)
+    for t, (batch, kl) in enumerate(_steps(5)):
+        graphed = {k: v + weight if v is not None and v.is_floating_point() else v for k, v in batch.items()}
+        mu = ctrl.update(**graphed, kl=None if kl is None else kl + weight)
+        assert _carries_no_graph(ctrl, mu), f"step {t}"
+    assert ctrl._state.mu_bar.grad_fn is None
+
+
+def test_statistics_with_an_autograd_graph_never_reach_the_controller():
+    """update_stats with BatchStats and a kl made from tensors that require grad."""
+    weight = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+    stats = gaccore.BatchStats(*(weight * v for v in (0.3, 0.8, 1.2, 0.01)), *(torch.tensor(n) for n in (4, 4, 40, 0)))
+    ctrl = gaccore.Controller(**CONFIG)
+    for _ in range(5):
+        mu = ctrl.update_stats(stats, kl=weight * 0.1)
+        assert _carries_no_graph(ctrl, mu)
+
+
+def test_a_kl_tensor_with_a_graph_steps_a_host_controller_quietly():
+    """A numpy-state controller reads a torch kl's value without touching its graph (no warning)."""
+    ctrl = gaccore.Controller(**CONFIG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mu = ctrl.step(kl=torch.tensor(0.05, dtype=torch.float64, requires_grad=True) * 1.0)
+    assert isinstance(mu, float) and ctrl.metrics()["kl_ema"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    "name, bad, match",
+    [
+        ("logp", lambda b: b["logp"].to(torch.int32), "logp must have a floating-point"),
+        ("mask", lambda b: b["mask"].to(torch.complex64), "mask must have a bool, integer"),
+        ("expert", lambda b: b["expert"].float(), "expert must have a bool or integer"),
+        ("adv", lambda b: _host(b["adv"]), r"adv must be a torch\.Tensor"),
+    ],
+)
+def test_steps_without_statistics_check_tensors_like_statistics_steps(name, bad, match):
+    batch, _ = next(_steps(1))
+    args = {**batch, name: bad(batch)}
+    for stats_step in (True, False):
+        ctrl = gaccore.Controller(**CONFIG)  # update_every=2
+        if not stats_step:
+            ctrl.update(**batch)
+        before = ctrl.state_dict()
+        with pytest.raises(TypeError, match=match):
+            ctrl.update(**args)
+        assert ctrl.state_dict() == before
 
 
 def _json_round_trip(state):

@@ -93,6 +93,66 @@ def test_every_rank_gets_the_mu_of_the_concatenated_batch(tmp_path: Path) -> Non
     assert metrics["rho"] != CONFIG.get("rho_init", 0.5)  # the averaged kl steered rho
 
 
+# Uneven ranks: rank 0 holds 10 rows in one micro-batch, rank 1 13 rows in two
+# (6 + 7); on UNEVEN_EMPTY_STEP rank 0 has no rows at all, on BOTH_EMPTY_STEP
+# neither has. Rank 0's inputs and kl carry an autograd graph.
+UNEVEN_ROWS = {0: (10,), 1: (6, 7)}
+UNEVEN_STEPS, UNEVEN_EMPTY_STEP, BOTH_EMPTY_STEP = 12, 4, 7
+
+
+def uneven_micro_batches(step: int, rank: int) -> list[dict[str, torch.Tensor | None]]:
+    batches = []
+    for micro, rows in enumerate(UNEVEN_ROWS[rank]):
+        if step == BOTH_EMPTY_STEP or (step == UNEVEN_EMPTY_STEP and rank == 0):
+            rows = 0
+        gen = torch.Generator().manual_seed(1000 * step + 10 * rank + micro)
+        logp = -torch.rand(rows, TOKENS, generator=gen).mul(3)
+        mask = torch.arange(TOKENS)[None, :] < torch.randint(1, TOKENS + 1, (rows, 1), generator=gen)
+        adv = torch.randn(rows, generator=gen) * (1 + rank)
+        expert = torch.rand(rows, generator=gen) < 0.4
+        ref_logp = (logp + 0.1 * torch.randn(rows, TOKENS, generator=gen)).clamp(max=0)
+        batches.append({"logp": logp, "mask": mask, "adv": adv, "expert": expert, "ref_logp": ref_logp})
+    return batches
+
+
+def _uneven_rank_main(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        ctrl = gaccore.Controller(process_group=dist.group.WORLD, **CONFIG)
+        weight = torch.nn.Parameter(torch.zeros(()))  # a trainer's logp that was not detached
+        mus, graphs = [], []
+        for step in range(UNEVEN_STEPS):
+            for batch in uneven_micro_batches(step, rank):
+                if rank == 0:
+                    batch = {**batch, "logp": batch["logp"] + weight}
+                ctrl.observe(**batch)
+            kl = caller_kl(step, rank)
+            mu = ctrl.step(kl=None if kl is None else weight + kl)
+            mus.append(mu.item())
+            graphs.append(mu.requires_grad or any(t.requires_grad for t in vars(ctrl._state).values()))
+        result = {"mu": mus, "graphs": graphs, "metrics": ctrl.metrics()}
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_uneven_row_counts_equal_one_process_on_the_concatenated_rows(tmp_path: Path) -> None:
+    mp.start_processes(_uneven_rank_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    ctrl = gaccore.Controller(**CONFIG)
+    want = []
+    for step in range(UNEVEN_STEPS):
+        for rank in range(WORLD_SIZE):
+            for batch in uneven_micro_batches(step, rank):
+                ctrl.observe(**batch)
+        kls = [caller_kl(step, rank) for rank in range(WORLD_SIZE)]
+        want.append(ctrl.step(kl=None if kls[0] is None else sum(kls) / WORLD_SIZE).item())
+    assert ranks[0]["mu"] == ranks[1]["mu"] == want  # bit for bit
+    assert len(set(want)) > UNEVEN_STEPS // 2  # mu moved, so equality means something
+    assert ranks[0]["metrics"]["batch_n_rl"] + ranks[0]["metrics"]["batch_n_sft"] > 13  # both ranks' rows counted
+    assert not any(ranks[0]["graphs"] + ranks[1]["graphs"])
+
+
 def test_no_reduction_without_a_group() -> None:
     # A controller without process_group never touches torch.distributed.
     assert not dist.is_initialized()

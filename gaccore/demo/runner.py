@@ -1,5 +1,14 @@
-"""Training every (method, seed) of a comparison, in this process or in
-worker processes, and writing the report.
+"""Training every (task, method, seed) of a suite, in this process or in
+worker processes, keeping one record per run, and writing the report.
+
+Each finished run is written at once to ``OUT/runs/`` as JSON, under a key
+of everything its numbers depend on: the task, the method, the seed, the
+settings, the torch and numpy versions, and a digest of the source files
+the method's code runs through (``train.method_sources``). With
+``reuse=True`` a run whose record exists under the same key is loaded
+instead of trained, so an interrupted suite resumes where it stopped and a
+new method extends a suite without retraining the others; an edit of the
+controller retrains the GAC methods only, and one of the report nothing.
 
 Kept out of ``__main__`` so that worker processes can import the function
 they run (``python -m gaccore.demo`` names its module ``__main__``).
@@ -7,23 +16,84 @@ they run (``python -m gaccore.demo`` names its module ``__main__``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import time
-from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
 from gaccore.demo.report import build_report, write_outputs
-from gaccore.demo.task import ArithmeticTask, make_task
-from gaccore.demo.train import RunResult, RunSettings, train_one
+from gaccore.demo.task import SUITE
+from gaccore.demo.train import METHODS, RunResult, RunSettings, method_sources, train_one
 
-TASK_SEED = 0
+RECORD_SCHEMA = "gaccore.demo.run/1"
+# Workers report progress every this many steps (one message per step would cost more than it shows).
+PROGRESS_EVERY = 10
+
+RunPlan = tuple[str, str, int]  # (task, method, seed)
 
 
-def run_demo(
+def sources_digest(method: str) -> str:
+    """SHA-256 over the names and contents of ``method``'s source files."""
+    digest = hashlib.sha256()
+    for name, path in method_sources(method).items():
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def run_identity(task: str, method: str, seed: int, settings: RunSettings) -> dict[str, Any]:
+    """Everything a run's numbers depend on."""
+    return {
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "settings": asdict(settings),
+        "sources": sources_digest(method),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def run_key(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def record_path(out: Path, identity: dict[str, Any]) -> Path:
+    name = f"{identity['task']}--{identity['method']}--seed{identity['seed']}--{run_key(identity)[:16]}.json"
+    return out / "runs" / name
+
+
+def write_record(path: Path, identity: dict[str, Any], result: RunResult) -> None:
+    """One run's record; NaN stays NaN (Python's JSON reads it back), so a
+    loaded record equals the trained one exactly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"schema": RECORD_SCHEMA, "key": run_key(identity), "identity": identity, "result": result.to_dict()}
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(record))
+    partial.replace(path)  # a run interrupted while writing leaves no half record behind
+
+
+def load_record(path: Path, identity: dict[str, Any]) -> RunResult | None:
+    """The stored result of the run ``identity``, or None when there is none
+    (or the file holds another run: a key prefix collision)."""
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("schema") != RECORD_SCHEMA or record.get("key") != run_key(identity):
+        return None
+    return RunResult(**record["result"])
+
+
+def run_suite(
+    tasks: Sequence[str],
     methods: Sequence[str],
     seeds: Sequence[int],
     settings: RunSettings,
@@ -31,56 +101,84 @@ def run_demo(
     *,
     command: str,
     jobs: int = 1,
+    reuse: bool = False,
     show_progress: bool = True,
-) -> dict:
-    """Train every (method, seed), write the report into ``out``, return it.
+) -> dict[str, Any]:
+    """Train (or, with ``reuse``, load) every (task, method, seed), write
+    the report (``report.md``, ``report.json``, figures) into ``out``, and
+    return it.
 
     ``jobs > 1`` trains that many runs at once in worker processes. Results
-    do not depend on it: every run seeds itself and uses
-    ``settings.threads`` torch threads wherever it runs.
+    do not depend on it: every run builds its task and seeds itself, and
+    uses ``settings.threads`` torch threads wherever it runs.
     """
-    task = make_task(TASK_SEED)
+    for name, values, known in (("task", tasks, SUITE), ("method", methods, METHODS)):
+        unknown = [value for value in values if value not in known]
+        if unknown or not values:
+            raise ValueError(f"{name}s must be a non-empty list from {sorted(known)}, got {list(values)}")
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    methods = list(dict.fromkeys(methods))  # a method named twice runs once
     started = time.perf_counter()
-    plan = [(method, seed) for seed in seeds for method in methods]
-    with tqdm(total=len(plan) * settings.steps, disable=not show_progress, unit="step", dynamic_ncols=True) as bar:
-        if jobs <= 1:
-            runs = []
-            for method, seed in plan:
-                bar.set_description(f"{method} seed {seed}")
-                runs.append(train_one(method, seed, task, settings, progress=bar.update))
+    plan: list[RunPlan] = [(task, method, seed) for task in tasks for seed in seeds for method in methods]
+    identities = [run_identity(task, method, seed, settings) for task, method, seed in plan]
+    paths = [record_path(out, identity) for identity in identities]
+    results: dict[int, RunResult] = {}
+    if reuse:
+        for index, (path, identity) in enumerate(zip(paths, identities, strict=True)):
+            stored = load_record(path, identity)
+            if stored is not None:
+                results[index] = stored
+    reused = len(results)
+    to_train = [index for index in range(len(plan)) if index not in results]
+
+    def finished(index: int, result: RunResult) -> None:
+        write_record(paths[index], identities[index], result)
+        results[index] = result
+
+    with tqdm(total=len(to_train) * settings.steps, disable=not show_progress, unit="step", dynamic_ncols=True) as bar:
+        if jobs <= 1 or len(to_train) <= 1:
+            for index in to_train:
+                task, method, seed = plan[index]
+                bar.set_description(f"{task} {method} seed {seed}")
+                finished(index, train_one(task, method, seed, settings, progress=bar.update))
         else:
-            runs = _train_in_workers(plan, task, settings, jobs, bar)
-    report = build_report(runs, settings, task, command=command, total_wall_s=time.perf_counter() - started)
-    written = write_outputs(report, runs, out)
-    if show_progress:
-        print(f"\n{report['verdict']}\nwrote: " + ", ".join(str(p) for p in written))
+            _train_in_workers([(index, plan[index]) for index in to_train], settings, jobs, bar, finished)
+    runs = [results[index] for index in range(len(plan))]
+    report = build_report(
+        runs, settings, command=command, total_wall_s=time.perf_counter() - started, jobs=jobs, reused=reused
+    )
+    write_outputs(report, runs, out)
     return report
 
 
-# Workers report progress every this many steps (one message per step would cost more than it shows).
-PROGRESS_EVERY = 10
-
-
 def _train_in_workers(
-    plan: Sequence[tuple[str, int]], task: ArithmeticTask, settings: RunSettings, jobs: int, bar: tqdm
-) -> list[RunResult]:
-    """Run ``plan`` in ``jobs`` spawned processes; results in plan order."""
+    plan: Sequence[tuple[int, RunPlan]],
+    settings: RunSettings,
+    jobs: int,
+    bar: tqdm,
+    finished: Callable[[int, RunResult], None],
+) -> None:
+    """Train ``plan`` in ``jobs`` spawned processes; ``finished(index,
+    result)`` runs here as each one completes."""
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     with context.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=context) as pool:
         steps_done = manager.Queue()
-        futures = [pool.submit(_worker_run, method, seed, task, settings, steps_done) for method, seed in plan]
+        futures: dict[Future[RunResult], int] = {
+            pool.submit(_worker_run, task, method, seed, settings, steps_done): index
+            for index, (task, method, seed) in plan
+        }
         bar.set_description(f"{len(plan)} runs, {jobs} at a time")
         pending = set(futures)
         while pending:
-            _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             while not steps_done.empty():
                 bar.update(steps_done.get())
-        while not steps_done.empty():
-            bar.update(steps_done.get())
-        return [future.result() for future in futures]
+            for future in done:
+                finished(futures[future], future.result())
 
 
-def _worker_run(method: str, seed: int, task: ArithmeticTask, settings: RunSettings, steps_done: Any) -> RunResult:
+def _worker_run(task: str, method: str, seed: int, settings: RunSettings, steps_done: Any) -> RunResult:
     counted = 0
 
     def progress(n: int) -> None:
@@ -90,7 +188,7 @@ def _worker_run(method: str, seed: int, task: ArithmeticTask, settings: RunSetti
             steps_done.put(counted)
             counted = 0
 
-    result = train_one(method, seed, task, settings, progress=progress)
+    result = train_one(task, method, seed, settings, progress=progress)
     if counted:
         steps_done.put(counted)
     return result

@@ -28,10 +28,12 @@ about the last 1/(1 - ref_decay) steps): the recent drift of the policy.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,12 +43,14 @@ from gaccore import Config, Controller
 from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
 from gaccore.bindings.torch import mix, sft_loss
 from gaccore.demo.model import TinyTransformer
-from gaccore.demo.task import ANSWER_LEN, ArithmeticTask, reward
+from gaccore.demo.task import ANSWER_LEN, ArithmeticTask, make_suite_task, reward
 
 # Below this within-group reward spread the group carries no RL signal.
 GROUP_STD_EPS = 1e-4
 # A move of the raw estimate larger than this counts as a large shift (Config.large_shift).
 LARGE_SHIFT = 0.02
+# The split and the expert are the same for every training seed, so that seeds measure training noise.
+TASK_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class RunSettings:
 class RunResult:
     method: str
     seed: int
+    task: str  # a name of gaccore.demo.task.SUITE
     eval_steps: list[int] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
     accuracy_carry: list[float] = field(default_factory=list)
@@ -172,6 +177,18 @@ DESCRIPTIONS = {
     "gac-verified-no-prior": "GAC, mode='verified', prior = None",
 }
 MAIN_METHODS = ["gac", "chord", "fixed-0.5", "kl-ctrl", "rewvar-ctrl", "hpt", "pure-rl", "pure-sft"]
+# What ``gaccore demo --suite`` compares on every task: the paper-faithful GAC,
+# the GAC mode under study, and the baselines (pure SFT and pure RL are the
+# natural winners of the perfect-expert and mostly-wrong regimes). kl-ctrl and
+# rewvar-ctrl, the weakest adaptive rules of the single-task comparison, are
+# left out to fit the full suite in about an hour on two cores
+# (``--methods`` adds them).
+SUITE_METHODS = ["gac", "gac-verified", "chord", "hpt", "fixed-0.5", "pure-sft", "pure-rl"]
+# The quick suite: the two regimes where the expert is wrong systematically,
+# the strongest rules of the full suite, one seed, the full suite's steps (so
+# its runs are the full suite's seed 0).
+QUICK_SUITE_TASKS = ["carry-drop", "mostly-wrong"]
+QUICK_SUITE_METHODS = ["gac", "gac-verified", "chord", "hpt", "pure-sft"]
 OTHER_SFT_LOSS = {"nll": "gac-phi", "phi": "gac-nll"}
 
 
@@ -179,6 +196,63 @@ def ablations(settings: RunSettings) -> list[str]:
     """GAC without each of its parts: cap, EMA, prior, and its SFT loss
     (with CHORD's token phi when the comparison uses NLL, and the reverse)."""
     return ["gac-no-cap", "gac-no-ema", "gac-no-prior", OTHER_SFT_LOSS[settings.sft_loss]]
+
+
+def is_gac_method(method: str) -> bool:
+    """Whether ``method`` is GAC or one of its modes and ablations (a
+    ``gaccore.Controller``), as opposed to a baseline rule."""
+    return method == "gac" or method.startswith("gac-")
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"cannot locate the package {package}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+# Where the code that decides a run's numbers lives (kernels/ and bindings/
+# install as gaccore.kernels and gaccore.bindings); tests point it at a copy.
+SOURCE_DIRS: dict[str, Path] = {
+    package: _package_dir(package) for package in ("gaccore", "gaccore.kernels", "gaccore.bindings")
+}
+# The torch SFT loss and mix(), which every method trains with.
+SFT_LOSS_SOURCE = ("gaccore.bindings", "torch.py")
+# Demo files that plan, store and report runs but never touch one's numbers
+# (the settings they pass on are in the key): editing them retrains nothing.
+DEMO_REPORTING_SOURCES = [("gaccore", f"demo/{name}") for name in ("__main__.py", "runner.py", "report.py")]
+# What a baseline's numbers can depend on beyond the demo itself. Left out on
+# purpose: gaccore.stats (the baselines' own k3 runs only without ``kl=``, and
+# the demo always passes it) and gaccore.validation (checks, no arithmetic).
+BASELINE_SOURCES = [
+    ("gaccore", "baselines.py"),
+    ("gaccore", "schedules.py"),
+    ("gaccore", "persistence.py"),
+    ("gaccore", "_array.py"),
+    SFT_LOSS_SOURCE,
+]
+
+
+def method_sources(method: str) -> dict[str, Path]:
+    """The source files whose edits can change ``method``'s numbers, named
+    independently of where the packages live: for a baseline, the demo's
+    task, model and loop, the baseline rules with what they import, and the
+    torch SFT loss; for GAC, every file of the core (the demo's included)
+    and of the kernels, and the SFT loss; never ``DEMO_REPORTING_SOURCES``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    core, kernels = SOURCE_DIRS["gaccore"], SOURCE_DIRS["gaccore.kernels"]
+    if is_gac_method(method):
+        # In a wheel the subpackages sit inside gaccore/: name each file once, by its package.
+        subpackages = [SOURCE_DIRS[package] for package in SOURCE_DIRS if package != "gaccore"]
+        core_files = [p for p in core.rglob("*.py") if not any(p.is_relative_to(sub) for sub in subpackages)]
+        files = [("gaccore", p.relative_to(core).as_posix()) for p in core_files]
+        files += [("gaccore.kernels", p.relative_to(kernels).as_posix()) for p in kernels.rglob("*.py")]
+        files.append(SFT_LOSS_SOURCE)
+    else:
+        files = [("gaccore", p.relative_to(core).as_posix()) for p in core.glob("demo/*.py")] + BASELINE_SOURCES
+    files = [(package, name) for package, name in files if (package, name) not in DEMO_REPORTING_SOURCES]
+    return {f"{package.replace('.', '/')}/{name}": SOURCE_DIRS[package] / name for package, name in sorted(files)}
 
 
 def sft_loss_kind(method: str, settings: RunSettings) -> str:
@@ -306,17 +380,19 @@ class Trainer:
 
 
 def train_one(
+    task_name: str,
     method: str,
     seed: int,
-    task: ArithmeticTask,
     settings: RunSettings,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """Train a fresh policy with ``method``'s mixing rule; return its record."""
+    """Train a fresh policy on the suite task ``task_name`` with ``method``'s
+    mixing rule; return its record."""
+    task = make_suite_task(task_name, TASK_SEED)
     trainer = Trainer(method, seed, task, settings)
     rule = trainer.rule
-    result = RunResult(method=method, seed=seed)
+    result = RunResult(method=method, seed=seed, task=task_name)
     previous_raw: float | None = None
     started = time.perf_counter()
     for step in range(settings.steps):
