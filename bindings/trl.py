@@ -34,7 +34,6 @@ line; ``python -m gaccore.bindings.trl --config gac.yaml`` trains with them
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -46,14 +45,10 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import maybe_apply_chat_template
 
 from gaccore import Config, Controller
+from gaccore.bindings.common import STATE_FILE, load_controller, logged_metrics, save_controller
 from gaccore.bindings.torch import mix, sft_loss
 
 __all__ = ["STATE_FILE", "GACGRPOConfig", "GACGRPOTrainer", "load_expert_dataset", "main"]
-
-STATE_FILE = "gaccore_state.json"
-
-# Controller metrics worth a line in the trainer's logs, under "gac/<name>".
-_LOGGED = ("mu", "rho", "estimate", "ema_disagreement", "ema_var_sft", "ema_var_rl", "kl_ema", "n_dropped")
 
 
 _DEFAULTS = Config()
@@ -281,24 +276,14 @@ class GACGRPOTrainer(GRPOTrainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            state = {"controller": self.gac.state_dict(), "expert_draws": self._expert_draws}
-            with open(os.path.join(folder, STATE_FILE), "w") as f:
-                json.dump(state, f)
+            save_controller(self.gac, folder, expert_draws=self._expert_draws)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        path = os.path.join(checkpoint, STATE_FILE)
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"checkpoint {checkpoint} has no {STATE_FILE}: it was not written by GACGRPOTrainer, "
-                "so the controller cannot continue where it stopped"
-            )
-        with open(path) as f:
-            state = json.load(f)
-        self.gac.load_state_dict(state["controller"], device=self.accelerator.device)
-        self._expert_draws = int(state["expert_draws"])
+        extra = load_controller(self.gac, checkpoint, device=self.accelerator.device)
+        self._expert_draws = int(extra["expert_draws"])
         self._window_mu = None
 
     # -- the mixing weight -----------------------------------------------------
@@ -331,9 +316,8 @@ class GACGRPOTrainer(GRPOTrainer):
             if self.current_gradient_accumulation_steps == 1:
                 mu = stepped  # one micro-batch per step: SPEC uses this step's own mu
             self._window_mu = stepped
-            metrics = self.gac.metrics()
-            for name in _LOGGED:
-                self._metrics[mode][f"gac/{name}"].append(metrics[name])
+            for key, value in logged_metrics(self.gac).items():
+                self._metrics[mode][key].append(value)
         return mu
 
     # -- expert batches ----------------------------------------------------------

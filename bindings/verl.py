@@ -1,134 +1,137 @@
-"""verl binding: ``mu`` on the driver's global batch, the mix in verl's policy loss.
+"""verl binding: ``mu`` on the driver's global batch, the mix in the actor's loss.
 
-verl's PPO trainer computes advantages on the driver over the whole batch,
-then ships the batch to the actor workers, which call a registered policy
-loss per micro-batch. The binding follows that split:
+verl computes advantages on the driver over the whole batch, then ships the
+batch to the actor workers, which call a loss function per micro-batch. The
+binding follows that split, for the V1 trainer (verl's default,
+``gaccore.bindings.verl_v1``) and the legacy ``RayPPOTrainer`` alike:
 
-1. Driver, after ``compute_advantage`` (e.g. at the top of
-   ``RayPPOTrainer._update_actor``): ``compute_mu(batch, controller)`` feeds
-   the controller verl's ``old_log_probs``, ``response_mask`` and
-   ``advantages`` (and ``ref_log_prob`` when present) of the global batch,
-   with the expert flag ``batch.batch["gac_expert"]`` (bool ``[B]``, True
-   for the expert rows the data pipeline put in the batch). It writes ``mu``
-   into ``batch.meta_info["gac_mu_scalar"]`` and, so it survives verl's mini-
-   and micro-batch splits, as a per-row tensor ``batch.batch["gac_mu"]``, and
-   returns ``gac/*`` metrics for verl's logger. One controller on the driver
-   sees the global batch, so no process group is needed.
-2. Workers: the policy loss ``"gac"`` (registered with verl's
-   ``register_policy_loss`` when this module is imported; select it with
-   ``actor.policy_loss.loss_mode=gac``) splits each micro-batch into RL and
-   expert rows, computes verl's own policy loss (``"vanilla"`` by default;
-   ``register_gac_policy_loss(name, inner=...)`` wraps another) on the RL
-   rows and the CHORD token-weighted SFT loss on the expert rows, both
-   aggregated with verl's ``agg_loss`` under the same ``loss_agg_mode`` and
-   global-batch normalizers, and returns ``mu * L_SFT + (1 - mu) * L_RL``.
-   verl's policy-loss signature carries no per-row extras, so the expert flag
-   and ``mu`` reach it through ``gac_ppo_loss``: verl's ``ppo_loss`` with
-   those two columns of the micro-batch made visible to the registered loss.
-   Install it on the workers with
-   ``actor_rollout_wg.set_loss_fn(functools.partial(gac_ppo_loss, config=actor_config))``.
-3. Checkpoints: ``save_controller`` / ``load_controller`` keep the
-   controller's state as ``gaccore_state.json`` inside verl's
-   ``global_step_{N}`` folder, beside ``data.pt``.
+1. Driver, after advantages (at the top of the trainer's ``_update_actor``):
+   ``compute_mu(batch, controller)`` (legacy ``DataProto``) or
+   ``observe_tensors`` (V1, on the fields read back from the TransferQueue)
+   feeds the controller verl's ``old_log_probs``, ``response_mask``,
+   ``advantages`` (and ``ref_log_prob`` when present) of the global batch with
+   the expert flag ``gac_expert`` (bool ``[B]``, True for the expert rows the
+   data pipeline put in the batch). ``mu`` and the controller's ``sft_coef``
+   go into the batch's ``meta_info`` (V1: ``extra_info``), which verl hands
+   to every mini- and micro-batch as non-tensor entries, as it does its own
+   ``global_batch_size`` and ``temperature``: they are per-step settings, not
+   per-row data. One controller on the driver sees the global batch, so no
+   process group is needed.
+2. Workers: ``gac_ppo_loss`` replaces verl's ``ppo_loss`` (install it with
+   ``actor_rollout_wg.set_loss_fn(partial(gac_ppo_loss, config=actor_config))``).
+   It computes verl's own policy loss (``actor.policy_loss.loss_mode``: vanilla,
+   gspo, ...) on the RL rows, adds verl's KL loss (``use_kl_loss``) and entropy
+   bonus (``entropy_coeff``) over the RL rows only, and the CHORD
+   token-weighted SFT loss on the expert rows, all aggregated with verl's
+   ``agg_loss`` under the same ``loss_agg_mode`` and global-batch normalizers::
+
+       mu * L_SFT + (1 - mu) * (L_pg + kl_loss_coef * L_kl - entropy_coeff * H)
+
+   so the expert rows carry the SFT term alone.
+3. Checkpoints: ``gaccore.bindings.common.save_controller``/``load_controller``
+   keep the controller's state as ``gaccore_state.json`` inside verl's
+   ``global_step_{N}`` folder, beside ``data.pt``; ``step_folder`` resolves
+   that folder as verl does.
 
 Expert rows must not share a GRPO group (``uid``) with rollouts, or they
-would shift the rollouts' group baselines. Under ``token-mean`` both terms
-are divided by verl's global token count of the mini-batch (its normalizer),
-so each term's weight is also proportional to its rows' share of tokens.
+would shift the rollouts' group baselines. Under ``token-mean`` every term is
+divided by verl's global token count of the mini-batch (its normalizer), so
+each term's weight is also proportional to its rows' share of tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import json
+import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from verl import DataProto
-from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, register_policy_loss
-from verl.workers.utils.losses import ppo_loss
+from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
+from verl.utils import tensordict_utils as tu
+from verl.utils.metric import AggregationType, Metric
+from verl.workers.utils.padding import no_padding_2_padding
 
 from gaccore import Controller
-from gaccore.bindings.torch import sft_token_loss
+from gaccore.bindings.common import logged_metrics
+from gaccore.bindings.torch import mix, sft_token_loss
 from gaccore.validation import check_sft_coef
 
 __all__ = [
     "EXPERT_KEY",
     "MU_KEY",
-    "MU_META_KEY",
-    "SFT_NLL_KEY",
-    "STATE_FILE",
+    "SFT_COEF_KEY",
     "compute_mu",
     "gac_policy_loss",
     "gac_ppo_loss",
-    "load_controller",
-    "register_gac_policy_loss",
-    "save_controller",
+    "mix_settings",
+    "observe_tensors",
     "step_folder",
 ]
 
-EXPERT_KEY = "gac_expert"  # bool [B] in batch.batch: True for expert (SFT) rows
-MU_KEY = "gac_mu"  # mu as a per-row float tensor in batch.batch (survives mini/micro-batch splits)
-# mu as a Python float in meta_info; a key of its own, as verl refuses meta_info
-# keys that repeat a tensor's when it converts the batch for the workers.
-MU_META_KEY = "gac_mu_scalar"
-# The controller's sft_coef as a per-row bool in batch.batch (True: "nll"): data, not
-# registry state, since each Ray worker re-imports this module and its registry.
-SFT_NLL_KEY = "gac_sft_nll"
-STATE_FILE = "gaccore_state.json"
-_LOGGED = ("mu", "rho", "estimate", "ema_disagreement", "ema_var_sft", "ema_var_rl", "kl_ema", "n_dropped")
+EXPERT_KEY = "gac_expert"  # bool [B] among the batch's tensors: True for expert (SFT) rows
+MU_KEY = "gac_mu"  # meta_info / extra_info: this step's mu, a Python float
+SFT_COEF_KEY = "gac_sft_coef"  # meta_info / extra_info: the controller's sft_coef ("phi" or "nll")
+# The tensors the controller reads, as verl names them after compute_advantage.
+STAT_FIELDS = ("old_log_probs", "response_mask", "advantages")
 
 
 # -- driver side -----------------------------------------------------------------
 
 
-def compute_mu(batch: DataProto, controller: Controller) -> dict[str, float]:
-    """One controller step on the global batch; stores ``mu`` in the batch.
+def observe_tensors(tensors: Mapping[str, torch.Tensor], controller: Controller) -> dict[str, Any]:
+    """One controller step on the global batch's padded ``[B, T]`` tensors.
 
-    Call once per training step, after advantages are computed and before
-    the actor update. Returns ``gac/*`` metrics (NaN where a proxy is not yet
-    defined) to merge into verl's metrics dict.
+    ``tensors`` maps verl's names (``STAT_FIELDS``, ``EXPERT_KEY``, optionally
+    ``ref_log_prob``) to tensors. Returns the settings the workers' loss needs
+    (``mix_settings``), to store in the batch's ``meta_info``/``extra_info``.
     """
-    if not isinstance(batch, DataProto):
-        raise TypeError(f"batch must be a verl DataProto, got {type(batch).__name__}")
     if not isinstance(controller, Controller):
         raise TypeError(f"controller must be a gaccore.Controller, got {type(controller).__name__}")
-    tensors = batch.batch
-    missing = [key for key in ("old_log_probs", "response_mask", "advantages") if key not in tensors.keys()]
+    missing = [key for key in STAT_FIELDS if key not in tensors]
     if missing:
+        raise ValueError(f"the batch lacks {missing}: compute mu after verl computed old log-probs and advantages")
+    if EXPERT_KEY not in tensors:
+        # Without expert rows the mix would have no SFT term and would only shrink the RL loss.
         raise ValueError(
-            f"batch.batch lacks {missing}: call compute_mu after verl computed old log-probs and advantages"
+            f"the batch lacks {EXPERT_KEY!r}: add the expert (SFT) rows to the batch with "
+            f"{EXPERT_KEY} = True (a bool [B] tensor, False for rollouts)"
         )
-    if EXPERT_KEY not in tensors.keys():
-        # Without expert rows the "gac" loss would have no SFT term and would only shrink the RL loss.
-        raise ValueError(
-            f"batch.batch lacks {EXPERT_KEY!r}: add the expert (SFT) rows to the batch with "
-            f"batch.batch[{EXPERT_KEY!r}] = True (a bool [B] tensor, False for rollouts)"
-        )
-    expert = tensors[EXPERT_KEY]
-    ref_logp = tensors["ref_log_prob"] if "ref_log_prob" in tensors.keys() else None
+    ref_logp = tensors.get("ref_log_prob")
     mu = controller.update(
         tensors["old_log_probs"].detach(),
         tensors["response_mask"],
         tensors["advantages"].detach(),
-        expert,
+        tensors[EXPERT_KEY],
         ref_logp=None if ref_logp is None else ref_logp.detach(),
     )
-    rows = tensors["response_mask"].shape[0]
-    tensors[MU_KEY] = mu.to(torch.float32).expand(rows).clone()
-    tensors[SFT_NLL_KEY] = torch.full((rows,), controller.config.sft_coef == "nll", dtype=torch.bool)
-    metrics = controller.metrics()  # one device read for mu and every logged value
-    batch.meta_info[MU_META_KEY] = metrics["mu"]
-    return {f"gac/{name}": metrics[name] for name in _LOGGED}
+    return mix_settings(controller, float(mu))
+
+
+def mix_settings(controller: Controller, mu: float) -> dict[str, Any]:
+    """The per-step entries ``gac_ppo_loss`` reads: ``mu`` and the controller's ``sft_coef``."""
+    return {MU_KEY: mu, SFT_COEF_KEY: controller.config.sft_coef}
+
+
+def compute_mu(batch: DataProto, controller: Controller) -> dict[str, float]:
+    """One controller step on the legacy trainer's global ``DataProto``.
+
+    Call once per training step, after advantages are computed and before
+    the actor update. Writes ``mu`` and ``sft_coef`` into ``batch.meta_info``
+    and returns ``gac/*`` metrics to merge into verl's metrics dict.
+    """
+    if not isinstance(batch, DataProto):
+        raise TypeError(f"batch must be a verl DataProto, got {type(batch).__name__}")
+    tensors = batch.batch
+    batch.meta_info.update(observe_tensors({key: tensors[key] for key in tensors.keys()}, controller))
+    return logged_metrics(controller)
 
 
 def step_folder(trainer_config: Any, global_steps: int, *, resuming: bool = False) -> str:
     """The ``global_step_{N}`` folder verl saves step ``global_steps`` to, or,
-    with ``resuming=True``, the one ``RayPPOTrainer._load_checkpoint`` loaded
+    with ``resuming=True``, the one verl's ``_load_checkpoint`` loaded
     (``trainer.resume_from_path`` under ``resume_mode=resume_path``), as an
     absolute path resolved like verl resolves it (against the working directory)."""
     if resuming and trainer_config.resume_mode == "resume_path":
@@ -138,120 +141,64 @@ def step_folder(trainer_config: Any, global_steps: int, *, resuming: bool = Fals
     return folder if os.path.isabs(folder) else os.path.join(os.getcwd(), folder)
 
 
-def save_controller(controller: Controller, folder: str) -> str:
-    """Write the controller's state into verl's ``global_step_{N}`` folder."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, STATE_FILE)
-    with open(path, "w") as f:
-        json.dump(controller.state_dict(), f)
-    return path
-
-
-def load_controller(controller: Controller, folder: str) -> None:
-    """Restore the controller from a ``global_step_{N}`` folder of ``save_controller``."""
-    path = os.path.join(folder, STATE_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"folder {folder} has no {STATE_FILE}: save_controller was not called for this checkpoint"
-        )
-    with open(path) as f:
-        controller.load_state_dict(json.load(f))
-
-
 # -- worker side -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _MixInputs:
-    expert: torch.Tensor  # bool [b]
-    mu: torch.Tensor  # 0-d
-    sft_coef: str = "phi"
+def gac_ppo_loss(config: Any, model_output: Any, data: Any, dp_group: Any = None) -> tuple[torch.Tensor, dict]:
+    """verl's ``ppo_loss`` with GAC's mix: ``mu * L_SFT + (1 - mu) * L_RL``.
 
-
-_MIX_INPUTS: contextvars.ContextVar[_MixInputs | None] = contextvars.ContextVar("gac_mix_inputs", default=None)
-
-
-@contextlib.contextmanager
-def mix_inputs(expert: torch.Tensor, mu: torch.Tensor, sft_coef: str = "phi") -> Iterator[None]:
-    """Make a micro-batch's expert flags, ``mu`` and the controller's ``sft_coef``
-    visible to the ``"gac"`` loss."""
-    check_sft_coef(sft_coef)
-    token = _MIX_INPUTS.set(_MixInputs(expert=expert, mu=mu, sft_coef=sft_coef))
-    try:
-        yield
-    finally:
-        _MIX_INPUTS.reset(token)
-
-
-def gac_ppo_loss(config: Any, model_output: Any, data: Any, dp_group: Any = None) -> Any:
-    """verl's ``ppo_loss`` with the micro-batch's ``gac_expert`` and ``gac_mu``
-    handed to the registered ``"gac"`` policy loss (install with the actor's
-    ``set_loss_fn``).
-
-    verl's ``ppo_loss`` adds its entropy bonus and KL loss after the policy
-    loss, over every row and at full weight: with GAC they would sit outside
-    ``mu * L_SFT + (1 - mu) * L_RL`` and pull on the expert rows too, so they
-    are refused. Keep the KL in the reward (``algorithm.use_kl_in_reward``)
-    or in the controller's ``rho`` instead.
+    Same signature, inputs and global-batch normalization as verl's
+    ``verl.workers.utils.losses.ppo_loss`` (install with the actor's
+    ``set_loss_fn``). ``L_RL`` is verl's policy loss
+    (``config.policy_loss.loss_mode``) plus its KL loss and entropy bonus, all
+    over the RL rows; ``L_SFT`` is the token-weighted SFT loss over the expert
+    rows. ``mu`` and ``sft_coef`` come from the micro-batch's non-tensor
+    entries, the expert flags from its ``gac_expert`` tensor.
     """
-    if getattr(config, "use_kl_loss", False):
-        raise ValueError(
-            "config.use_kl_loss must be False with the 'gac' loss: verl adds the KL loss outside the mix, "
-            "over expert rows too (use algorithm.use_kl_in_reward)"
-        )
-    if getattr(config, "entropy_coeff", 0.0):
-        raise ValueError(
-            f"config.entropy_coeff must be 0 with the 'gac' loss, got {config.entropy_coeff}: verl adds the "
-            "entropy bonus outside the mix, over expert rows too"
-        )
-    for key in (EXPERT_KEY, MU_KEY, SFT_NLL_KEY):
-        if key not in data.keys():
-            raise ValueError(
-                f"the actor's micro-batch lacks {key!r}: call gaccore.bindings.verl.compute_mu(batch, controller) "
-                "on the driver before the actor update"
-            )
-    sft_coef = "nll" if bool(data[SFT_NLL_KEY][0]) else "phi"
-    with mix_inputs(data[EXPERT_KEY], data[MU_KEY][0], sft_coef):
-        return ppo_loss(config, model_output, data, dp_group)
+    mu, sft_coef = _mix_settings_of(data)
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)
+    entropy = model_output.get("entropy", None)
+    if entropy is not None:
+        entropy = no_padding_2_padding(entropy, data)
 
-
-def register_gac_policy_loss(name: str = "gac", *, inner: str = "vanilla") -> Any:
-    """Register under ``name`` a policy loss mixing verl's ``inner`` loss with
-    the SFT term; its ``sft_coef`` is the controller's, handed over with each
-    micro-batch (``compute_mu`` puts it in the batch)."""
-    get_policy_loss_fn(inner)  # fail now, naming the registered losses, not at the first step
-
-    def gac_loss(
-        old_log_prob: torch.Tensor,
-        log_prob: torch.Tensor,
-        advantages: torch.Tensor,
-        response_mask: torch.Tensor,
-        loss_agg_mode: str = "token-mean",
-        config: Any = None,
-        rollout_is_weights: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        inputs = _MIX_INPUTS.get()
-        if inputs is None:
-            raise RuntimeError(
-                f"policy loss {name!r} needs each micro-batch's expert flags and mu: install "
-                "gaccore.bindings.verl.gac_ppo_loss as the actor's loss function, or call it inside "
-                "gaccore.bindings.verl.mix_inputs(expert, mu)"
-            )
-        return gac_policy_loss(
-            old_log_prob,
-            log_prob,
-            advantages,
-            response_mask,
-            loss_agg_mode=loss_agg_mode,
-            config=config,
-            rollout_is_weights=rollout_is_weights,
-            expert=inputs.expert,
-            mu=inputs.mu,
-            inner=inner,
-            sft_coef=inputs.sft_coef,
-        )
-
-    return register_policy_loss(name)(gac_loss)
+    # Global batch info for the aggregation, set exactly as verl's ppo_loss sets it.
+    config.global_batch_info["dp_size"] = data["dp_size"]
+    config.global_batch_info["batch_num_tokens"] = data["batch_num_tokens"]
+    config.global_batch_info["global_batch_size"] = data["global_batch_size"]
+    config.global_batch_info["loss_scale_factor"] = config.loss_scale_factor
+    normalized_globally = (
+        data["dp_size"] > 1
+        or data["batch_num_tokens"] is not None
+        or data["global_batch_size"] is not None
+        or config.loss_scale_factor is not None
+    )
+    expert = data[EXPERT_KEY]
+    fields = ["response_mask", "old_log_probs", "advantages"]
+    fields += [key for key in ("rollout_is_weights", "ref_log_prob") if key in data]
+    padded = data.select(*fields).to_padded_tensor()
+    loss, terms = gac_policy_loss(
+        padded["old_log_probs"],
+        log_prob,
+        padded["advantages"],
+        padded["response_mask"],
+        config=config,
+        expert=expert,
+        mu=mu,
+        sft_coef=sft_coef,
+        rollout_is_weights=padded.get("rollout_is_weights", None),
+        ref_log_prob=padded.get("ref_log_prob", None),
+        entropy=entropy,
+    )
+    # Loss values are partial sums of a globally normalized loss when verl set the
+    # normalizers (summed over micro-batches), means otherwise; ratios are means.
+    aggregation = AggregationType.SUM if normalized_globally else AggregationType.MEAN
+    metrics: dict[str, Any] = Metric.from_dict(terms.pop("policy"), aggregation=AggregationType.MEAN)
+    for name, value in terms.items():
+        metrics[name] = Metric(value=value, aggregation=aggregation)
+    metrics["actor/gac_mu"] = Metric(value=mu, aggregation=AggregationType.MEAN)
+    if config.use_kl_loss:
+        metrics["kl_coef"] = config.kl_loss_coef
+    return loss, metrics
 
 
 def gac_policy_loss(
@@ -260,55 +207,84 @@ def gac_policy_loss(
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     *,
-    loss_agg_mode: str,
     config: Any,
-    rollout_is_weights: torch.Tensor | None,
     expert: torch.Tensor,
-    mu: torch.Tensor | float,
-    inner: str = "vanilla",
+    mu: float | torch.Tensor,
     sft_coef: str = "phi",
+    rollout_is_weights: torch.Tensor | None = None,
+    ref_log_prob: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """``mu * L_SFT(expert rows) + (1 - mu) * L_inner(RL rows)`` on verl's tensors.
+    """``mu * L_SFT(expert rows) + (1 - mu) * L_RL(RL rows)`` on padded ``[b, T]`` tensors.
 
-    ``log_prob``/``old_log_prob``/``advantages``/``response_mask`` are the
-    actor's ``[b, T]`` micro-batch tensors, ``expert`` a bool ``[b]``,
-    ``config`` verl's actor config. Both terms are aggregated by verl's
-    ``agg_loss`` with the normalizers of ``config.global_batch_info``; where
-    verl leaves them unset (one process, no global batch info), both use the
-    micro-batch's totals over all rows, so a micro-batch without expert (or
-    without RL) rows gives that term 0, never 0/0.
+    ``L_RL = L_pg + kl_loss_coef * L_kl - entropy_coeff * H``: verl's policy
+    loss ``config.policy_loss.loss_mode``, its KL loss (when
+    ``config.use_kl_loss``; needs ``ref_log_prob``) and its entropy bonus
+    (when ``entropy`` is given), each aggregated by ``agg_loss`` over the RL
+    rows' tokens with ``config.loss_agg_mode`` and the normalizers of
+    ``config.global_batch_info``. Where verl leaves a normalizer unset (one
+    process, no global batch info), every term uses the micro-batch's totals
+    over all rows, so a micro-batch without expert (or RL) rows gives that
+    term 0, never 0/0. Returns the loss and its terms (detached), with the
+    inner policy loss's own metrics under ``"policy"``.
     """
     if config is None:
-        raise ValueError("config must be verl's actor config (the policy loss reads its clip ratios and normalizers)")
+        raise ValueError("config must be verl's actor config (the loss reads its clip ratios and normalizers)")
     rows = response_mask.shape[0]
     if not isinstance(expert, torch.Tensor) or expert.shape != (rows,):
         raise ValueError(f"expert must be a tensor of shape [b] = [{rows}], got {expert!r:.60}")
+    if config.use_kl_loss and ref_log_prob is None:
+        raise ValueError("ref_log_prob is required with config.use_kl_loss: verl's KL loss compares with it")
     is_expert = (expert.to(response_mask.device) != 0)[:, None]
     tokens = response_mask.bool()
     rl_mask, sft_mask = tokens & ~is_expert, tokens & is_expert
+    mode = config.loss_agg_mode
+    terms: dict[str, Any] = {}
     with _normalizers_of(config, tokens) as batch_info:
-        rl_loss, metrics = get_policy_loss_fn(inner)(
+        pg_loss, terms["policy"] = get_policy_loss_fn(config.policy_loss.get("loss_mode", "vanilla"))(
             old_log_prob=old_log_prob,
             log_prob=log_prob,
             advantages=advantages,
             response_mask=rl_mask,
-            loss_agg_mode=loss_agg_mode,
+            loss_agg_mode=mode,
             config=config,
             rollout_is_weights=rollout_is_weights,
         )
+        rl_loss = pg_loss
+        terms["actor/pg_loss"] = pg_loss.detach()
+        if entropy is not None:
+            entropy_loss = agg_loss(loss_mat=entropy, loss_mask=rl_mask, loss_agg_mode=mode, **batch_info)
+            rl_loss = rl_loss - config.entropy_coeff * entropy_loss
+            terms["actor/entropy_loss"] = entropy_loss.detach()
+        if config.use_kl_loss:
+            kld = kl_penalty(logprob=log_prob, ref_logprob=ref_log_prob, kl_penalty=config.kl_loss_type)
+            kl_loss = agg_loss(loss_mat=kld, loss_mask=rl_mask, loss_agg_mode=mode, **batch_info)
+            rl_loss = rl_loss + config.kl_loss_coef * kl_loss
+            terms["kl_loss"] = kl_loss.detach()
         sft_loss = agg_loss(
             loss_mat=sft_token_loss(log_prob, sft_mask, sft_coef=sft_coef),
             loss_mask=sft_mask,
-            loss_agg_mode=loss_agg_mode,
+            loss_agg_mode=mode,
             **batch_info,
         )
-    weight = mu.detach().to(log_prob.dtype) if isinstance(mu, torch.Tensor) else float(mu)
-    metrics = dict(metrics)
-    # verl averages policy-loss metrics over micro-batches (it sums its own
-    # globally normalized actor/pg_loss): compare these two with each other.
-    metrics["actor/gac_sft_loss"] = sft_loss.detach().item()
-    metrics["actor/gac_rl_loss"] = rl_loss.detach().item()
-    return weight * sft_loss + (1 - weight) * rl_loss, metrics
+    terms["actor/gac_sft_loss"] = sft_loss.detach()
+    terms["actor/gac_rl_loss"] = rl_loss.detach()
+    return mix(sft_loss, rl_loss, mu), terms
+
+
+def _mix_settings_of(data: Any) -> tuple[float, str]:
+    """``mu`` and ``sft_coef`` of a micro-batch, refused with the wiring to fix when absent."""
+    missing = [key for key in (MU_KEY, SFT_COEF_KEY, EXPERT_KEY) if key not in data.keys()]
+    if missing:
+        raise ValueError(
+            f"the actor's micro-batch lacks {missing}: run the GAC trainer (gaccore.bindings.verl_main), or call "
+            "gaccore.bindings.verl.compute_mu(batch, controller) on the driver before the actor update"
+        )
+    mu, sft_coef = tu.get(data, MU_KEY), tu.get(data, SFT_COEF_KEY)
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
+        raise ValueError(f"the micro-batch's {MU_KEY} must be a finite number, got {mu!r}")
+    check_sft_coef(sft_coef)
+    return float(mu), sft_coef
 
 
 @contextlib.contextmanager
@@ -329,6 +305,3 @@ def _normalizers_of(config: Any, tokens: torch.Tensor) -> Iterator[dict[str, Any
     finally:
         info.clear()
         info.update(saved)
-
-
-register_gac_policy_loss()

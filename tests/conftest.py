@@ -31,9 +31,22 @@ IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "default"))
 
-# What the extras that ./dev installs (dev, torch, demo, trl, verl) provide.
+# What the extras that ./dev installs in .venv (dev, torch, demo, trl, verl) provide; trinity
+# lives in .venv-trinity, so its tests skip in .venv.
 DEV_LIBRARIES = frozenset(
-    {"torch", "triton", "matplotlib", "tqdm", "trl", "transformers", "accelerate", "datasets", "verl", "omegaconf"}
+    {
+        "torch",
+        "triton",
+        "matplotlib",
+        "tqdm",
+        "trl",
+        "transformers",
+        "accelerate",
+        "datasets",
+        "verl",
+        "omegaconf",
+        "transfer_queue",
+    }
 )
 # pytest.importorskip's wording; tests that check with find_spec skip with the same words.
 _COULD_NOT_IMPORT = re.compile(r"could not import '([\w.]+)'")

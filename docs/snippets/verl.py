@@ -4,11 +4,12 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.utils.config import omega_conf_to_dataclass
 
 from gaccore import Controller
-from gaccore.bindings.verl import compute_mu, gac_ppo_loss, load_controller, save_controller, step_folder
+from gaccore.bindings.common import load_controller, save_controller
+from gaccore.bindings.verl import compute_mu, gac_ppo_loss, step_folder
 
 
 class GACRayPPOTrainer(RayPPOTrainer):
-    """verl's PPO/GRPO trainer with GAC mixing; run with actor_rollout_ref.actor.policy_loss.loss_mode=gac.
+    """verl's legacy PPO/GRPO trainer (trainer.use_v1=false) with GAC mixing.
 
     Expert rows go into the batch with batch.batch["gac_expert"] = True and a uid of their own."""
 
@@ -17,7 +18,7 @@ class GACRayPPOTrainer(RayPPOTrainer):
         self.gac = controller if controller is not None else Controller()
 
     def init_workers(self):
-        super().init_workers()  # the actor workers hand each micro-batch's gac_expert/gac_mu to the "gac" loss
+        super().init_workers()  # the actor workers mix mu * L_SFT + (1 - mu) * L_RL per micro-batch
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
         self.actor_rollout_wg.set_loss_fn(partial(gac_ppo_loss, config=actor_config))
 

@@ -1,0 +1,90 @@
+"""What every trainer binding shares: the checkpoint file, the logged metrics.
+
+A binding is wiring around ``gaccore.Controller``: it feeds the controller
+the trainer's tensors, weights the two losses with ``bindings.torch.mix`` and
+keeps the controller in the trainer's checkpoints. The last two parts are the
+same for every trainer and live here, so TRL, verl and Trinity name the file
+and the metrics alike and a checkpoint of one reads like the others.
+
+The checkpoint file is JSON: ``{"controller": ctrl.state_dict(), ...}`` plus
+whatever the binding needs to resume (TRL: the expert sampler's position).
+Imports only the standard library and gaccore's core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from gaccore import Config, Controller
+
+__all__ = [
+    "LOGGED_METRICS",
+    "METRIC_PREFIX",
+    "STATE_FILE",
+    "config_from_knobs",
+    "load_controller",
+    "logged_metrics",
+    "save_controller",
+]
+
+STATE_FILE = "gaccore_state.json"
+METRIC_PREFIX = "gac/"
+# Controller metrics worth a line in a trainer's logs, as "gac/<name>".
+LOGGED_METRICS = ("mu", "rho", "estimate", "ema_disagreement", "ema_var_sft", "ema_var_rl", "kl_ema", "n_dropped")
+
+
+def config_from_knobs(knobs: Mapping[str, Any], *, source: str) -> Config:
+    """A ``Config`` from a trainer's configuration file or command line.
+
+    ``knobs`` holds ``Config`` fields as YAML/Hydra give them (lists where
+    ``Config`` holds tuples); ``source`` names where they came from in errors.
+    """
+    known = set(Config.__dataclass_fields__)
+    unknown = sorted(str(key) for key in knobs if key not in known)
+    if unknown:
+        raise ValueError(f"{source} has unknown keys {unknown}; gaccore.Config fields are {sorted(known)}")
+    fields = {str(key): tuple(value) if isinstance(value, list) else value for key, value in knobs.items()}
+    return Config(**fields)
+
+
+def logged_metrics(controller: Controller) -> dict[str, float]:
+    """The controller's ``gac/*`` metrics (NaN where a proxy is not yet defined)."""
+    metrics = controller.metrics()
+    return {f"{METRIC_PREFIX}{name}": metrics[name] for name in LOGGED_METRICS}
+
+
+def save_controller(controller: Controller, folder: str | os.PathLike[str], **extra: Any) -> str:
+    """Write the controller's state (and the binding's JSON-ready ``extra``)
+    as ``STATE_FILE`` into a checkpoint folder; returns the file's path."""
+    if "controller" in extra:
+        raise ValueError("extra must not be named 'controller': that key holds the controller's state")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, STATE_FILE)
+    with open(path, "w") as f:
+        json.dump({"controller": controller.state_dict(), **extra}, f)
+    return path
+
+
+def load_controller(controller: Controller, folder: str | os.PathLike[str], *, device: Any = None) -> dict[str, Any]:
+    """Restore the controller from a checkpoint folder written by
+    ``save_controller``; returns the binding's ``extra`` entries.
+
+    A folder without the file raises FileNotFoundError: a controller that
+    silently restarted would change ``mu`` mid-run. A state the controller
+    refuses (another config or version) leaves it unchanged.
+    """
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"checkpoint folder {os.fspath(folder)} has no {STATE_FILE}: it was saved without gaccore's "
+            "save_controller, so the controller cannot continue where it stopped"
+        )
+    with open(path) as f:
+        saved = json.load(f)
+    if not isinstance(saved, dict) or "controller" not in saved:
+        raise ValueError(f"{path} holds no 'controller' entry: it was not written by gaccore's save_controller")
+    controller.load_state_dict(saved.pop("controller"), device=device)
+    return saved

@@ -1,0 +1,197 @@
+"""Trinity-RFT binding: ``mix_gac``, CHORD's ``mix_chord`` with ``mu`` from GAC.
+
+Trinity-RFT's CHORD (``algorithm_type: mix_chord``) mixes a GRPO loss on the
+rollouts with an SFT loss on expert experiences, the expert ones flagged by
+``expert_mask`` (the ``mix`` sample strategy puts them in each batch), with a
+hand-tuned schedule for ``mu``. ``MixGACPolicyLossFn`` is that policy loss
+with the schedule replaced by a ``gaccore.Controller``: same arguments as
+``mix_chord`` (clip ranges, aggregation modes, the per-micro-batch weights of
+usual and expert experiences), same SFT loss (phi-weighted unless
+``enable_phi_function: false``), plus ``gac`` (``gaccore.Config`` fields) and
+``state_dir`` (Trinity's ``checkpoint_job_dir``). Select it with::
+
+    algorithm:
+      algorithm_type: mix_chord
+      policy_loss_fn: gaccore.bindings.trinity.MixGACPolicyLossFn   # or mix_gac once imported
+      policy_loss_fn_args: {gac: {cap: 0.02}, state_dir: <checkpoint_job_dir>, ...}
+
+Trinity resolves a dotted ``policy_loss_fn`` in every process by itself; the
+short name ``mix_gac`` is registered in ``POLICY_LOSS_FN`` when this module is
+imported.
+
+The loss object lives on the trainer's workers, one per process, and sees the
+micro-batches of each training step together with the step number. The
+controller observes every micro-batch (the rollouts' ``old_logprob``,
+``action_mask``, ``advantages`` and ``expert_mask``) and steps when the step
+number changes, so step ``t`` is weighted with the ``mu`` that steps before
+``t`` produced (SPEC's gradient-accumulation rule). On several processes the
+controller reduces its statistics over the default process group, so every
+rank uses the same ``mu``; ranks must then run the same number of
+micro-batches per step (``use_dynamic_bsz: false``).
+
+Checkpoints: when step ``t + 1`` begins, the controller's state after step
+``t`` is written (by rank 0) as ``gaccore_state.json`` into
+``<state_dir>/global_step_<t>`` if Trinity saved a checkpoint there; a run
+resumed from ``global_step_<t>`` reads it back at its first step (and warns,
+starting afresh, when that checkpoint has no state). The state of the very
+last step is written by ``save_state`` (call it after training), as the loss
+cannot tell that a step was the last one.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from trinity.algorithm.policy_loss_fn import POLICY_LOSS_FN
+from trinity.algorithm.policy_loss_fn.chord_policy_loss import MIXCHORDPolicyLossFn
+
+from gaccore import Controller
+from gaccore.bindings.common import STATE_FILE, config_from_knobs, load_controller, logged_metrics, save_controller
+from gaccore.bindings.torch import mix
+
+__all__ = ["MixGACPolicyLossFn"]
+
+
+class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
+    """``mix_chord`` with ``mu`` from a GAC controller (``mix_gac``).
+
+    ``gac``: ``gaccore.Config`` fields for the controller (default: the
+    defaults; ``sft_coef`` follows ``enable_phi_function``). ``state_dir``:
+    the folder holding Trinity's ``global_step_<t>`` checkpoints (its
+    ``checkpoint_job_dir``); None keeps the controller in memory only.
+    Every other argument is ``mix_chord``'s, except its ``mu_*`` schedule.
+    """
+
+    def __init__(
+        self,
+        backend: str = "verl",
+        gac: dict[str, Any] | None = None,
+        state_dir: str | None = None,
+        enable_phi_function: bool = True,
+        **chord_args: Any,
+    ) -> None:
+        schedule = sorted(key for key in chord_args if key.startswith("mu_"))
+        if schedule:
+            raise ValueError(f"{schedule}: mix_gac takes mu from the GAC controller, not from CHORD's schedule")
+        super().__init__(backend=backend, enable_phi_function=enable_phi_function, **chord_args)
+        knobs = dict(gac or {})
+        sft_coef = "phi" if enable_phi_function else "nll"
+        if knobs.setdefault("sft_coef", sft_coef) != sft_coef:
+            raise ValueError(
+                f"gac.sft_coef={knobs['sft_coef']!r} disagrees with enable_phi_function={enable_phi_function}: "
+                "the controller must measure the SFT loss that is trained"
+            )
+        config = config_from_knobs(knobs, source="policy_loss_fn_args.gac")
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.gac = Controller(config, process_group=dist.group.WORLD if distributed else None)
+        self.state_dir = state_dir
+        self._step: int | None = None  # the training step being observed
+        self._observed = False
+
+    def __call__(  # type: ignore[override]
+        self,
+        logprob: torch.Tensor,
+        old_logprob: torch.Tensor,
+        action_mask: torch.Tensor,
+        advantages: torch.Tensor,
+        expert_mask: torch.Tensor,
+        step: torch.Tensor,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        if expert_mask.shape != (logprob.shape[0],):
+            raise ValueError(f"expert_mask must have shape [{logprob.shape[0]}], got {list(expert_mask.shape)}")
+        if step.numel() != logprob.shape[0] or bool(step.max() != step.min()):
+            raise ValueError(f"step must hold one training step for all {logprob.shape[0]} rows, got {step.tolist()}")
+        self._begin(int(step.max()))
+        mu = self.gac.mu  # the weight of this whole step (micro-batches of it come one by one)
+        expert = expert_mask.bool()
+        self.gac.observe(old_logprob.detach(), action_mask, advantages.detach(), expert)
+        self._observed = True
+
+        usual_weight, expert_weight = self._micro_batch_weights(logprob.shape[0])
+        n_usual, n_expert = int((~expert).sum()), int(expert.sum())
+        grpo_loss, grpo_metrics = self.grpo_loss_fn(
+            logprob[~expert], old_logprob[~expert], action_mask[~expert], advantages[~expert], **kwargs
+        )
+        sft_loss, sft_metrics = self.sft_loss_fn(logprob[expert], action_mask[expert])
+        grpo_loss = grpo_loss * n_usual * usual_weight
+        sft_loss = sft_loss * n_expert * expert_weight
+        loss = mix(sft_loss, grpo_loss, mu)
+
+        metrics = {f"usual/{k}": v * n_usual * usual_weight for k, v in grpo_metrics.items()}
+        metrics.update({f"expert/{k}": v * n_expert * expert_weight for k, v in sft_metrics.items()})
+        metrics.update({"loss": loss.item(), "mu": mu})
+        metrics.update(logged_metrics(self.gac))
+        return loss, metrics
+
+    def save_state(self) -> str | None:
+        """Close the step being observed and write the controller's state into
+        that step's checkpoint folder (rank 0); returns the file's path."""
+        if self._step is None:
+            return None
+        self._close_step()
+        return self._write_state(self._step, only_existing=False)
+
+    @classmethod
+    def default_args(cls) -> dict[str, Any]:
+        defaults = {key: value for key, value in super().default_args().items() if not key.startswith("mu_")}
+        return {**defaults, "gac": {}, "state_dir": None}
+
+    # -- steps and checkpoints -------------------------------------------------
+
+    def _micro_batch_weights(self, rows: int) -> tuple[float, float]:
+        """CHORD's normalization of usual and expert experiences per micro-batch."""
+        if self.use_dynamic_bsz:
+            return (
+                self.experience_per_gpu / (rows * self.train_batch_size_usual),
+                self.experience_per_gpu / (rows * self.train_batch_size_expert),
+            )
+        return (
+            self.gradient_accumulation / self.train_batch_size_usual,
+            self.gradient_accumulation / self.train_batch_size_expert,
+        )
+
+    def _begin(self, step: int) -> None:
+        if step == self._step:
+            return
+        if self._step is None:
+            self._resume(step)
+        else:
+            self._close_step()
+            self._write_state(self._step, only_existing=True)
+        self._step = step
+
+    def _close_step(self) -> None:
+        if self._observed:
+            self.gac.step()
+            self._observed = False
+
+    def _resume(self, step: int) -> None:
+        """At the first step seen: restore the state saved with the previous step's checkpoint, if any."""
+        if self.state_dir is None or step <= 1:
+            return
+        folder = os.path.join(self.state_dir, f"global_step_{step - 1}")
+        if os.path.exists(os.path.join(folder, STATE_FILE)):
+            load_controller(self.gac, folder)
+        elif os.path.isdir(folder):
+            warnings.warn(
+                f"{folder} holds no {STATE_FILE} (a run's last step, unless save_state() was called, or a "
+                f"checkpoint made without mix_gac): the controller starts afresh at step {step}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _write_state(self, step: int, *, only_existing: bool) -> str | None:
+        if self.state_dir is None or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+            return None
+        folder = os.path.join(self.state_dir, f"global_step_{step}")
+        if only_existing and not os.path.isdir(folder):
+            return None  # Trinity saved no checkpoint for this step
+        return save_controller(self.gac, folder)
+
+
+POLICY_LOSS_FN.register_module("mix_gac", MixGACPolicyLossFn)
