@@ -129,7 +129,9 @@ def _uneven_rank_main(rank: int, port: int, out_dir: str) -> None:
             kl = caller_kl(step, rank)
             mu = ctrl.step(kl=None if kl is None else weight + kl)
             mus.append(mu.item())
-            graphs.append(mu.requires_grad or any(t.requires_grad for t in vars(ctrl._state).values()))
+            # On CPU the state is host scalars (no graph possible); on a GPU, tensors.
+            kept = vars(ctrl._state).values()
+            graphs.append(mu.requires_grad or any(getattr(t, "requires_grad", False) for t in kept))
         result = {"mu": mus, "graphs": graphs, "metrics": ctrl.metrics()}
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
