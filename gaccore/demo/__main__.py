@@ -23,7 +23,7 @@ from gaccore.demo.train import (
 )
 
 USAGE = """\
-gaccore demo                       # the quick suite: 2 tasks, 5 methods, 1 seed, 1000 steps (about 4 min)
+gaccore demo                       # the quick suite: 2 tasks, 5 methods, 1 seed, 1000 steps (about 3 min)
 gaccore demo --suite --full        # the full suite: every task, 3 seeds, 1000 steps
 gaccore demo --suite --full --reuse   # resume or extend it: train only the runs without a record
 gaccore demo --task carry-drop     # one task: the main methods, 1 seed, 1000 steps
