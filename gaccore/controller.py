@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, is_torch, isfinite, quiet, where
+from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, isfinite, quiet, where
 from gaccore.backend import NUMPY_BACKEND, StatsBackend, backend_for
 from gaccore.closed_form import mu_star
 from gaccore.config import Config
@@ -544,7 +544,7 @@ class Controller:
         values = [getattr(self._state, name) for name in names]
         batch_names = [] if self._last_batch is None else [f.name for f in fields(self._last_batch)]
         values += [getattr(self._last_batch, name) for name in batch_names]
-        read = _host_values(self._backend, values)
+        read = self._backend.to_host_all(values)  # the placed batch lives where the state does
         host = {name: bool(v) if ControllerState.is_flag(name) else v for name, v in zip(names, read, strict=False)}
 
         def gated(value_key: str, flag_key: str) -> float:
@@ -610,16 +610,6 @@ class Controller:
         self._step = step
         self._pending = None
         self._last_batch = None
-
-
-def _host_values(backend: StatsBackend, values: list[Any]) -> list[float]:
-    """Host floats of state scalars and batch values: one transfer when any
-    is a tensor (the torch backend reads numbers as they are)."""
-    if any(is_torch(value) for value in values):
-        from gaccore.kernels import TORCH_BACKEND
-
-        return TORCH_BACKEND.to_host_all(values)
-    return backend.to_host_all(values)
 
 
 def _check_observations(**observations: Any) -> dict[str, Any]:
