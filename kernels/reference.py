@@ -149,26 +149,26 @@ def twin_row_results(
     sft_coef: str = "phi",
 ) -> RowResults:
     """Row results of one batch (inputs already validated by the caller)."""
-    # Detached, not only no_grad: a field may be an input as it is (adv of an empty batch).
+    # Statistics of the inputs, never part of the caller's graph: detached at the
+    # boundary (a field may be an input as it is, such as adv of an empty batch).
     logp, mask, adv = logp.detach(), mask.detach(), adv.detach()
     ref_logp = None if ref_logp is None else ref_logp.detach()
-    with torch.no_grad():
-        step = rows_per_block(logp.shape[0], logp.shape[1], logp.device)
-        blocks = [
-            _block_rows(
-                logp[start : start + step],
-                mask[start : start + step],
-                adv[start : start + step],
-                None if ref_logp is None else ref_logp[start : start + step],
-                sft_coef,
-            )
-            for start in range(0, logp.shape[0], step)
-        ]
-        if len(blocks) == 1:
-            fields = blocks[0]
-        elif blocks:
-            fields = {name: torch.cat([block[name] for block in blocks]) for name in blocks[0]}
-        else:  # B = 0
-            fields = _block_rows(logp, mask, adv, ref_logp, sft_coef)
-        placeholder = fields["valid"]  # rl and sft are set from valid by with_roles
-        return with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), expert)
+    step = rows_per_block(logp.shape[0], logp.shape[1], logp.device)
+    blocks = [
+        _block_rows(
+            logp[start : start + step],
+            mask[start : start + step],
+            adv[start : start + step],
+            None if ref_logp is None else ref_logp[start : start + step],
+            sft_coef,
+        )
+        for start in range(0, logp.shape[0], step)
+    ]
+    if len(blocks) == 1:
+        fields = blocks[0]
+    elif blocks:
+        fields = {name: torch.cat([block[name] for block in blocks]) for name in blocks[0]}
+    else:  # B = 0
+        fields = _block_rows(logp, mask, adv, ref_logp, sft_coef)
+    placeholder = fields["valid"]  # rl and sft are set from valid by with_roles
+    return with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), expert)
