@@ -3,23 +3,27 @@
     python bench/gpu.py [--out results.json]          # on one CUDA GPU, < 5 min
     python bench/gpu.py --device cpu --quick          # smoke test of every code path
 
-For each (B, T) and logp dtype it times, per call (median of CUDA events):
-the fused Triton kernel alone (row results) and with its finalize, the torch
-twin (eager), ``torch.compile`` of the twin, and a naive baseline written the
-way per-statistic implementations usually are (separate torch ops with
-boolean indexing and ``.item()`` per statistic). It reports the kernel's
-GB/s (every input byte once plus its outputs), that as a percentage
-of a device-to-device copy measured in the same run, the host syncs of one
-``Controller.update`` and of one naive call, the time of a whole ``update``
-(device time between events, and host wall time per call when many run back
-to back), its device time beyond the statistics kernel, the same three for
-``Controller(compile_step=True)`` (finalize + advance through inductor) and
-``compile_step="reduce-overhead"`` (plus CUDA graphs), and the cost of
-``update`` relative to computing the log-probs it reads: an LM-head matmul
-plus log-softmax gather over a 150k vocabulary for the same tokens (one chunk
-of tokens is timed and scaled linearly). A second table times the kernel on
-few long rows, (8, 131072) and (4, 524288), split into ``chunk_count(B, T)``
-chunks and unsplit, each as GB/s and as a percentage of copy bandwidth.
+For each (B, T) and logp dtype it times, per call: the fused Triton kernel
+(its device time from CUDA-graph replays of 20 back-to-back calls, and one
+call timed with CUDA events, host launch cost included), the kernel with its
+finalize, the torch twin (eager), ``torch.compile`` of the twin (at the
+issue's shapes only), and a naive baseline written the way per-statistic
+implementations usually are (separate torch ops with boolean indexing and
+``.item()`` per statistic). It reports the kernel's GB/s (every input byte
+once plus its outputs), that as a percentage of a device-to-device copy
+measured in the same run, the host syncs of one ``Controller.update`` and of
+one naive call, the time of a whole ``update`` (device time between events,
+host wall time per call when many run back to back, and the summed duration
+of the GPU work it causes beyond the statistics kernel, from
+``torch.profiler``), the same for ``Controller(compile_step=True)`` (finalize
++ advance through inductor) and ``compile_step="reduce-overhead"`` (that
+replayed from CUDA graphs) at the issue's shapes (64, 1024) and
+(256, 4096), and the cost of ``update`` relative to computing the log-probs
+it reads: an LM-head matmul plus log-softmax gather over a 150k vocabulary
+for the same tokens (one chunk of tokens is timed and scaled linearly). A
+second table times the kernel on few long rows, (8, 131072) and
+(4, 524288), split into ``chunk_count(B, T)`` chunks and unsplit; a third
+sweeps the kernel's block size and chunk count at two shapes.
 
 Targets (SPEC §5, issues #3 and #11): kernel >= 60% of copy bandwidth for
 inputs >= 64 MB, split rows included; >= 20x faster than the naive baseline
@@ -31,6 +35,7 @@ the log-prob cost.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -248,6 +253,56 @@ def copy_bandwidth_gbs(timer: Timer, nbytes: int, device: torch.device) -> float
     return 2 * src.numel() * 4 / seconds / 1e9
 
 
+def graph_time_s(fn: Callable[[], Any], timer: Timer, calls: int = 20) -> float:
+    """Device time per call without the host's launch overhead: ``calls``
+    back-to-back calls captured in one CUDA graph, its replays timed (CPU:
+    the plain median)."""
+    if not timer.cuda:
+        return timer.median_s(fn)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return timer.median_s(graph.replay) / calls
+
+
+STATS_KERNELS = ("_row_stats_kernel", "_merge_chunks_kernel")
+
+
+def device_busy_s(fn: Callable[[], Any], calls: int = 10) -> tuple[float, float]:
+    """Per call: the summed durations of every GPU kernel and copy it causes,
+    and of the statistics kernels among them (``torch.profiler``/CUPTI)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    on_device = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    total = sum(e.time_range.elapsed_us() for e in on_device)
+    stats = sum(e.time_range.elapsed_us() for e in on_device if any(k in e.name for k in STATS_KERNELS))
+    return total / 1e6 / calls, stats / 1e6 / calls
+
+
+def record_busy(row: dict[str, Any], name: str, fn: Callable[[], Any], timer: Timer) -> None:
+    """``{name}_busy_s`` and ``{name}_busy_beyond_kernel_s`` on a GPU."""
+    if not timer.cuda:
+        return
+    try:
+        total, stats = device_busy_s(fn)
+        row[f"{name}_busy_s"], row[f"{name}_busy_beyond_kernel_s"] = total, total - stats
+    except Exception as exc:  # report, keep measuring the rest
+        row[f"{name}_busy_error"] = f"{type(exc).__name__}: {exc}"[:200]
+
+
 def measure_shape(
     rows: int,
     tokens: int,
@@ -264,12 +319,13 @@ def measure_shape(
     nbytes = kernel_bytes(batch)
     row: dict[str, Any] = {"B": rows, "T": tokens, "logp": str(dtype).removeprefix("torch."), "MB": nbytes / 1e6}
     out = fused.empty_out(rows, device)
-    row["kernel_s"] = timer.median_s(lambda: fused.kernel_row_results(**batch, out=out))
+    row["kernel_call_s"] = timer.median_s(lambda: fused.kernel_row_results(**batch, out=out))
+    row["kernel_s"] = graph_time_s(lambda: fused.kernel_row_results(**batch, out=out), timer)
     row["kernel_GBps"] = nbytes / row["kernel_s"] / 1e9
     row["kernel_pct_copy"] = 100 * row["kernel_GBps"] / copy_gbs
     row["triton_stats_s"] = timer.median_s(lambda: finalize(fused.kernel_row_results(**batch, out=out)))
     row["twin_s"] = timer.median_s(lambda: finalize(reference.twin_row_results(**batch)))
-    if compiled is not None:
+    if compiled is not None and (args.quick or (rows, tokens) in COMPILE_STEP_SHAPES):
         try:
             row["compiled_s"] = timer.median_s(lambda: finalize(compiled(**batch)))
         except Exception as exc:  # report, keep measuring the rest
@@ -286,7 +342,8 @@ def measure_shape(
     row["update_s"] = timer.median_s(lambda: ctrl.update(**batch, kl=kl))
     row["update_wall_s"] = timer.wall_per_call_s(lambda: ctrl.update(**batch, kl=kl), 10 if args.quick else 100)
     row["update_beyond_kernel_s"] = row["update_s"] - row["kernel_s"]
-    if not args.no_compile:
+    record_busy(row, "update", lambda: ctrl.update(**batch, kl=kl), timer)
+    if not args.no_compile and (args.quick or (rows, tokens) in COMPILE_STEP_SHAPES):
         for name, mode in COMPILE_MODES:
             measure_compiled_update(row, name, mode, batch, kl, args, timer, syncs)
     row["logprob_s"] = logprob_cost_s(timer, rows * tokens, args, device)
@@ -297,6 +354,9 @@ def measure_shape(
 # Controller(compile_step=...): inductor-fused finalize + advance, and the same
 # with CUDA graphs (one replay per update; "reduce-overhead" on CPU is plain inductor).
 COMPILE_MODES = [("compiled", True), ("graphs", "reduce-overhead")]
+# Each new shape compiles (and records graphs) again, seconds each: the
+# compiled twin and the compiled updates are timed at the issue's shapes only.
+COMPILE_STEP_SHAPES = {(64, 1024), (256, 4096)}
 
 
 def measure_compiled_update(
@@ -321,6 +381,7 @@ def measure_compiled_update(
             lambda: ctrl.update(**batch, kl=kl), 10 if args.quick else 100
         )
         row[f"update_{name}_beyond_kernel_s"] = row[f"update_{name}_s"] - row["kernel_s"]
+        record_busy(row, f"update_{name}", lambda: ctrl.update(**batch, kl=kl), timer)
     except Exception as exc:  # report, keep measuring the rest
         row[f"update_{name}_error"] = f"{type(exc).__name__}: {exc}"[:200]
 
@@ -335,11 +396,42 @@ def measure_split(rows: int, tokens: int, args: argparse.Namespace, timer: Timer
     chunks = fused.chunk_count(rows, tokens)
     row: dict[str, Any] = {"B": rows, "T": tokens, "MB": nbytes / 1e6, "chunks": chunks}
     for name, count in (("split", chunks), ("unsplit", 1)):
-        seconds = timer.median_s(lambda count=count: fused.kernel_row_results(**batch, out=out, chunks=count))
+        seconds = graph_time_s(lambda count=count: fused.kernel_row_results(**batch, out=out, chunks=count), timer)
         row[f"{name}_s"] = seconds
         row[f"{name}_GBps"] = nbytes / seconds / 1e9
         row[f"{name}_pct_copy"] = 100 * row[f"{name}_GBps"] / copy_gbs
     return row
+
+
+# Kernel launch settings tried at two shapes, bf16: (block_t, chunks); the
+# defaults are block_size(T) and chunk_count(B, T).
+SWEEP = {
+    (1024, 32768): [(1024, 1), (2048, 1), (4096, 1), (2048, 4), (4096, 4)],
+    (256, 4096): [(1024, 1), (2048, 1), (4096, 1), (1024, 4)],
+}
+QUICK_SWEEP = {(4, 300): [(16, 1), (64, 2)]}
+
+
+def measure_sweep(args: argparse.Namespace, timer: Timer, copy_gbs: float) -> list[dict[str, Any]]:
+    """Device time of the kernel per launch setting (graph-replayed)."""
+    device = torch.device(args.device)
+    rows_out = []
+    for (rows, tokens), settings in (QUICK_SWEEP if args.quick else SWEEP).items():
+        batch = make_inputs(rows, tokens, torch.bfloat16, device)
+        nbytes = kernel_bytes(batch)
+        out = fused.empty_out(rows, device)
+        for block_t, chunks in settings:
+            row: dict[str, Any] = {"B": rows, "T": tokens, "block_t": block_t, "chunks": chunks}
+            row["default"] = (
+                "yes" if (block_t, chunks) == (fused.block_size(tokens), fused.chunk_count(rows, tokens)) else ""
+            )
+            launch = functools.partial(fused.kernel_row_results, **batch, out=out, block_t=block_t, chunks=chunks)
+            seconds = graph_time_s(launch, timer)
+            row["kernel_s"], row["GBps"] = seconds, nbytes / seconds / 1e9
+            row["pct_copy"] = 100 * row["GBps"] / copy_gbs
+            rows_out.append(row)
+            print_row(row, SWEEP_COLUMNS, first=len(rows_out) == 1)
+    return rows_out
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -367,6 +459,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             row = measure_shape(rows, tokens, dtype, args, timer, syncs, copy_gbs, compiled)
             results["rows"].append(row)
             print_row(row, COLUMNS, first=len(results["rows"]) == 1)
+            save(results, args.out)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     results["split"] = []
@@ -374,7 +467,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         row = measure_split(rows, tokens, args, timer, copy_gbs)
         results["split"].append(row)
         print_row(row, SPLIT_COLUMNS, first=len(results["split"]) == 1)
+        save(results, args.out)
+    results["sweep"] = measure_sweep(args, timer, copy_gbs)
+    save(results, args.out)
     return results
+
+
+def save(results: dict[str, Any], out: Path | None) -> None:
+    """Written after every row, so a run stopped by a time limit keeps what it measured."""
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2))
 
 
 # (result key, column title, width, decimals); times are printed in microseconds.
@@ -383,6 +485,7 @@ COLUMNS = [
     ("T", "T", 6, None),
     ("logp", "logp", 9, None),
     ("MB", "MB", 7, 1),
+    ("kernel_call_s", "call us", 8, 1),
     ("kernel_s", "kernel us", 10, 1),
     ("kernel_GBps", "GB/s", 7, 0),
     ("kernel_pct_copy", "%copy", 6, 0),
@@ -396,14 +499,17 @@ COLUMNS = [
     ("update_s", "upd us", 8, 1),
     ("update_wall_s", "upd wall us", 11, 1),
     ("update_beyond_kernel_s", "upd-k us", 9, 1),
+    ("update_busy_beyond_kernel_s", "upd busy-k", 10, 1),
     ("update_compiled_s", "cmp us", 8, 1),
     ("update_compiled_wall_s", "cmp wall", 9, 1),
     ("update_compiled_beyond_kernel_s", "cmp-k us", 9, 1),
     ("update_compiled_syncs", "cmp syncs", 9, None),
+    ("update_compiled_busy_beyond_kernel_s", "cmp busy-k", 10, 1),
     ("update_graphs_s", "graph us", 9, 1),
     ("update_graphs_wall_s", "graph wall", 10, 1),
     ("update_graphs_beyond_kernel_s", "graph-k us", 10, 1),
     ("update_graphs_syncs", "graph syncs", 11, None),
+    ("update_graphs_busy_beyond_kernel_s", "graph busy-k", 12, 1),
     ("update_pct_logprob", "%logprob", 9, 4),
 ]
 SPLIT_SHAPES = [(8, 131072), (4, 524288)]
@@ -419,6 +525,18 @@ SPLIT_COLUMNS = [
     ("unsplit_s", "unsplit us", 11, 1),
     ("unsplit_GBps", "GB/s", 7, 0),
     ("unsplit_pct_copy", "%copy", 6, 0),
+]
+
+
+SWEEP_COLUMNS = [
+    ("B", "B", 5, None),
+    ("T", "T", 7, None),
+    ("block_t", "block_t", 7, None),
+    ("chunks", "chunks", 6, None),
+    ("default", "default", 7, None),
+    ("kernel_s", "kernel us", 10, 1),
+    ("GBps", "GB/s", 7, 0),
+    ("pct_copy", "%copy", 6, 0),
 ]
 
 
@@ -444,10 +562,10 @@ def main() -> None:
     results["seconds"] = time.perf_counter() - started
     print(f"device: {results['device']}; copy {results['copy_GBps']:.0f} GB/s; {results['seconds']:.0f} s in all")
     for row in results["rows"]:
-        for key in [k for k in row if k.endswith("_error")]:
+        for key in [k for k in row if k.endswith("error")]:
             print(f"{key} at B={row['B']} T={row['T']} {row['logp']}: {row[key]}")
     if ARGS.out:
-        ARGS.out.write_text(json.dumps(results, indent=2))
+        save(results, ARGS.out)
         print(f"wrote {ARGS.out}")
 
 

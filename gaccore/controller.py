@@ -285,16 +285,21 @@ def close_step(
 
 
 def _compile_close_step(compile_step: bool | str) -> Any:
-    """``close_step`` compiled with ``torch.compile`` (``True``: its default
-    mode; a string: that mode, e.g. "reduce-overhead" for CUDA graphs), or
-    ``None`` for eager. torch is imported only when compiling is asked for."""
+    """``close_step`` through ``torch.compile`` (``True``), that replayed
+    from CUDA graphs (``"reduce-overhead"``, see ``gaccore.kernels.graphs``),
+    or ``None`` for eager. torch is imported only when compiling is asked for."""
     if compile_step is False:
         return None
-    if compile_step is not True and not isinstance(compile_step, str):
-        raise TypeError(f"compile_step must be a bool or a torch.compile mode name, got {compile_step!r}")
+    if compile_step is not True and compile_step != "reduce-overhead":
+        raise TypeError(f'compile_step must be False, True or "reduce-overhead", got {compile_step!r}')
     import torch
 
-    return torch.compile(close_step, mode=None if compile_step is True else compile_step)
+    compiled = torch.compile(close_step)
+    if compile_step is True:
+        return compiled
+    from gaccore.kernels.graphs import CloseStepGraphs
+
+    return CloseStepGraphs(compiled)
 
 
 _PRIOR_FROM_CONFIG: Any = object()
@@ -314,10 +319,11 @@ class Controller:
     state moves to the device of the inputs on first use; CPU tensors keep it
     in host scalars, see ``gaccore.kernels.TorchBackend``). ``compile_step``
     runs the device-side rest of each step (``close_step``: finalize and
-    ``advance``, the same code) through ``torch.compile``: ``True`` for its
-    default mode, or a mode name such as "reduce-overhead" (CUDA graphs); the
-    default ``False`` is eager. It applies where the state lives on a device
-    (the first compile of each shape takes seconds). Without a KL
+    ``advance``, the same code) through ``torch.compile`` (``True``), and
+    ``"reduce-overhead"`` also replays it from a CUDA graph recorded per
+    layout of the step's arguments; the default ``False`` is eager. It
+    applies where the state lives on a device (the first compile of each
+    shape takes seconds). Without a KL
     source (``kl=`` or ``ref_logp=``) rho stays at ``rho_init``. On a step
     whose ``observe`` was never called, no statistics are folded.
     """

@@ -89,13 +89,12 @@ def with_roles(rows: RowResults, expert: Any) -> RowResults:
 
     Without ``expert`` every valid row is an RL row and the SFT statistic is
     taken over the same rows (the documented fallback)."""
-    valid = rows.valid != 0
     if expert is None:
-        rl = sft = valid
-    else:
-        is_expert = expert != 0
-        rl, sft = valid & ~is_expert, valid & is_expert
-    return dataclasses.replace(rows, rl=_as_real(rl), sft=_as_real(sft))
+        return dataclasses.replace(rows, rl=rows.valid, sft=rows.valid)
+    # valid is 0/1 in float64: two arithmetic ops give both flags (each op is a
+    # kernel launch on a GPU, which costs more than the arithmetic)
+    sft = rows.valid * (expert != 0)
+    return dataclasses.replace(rows, rl=rows.valid - sft, sft=sft)
 
 
 # -- the few operations whose spelling differs between numpy and torch ----------

@@ -311,14 +311,16 @@ def test_non_finite_kl_tensor_keeps_state_finite(cpu_state):
     assert all(math.isfinite(metrics[k]) for k in ("mu", "rho", "mu_bar", "kl_drift_area"))
 
 
-def test_compiled_step_gives_the_eager_mu_sequence(device_state):
+@pytest.mark.parametrize("mode", [True, "reduce-overhead"])
+def test_compiled_step_gives_the_eager_mu_sequence(device_state, mode):
     """compile_step: close_step (finalize + advance) through torch.compile on
-    CPU (inductor's C++ backend) takes the same steps as eager. One graph:
-    statistics, a kl and the prior on every step, the same batch shape."""
+    CPU (inductor's C++ backend) takes the same steps as eager, also replayed
+    from static buffers. One layout: statistics, a kl and the prior on every
+    step, the same batch shape."""
     config = {**CONFIG, "update_every": 1}
     steps = [(batch, torch.tensor(0.003 * t, dtype=torch.float64)) for t, (batch, _) in enumerate(_steps(6))]
     eager = gaccore.Controller(**config)
-    compiled = gaccore.Controller(**config, compile_step=True)
+    compiled = gaccore.Controller(**config, compile_step=mode)
     want = [eager.update(**batch, kl=kl).item() for batch, kl in steps]
     got = [compiled.update(**batch, kl=kl).item() for batch, kl in steps]
     np.testing.assert_allclose(got, want, rtol=1e-12)
@@ -326,8 +328,67 @@ def test_compiled_step_gives_the_eager_mu_sequence(device_state):
 
 
 def test_compile_step_must_be_a_flag_or_a_mode():
-    with pytest.raises(TypeError, match="compile_step must be"):
-        gaccore.Controller(compile_step=1)
+    for bad in (1, "max-autotune"):
+        with pytest.raises(TypeError, match="compile_step must be"):
+            gaccore.Controller(compile_step=bad)
+
+
+def _varied_steps(n_steps):
+    """Every layout a replayed step meets: with and without statistics
+    (update_every 2), two batch sizes, a kl, verifier rates, statistics from
+    update_stats, and a step with nothing at all."""
+    for t in range(n_steps):
+        batch = make_batch(6 if t % 4 < 2 else 9, 11, seed=t, adv_per_token=t % 3 == 0)
+        kl = torch.tensor(0.002 * (t % 4), dtype=torch.float64) if t % 3 else None
+        rewards = {"expert_reward": 0.8, "policy_reward": torch.tensor(0.1 + 0.02 * t)} if t % 5 == 1 else {}
+        if t % 7 == 6:
+            yield "update_stats", (gaccore.kernels.batch_stats(**batch, method="torch"),), {"kl": kl, **rewards}
+        else:
+            yield "update", (), {**batch, "kl": kl, **rewards}
+
+
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """torch.compile as the identity: the replay machinery around eager close_step."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+
+
+@pytest.mark.parametrize("mode", ["paper", "verified"])
+def test_replayed_step_gives_the_eager_trajectory(device_state, eager_compile, mode):
+    """compile_step="reduce-overhead" without a GPU: static inputs, outputs
+    rewritten in place by every replay, one recording per layout. Bit for bit
+    the eager mu and metrics, through a state loaded mid-run."""
+    config = {**CONFIG, "mode": mode}
+    eager, replayed = gaccore.Controller(**config), gaccore.Controller(**config, compile_step="reduce-overhead")
+    for t, (method, args, kwargs) in enumerate(_varied_steps(40)):
+        want = getattr(eager, method)(*args, **kwargs)
+        got = getattr(replayed, method)(*args, **kwargs)
+        assert got.item() == want.item(), f"step {t}"
+        assert replayed.metrics() == pytest.approx(eager.metrics(), rel=0, abs=0, nan_ok=True), f"step {t}"
+        if t == 20:
+            state = _json_round_trip(replayed.state_dict())
+            eager.load_state_dict(state)
+            replayed.load_state_dict(state)
+    assert len(replayed._compiled_close._recordings) >= 4
+    # Same layout twice (no statistics, no kl): the state is the recording's static outputs.
+    replayed.update_stats(None)
+    first = replayed._state
+    replayed.update_stats(None)
+    assert replayed._state is first
+
+
+def test_replayed_step_records_again_after_dropping_a_layout(device_state, eager_compile, monkeypatch):
+    """At most MAX_GRAPHS layouts are kept; a dropped one is recorded again
+    and still gives the eager mu."""
+    from gaccore.kernels import graphs
+
+    monkeypatch.setattr(graphs, "MAX_GRAPHS", 2)
+    config = {**CONFIG, "update_every": 1}
+    eager, replayed = gaccore.Controller(**config), gaccore.Controller(**config, compile_step="reduce-overhead")
+    for t, rows in enumerate([3, 5, 7, 3, 5, 3]):
+        batch = make_batch(rows, 9, seed=t)
+        assert replayed.update(**batch).item() == eager.update(**batch).item()
+    assert [key[1][2] for key in replayed._compiled_close._recordings] == [(5,), (3,)]
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

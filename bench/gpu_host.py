@@ -1,0 +1,109 @@
+"""Where the host time of one ``Controller.update`` goes on a GPU.
+
+    python bench/gpu_host.py [--out host.json]     # on one CUDA GPU, < 1 min
+    python bench/gpu_host.py --device cpu --quick  # smoke test (kernel interpreted)
+
+At (256, 4096), bf16 logp, a quarter expert rows, per-row adv, ref_logp and
+a kl tensor, it times each piece of the update path as host time per call
+(many calls back to back, then one sync): an empty 0-d tensor op (the cost
+of one launch), input validation, the statistics kernel with its output
+views, the rows' roles, one graph replay of the closing step, and the
+whole update in each ``compile_step`` mode; then ``cProfile``'s top
+functions over the update replayed from graphs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--out", type=Path)
+parser.add_argument("--device", default="cuda")
+parser.add_argument("--quick", action="store_true")
+ARGS = parser.parse_args()
+if ARGS.device == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu import make_inputs  # noqa: E402
+
+import gaccore  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND, fused  # noqa: E402
+from gaccore.kernels.rows import check_inputs, with_roles  # noqa: E402
+
+
+def host_per_call_s(fn: Callable[[], Any], device: torch.device, calls: int) -> float:
+    for _ in range(3):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls
+
+
+def main() -> None:
+    device = torch.device(ARGS.device)
+    TORCH_BACKEND.host_on_cpu = False
+    rows, tokens = (8, 64) if ARGS.quick else (256, 4096)
+    calls = 5 if ARGS.quick else 300
+    batch = make_inputs(rows, tokens, torch.bfloat16, device)
+    kl = torch.zeros((), device=device)
+    out = fused.empty_out(rows, device)
+    results: dict[str, Any] = {"device": str(device), "B": rows, "T": tokens, "torch": torch.__version__}
+    checked = {k: batch[k] for k in ("logp", "mask", "adv", "expert")}
+    row_results = fused.kernel_row_results(**batch, out=out)
+    scalar = torch.zeros((), dtype=torch.float64, device=device)
+    pieces: dict[str, Callable[[], Any]] = {
+        "one 0-d op (add_)": lambda: scalar.add_(1.0),
+        "check_inputs": lambda: check_inputs(**checked, ref_logp=batch["ref_logp"], sft_coef="phi"),
+        "kernel_row_results (checked)": lambda: fused.kernel_row_results(**batch, out=out, checked=True),
+        "with_roles": lambda: with_roles(row_results, batch["expert"]),
+    }
+    controllers = {
+        mode: gaccore.Controller(compile_step=mode, update_every=1) for mode in (False, True, "reduce-overhead")
+    }
+    for mode, ctrl in controllers.items():
+        pieces[f"update, compile_step={mode!r}"] = lambda ctrl=ctrl: ctrl.update(**batch, kl=kl)
+    for _ in range(3):  # compile, record
+        for ctrl in controllers.values():
+            ctrl.update(**batch, kl=kl)
+    graphs = controllers["reduce-overhead"]._compiled_close
+    recording = next(iter(graphs._recordings.values()))
+    pieces["graph replay alone"] = recording.replay
+    results["host_us"] = {}
+    for name, fn in pieces.items():
+        seconds = host_per_call_s(fn, device, calls)
+        results["host_us"][name] = seconds * 1e6
+        print(f"{name:40s} {seconds * 1e6:10.1f} us", flush=True)
+    profiler = cProfile.Profile()
+    ctrl = controllers["reduce-overhead"]
+    profiler.enable()
+    for _ in range(calls):
+        ctrl.update(**batch, kl=kl)
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    results["profile"] = text.getvalue()
+    print(text.getvalue()[-6000:])
+    if ARGS.out:
+        ARGS.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
