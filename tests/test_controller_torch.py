@@ -333,14 +333,16 @@ def test_compile_step_must_be_a_flag_or_a_mode():
             gaccore.Controller(compile_step=bad)
 
 
-def _varied_steps(n_steps):
+def _varied_steps(n_steps, device="cpu"):
     """Every layout a replayed step meets: with and without statistics
     (update_every 2), two batch sizes, a kl, verifier rates, statistics from
     update_stats, and a step with nothing at all."""
     for t in range(n_steps):
         batch = make_batch(6 if t % 4 < 2 else 9, 11, seed=t, adv_per_token=t % 3 == 0)
-        kl = torch.tensor(0.002 * (t % 4), dtype=torch.float64) if t % 3 else None
-        rewards = {"expert_reward": 0.8, "policy_reward": torch.tensor(0.1 + 0.02 * t)} if t % 5 == 1 else {}
+        batch = {k: None if v is None else v.to(device) for k, v in batch.items()}
+        kl = torch.tensor(0.002 * (t % 4), dtype=torch.float64, device=device) if t % 3 else None
+        policy = torch.tensor(0.1 + 0.02 * t, device=device)
+        rewards = {"expert_reward": 0.8, "policy_reward": policy} if t % 5 == 1 else {}
         if t % 7 == 6:
             yield "update_stats", (gaccore.kernels.batch_stats(**batch, method="torch"),), {"kl": kl, **rewards}
         else:
@@ -355,9 +357,10 @@ def eager_compile(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["paper", "verified"])
 def test_replayed_step_gives_the_eager_trajectory(device_state, eager_compile, mode):
-    """compile_step="reduce-overhead" without a GPU: static inputs, outputs
-    rewritten in place by every replay, one recording per layout. Bit for bit
-    the eager mu and metrics, through a state loaded mid-run."""
+    """compile_step="reduce-overhead" without a GPU: static inputs, the state
+    rewritten in place by every replay, one recording per layout, states
+    passed between recordings. Bit for bit the eager mu and metrics, through
+    a state loaded mid-run."""
     config = {**CONFIG, "mode": mode}
     eager, replayed = gaccore.Controller(**config), gaccore.Controller(**config, compile_step="reduce-overhead")
     for t, (method, args, kwargs) in enumerate(_varied_steps(40)):
@@ -370,7 +373,7 @@ def test_replayed_step_gives_the_eager_trajectory(device_state, eager_compile, m
             eager.load_state_dict(state)
             replayed.load_state_dict(state)
     assert len(replayed._compiled_close._recordings) >= 4
-    # Same layout twice (no statistics, no kl): the state is the recording's static outputs.
+    # Same layout twice (no statistics, no kl): the state is the recording's static state.
     replayed.update_stats(None)
     first = replayed._state
     replayed.update_stats(None)
@@ -434,6 +437,23 @@ def test_cuda_compiled_step_is_sync_free_and_matches_eager(mode):
         torch.cuda.set_sync_debug_mode("default")
     got += [m.item() for m in mus]
     np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+@cuda
+def test_cuda_replayed_step_across_layouts():
+    """compile_step="reduce-overhead" on a GPU over every layout of
+    _varied_steps (states passed between CUDA graphs, a state loaded
+    mid-run): the eager mu sequence."""
+    eager, replayed = gaccore.Controller(**CONFIG), gaccore.Controller(**CONFIG, compile_step="reduce-overhead")
+    for t, (method, args, kwargs) in enumerate(_varied_steps(40, device="cuda")):
+        want = getattr(eager, method)(*args, **kwargs).item()
+        got = getattr(replayed, method)(*args, **kwargs).item()
+        assert got == pytest.approx(want, rel=1e-9), f"step {t}"
+        if t == 20:
+            state = _json_round_trip(replayed.state_dict())
+            eager.load_state_dict(state)
+            replayed.load_state_dict(state)
+    assert len(replayed._compiled_close._recordings) >= 4
 
 
 @cuda
