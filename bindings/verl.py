@@ -55,7 +55,7 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
 
 from gaccore import Controller
-from gaccore.bindings.common import logged_metrics
+from gaccore.bindings.common import METRIC_PREFIX, logged_metrics
 from gaccore.bindings.torch import mix, sft_token_loss
 from gaccore.validation import check_sft_coef
 
@@ -81,12 +81,16 @@ STAT_FIELDS = ("old_log_probs", "response_mask", "advantages")
 # -- driver side -----------------------------------------------------------------
 
 
-def observe_tensors(tensors: Mapping[str, torch.Tensor], controller: Controller) -> dict[str, Any]:
+def observe_tensors(
+    tensors: Mapping[str, torch.Tensor], controller: Controller
+) -> tuple[dict[str, Any], dict[str, float]]:
     """One controller step on the global batch's padded ``[B, T]`` tensors.
 
     ``tensors`` maps verl's names (``STAT_FIELDS``, ``EXPERT_KEY``, optionally
     ``ref_log_prob``) to tensors. Returns the settings the workers' loss needs
-    (``mix_settings``), to store in the batch's ``meta_info``/``extra_info``.
+    (``mix_settings``), to store in the batch's ``meta_info``/``extra_info``,
+    and the ``gac/*`` metrics to log: both from one read of the controller's
+    state (its ``mu`` travels to the workers as a Python float).
     """
     if not isinstance(controller, Controller):
         raise TypeError(f"controller must be a gaccore.Controller, got {type(controller).__name__}")
@@ -100,14 +104,15 @@ def observe_tensors(tensors: Mapping[str, torch.Tensor], controller: Controller)
             f"{EXPERT_KEY} = True (a bool [B] tensor, False for rollouts)"
         )
     ref_logp = tensors.get("ref_log_prob")
-    mu = controller.update(
+    controller.update(
         tensors["old_log_probs"].detach(),
         tensors["response_mask"],
         tensors["advantages"].detach(),
         tensors[EXPERT_KEY],
         ref_logp=None if ref_logp is None else ref_logp.detach(),
     )
-    return mix_settings(controller, float(mu))
+    metrics = logged_metrics(controller)
+    return mix_settings(controller, metrics[f"{METRIC_PREFIX}mu"]), metrics
 
 
 def mix_settings(controller: Controller, mu: float) -> dict[str, Any]:
@@ -125,8 +130,9 @@ def compute_mu(batch: DataProto, controller: Controller) -> dict[str, float]:
     if not isinstance(batch, DataProto):
         raise TypeError(f"batch must be a verl DataProto, got {type(batch).__name__}")
     tensors = batch.batch
-    batch.meta_info.update(observe_tensors({key: tensors[key] for key in tensors.keys()}, controller))
-    return logged_metrics(controller)
+    settings, metrics = observe_tensors({key: tensors[key] for key in tensors.keys()}, controller)
+    batch.meta_info.update(settings)
+    return metrics
 
 
 def step_folder(trainer_config: Any, global_steps: int, *, resuming: bool = False) -> str:

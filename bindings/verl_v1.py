@@ -36,7 +36,7 @@ from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 from verl.utils.config import omega_conf_to_dataclass
 
 from gaccore import Controller
-from gaccore.bindings.common import config_from_knobs, load_controller, logged_metrics, save_controller
+from gaccore.bindings.common import config_from_knobs, load_controller, save_controller
 from gaccore.bindings.verl import EXPERT_KEY, STAT_FIELDS, gac_ppo_loss, observe_tensors, step_folder
 
 __all__ = [
@@ -138,8 +138,9 @@ class GACTrainerMixin:
         # Rows verl duplicated to fill the data-parallel ranks would count twice in the statistics.
         padding = torch.tensor([bool(tag.get("is_padding", False)) for tag in batch.tags])
         tensors["response_mask"] = tensors["response_mask"] * ~padding[:, None].to(tensors["response_mask"].device)
-        batch.extra_info.update(observe_tensors(tensors, self.gac))
-        metrics.update(logged_metrics(self.gac))
+        settings, gac_metrics = observe_tensors(tensors, self.gac)
+        batch.extra_info.update(settings)
+        metrics.update(gac_metrics)
         return super()._update_actor(batch, metrics)  # type: ignore[misc]
 
 

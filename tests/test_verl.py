@@ -38,6 +38,7 @@ from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_pad
 from gaccore import Controller  # noqa: E402
 from gaccore.bindings import verl as gac_verl  # noqa: E402
 from gaccore.bindings.common import LOGGED_METRICS, STATE_FILE, load_controller, save_controller  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND  # noqa: E402
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
 PROMPT_LEN, RESPONSE_LEN = 4, 6
@@ -101,6 +102,28 @@ def actor_micro_batch(batch: DataProto) -> tuple[object, torch.Tensor, dict[str,
     # The model's per-token log-probs in verl's no-padding layout (one value per real token).
     values = (-torch.rand(nnz, generator=gen) * 3).requires_grad_()
     return td, values, {"log_probs": values}
+
+
+def test_compute_mu_reads_the_device_once(monkeypatch) -> None:
+    """mu for meta_info and the logged metrics come from one device read
+    (state kept in tensors as on a GPU; every host read of a tensor counted)."""
+    monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
+    ctrl = Controller(**CONTROLLER)
+    gac_verl.compute_mu(driver_batch(0), ctrl)  # the state moves to the device first
+    reads = []
+    for name in ("item", "tolist", "__float__", "__bool__", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    batch = driver_batch(1)
+    metrics = gac_verl.compute_mu(batch, ctrl)
+    monkeypatch.undo()
+    assert reads == ["tolist"]
+    assert batch.meta_info[gac_verl.MU_KEY] == metrics["gac/mu"] == ctrl.mu
 
 
 def test_compute_mu_writes_mu_for_the_workers_and_returns_metrics() -> None:
