@@ -91,8 +91,8 @@ def with_roles(rows: RowResults, expert: Any) -> RowResults:
     taken over the same rows (the documented fallback)."""
     if expert is None:
         return dataclasses.replace(rows, rl=rows.valid, sft=rows.valid)
-    # valid is 0/1 in float64: two arithmetic ops give both flags (each op is a
-    # kernel launch on a GPU, which costs more than the arithmetic)
+    # valid is 0/1 in float64: a comparison and two arithmetic ops give both
+    # flags (each op is a kernel launch on a GPU, which costs more than the arithmetic)
     sft = rows.valid * (expert != 0)
     return dataclasses.replace(rows, rl=rows.valid - sft, sft=sft)
 

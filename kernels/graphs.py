@@ -97,9 +97,9 @@ class CloseStepGraphs:
     """``close`` (``close_step`` or a compiled version of it) with the same
     signature, replayed from a CUDA graph per argument layout.
 
-    The returned state and batch are static outputs: valid until the next
-    call, which is all the controller needs (it reads them, or passes the
-    state back in).
+    The returned state is the recording's static state and the batch its
+    static outputs: both are valid until the next call, which is all the
+    controller needs (it reads them, or passes the state back in).
     """
 
     def __init__(self, close: CloseStep) -> None:
