@@ -352,7 +352,7 @@ def measure_shape(
 
 
 # Controller(compile_step=...): inductor-fused finalize + advance, and the same
-# with CUDA graphs (one replay per update; "reduce-overhead" on CPU is plain inductor).
+# replayed from CUDA graphs (gaccore.kernels.graphs; on CPU its eager stand-in).
 COMPILE_MODES = [("compiled", True), ("graphs", "reduce-overhead")]
 # Each new shape compiles (and records graphs) again, seconds each: the
 # compiled twin and the compiled updates are timed at the shapes only.

@@ -21,7 +21,6 @@ import json
 import os
 import pstats
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,24 +36,11 @@ if ARGS.device == "cpu":
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu import make_inputs  # noqa: E402
+from gpu import Timer, make_inputs  # noqa: E402
 
 import gaccore  # noqa: E402
 from gaccore.kernels import TORCH_BACKEND, fused  # noqa: E402
 from gaccore.kernels.rows import check_inputs, with_roles  # noqa: E402
-
-
-def host_per_call_s(fn: Callable[[], Any], device: torch.device, calls: int) -> float:
-    for _ in range(3):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / calls
 
 
 def main() -> None:
@@ -87,8 +73,9 @@ def main() -> None:
     recording = next(iter(graphs._recordings.values()))
     pieces["graph replay alone"] = recording.replay
     results["host_us"] = {}
+    timer = Timer(device, reps=1, warmup=3)
     for name, fn in pieces.items():
-        seconds = host_per_call_s(fn, device, calls)
+        seconds = timer.wall_per_call_s(fn, calls)
         results["host_us"][name] = seconds * 1e6
         print(f"{name:40s} {seconds * 1e6:10.1f} us", flush=True)
     profiler = cProfile.Profile()
