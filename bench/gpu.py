@@ -74,7 +74,7 @@ import torch  # noqa: E402
 
 import gaccore  # noqa: E402
 from gaccore.kernels import TORCH_BACKEND, fused, reference  # noqa: E402
-from gaccore.kernels.rows import finalize  # noqa: E402
+from gaccore.rows import finalize  # noqa: E402
 
 # -- timing ----------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ class SyncCounter:
     """Host syncs of a call: CUDA's sync debug mode on a GPU (it sees
     boolean indexing too); on CPU, calls of the host-reading Tensor methods."""
 
-    METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+    SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
@@ -208,7 +208,7 @@ class SyncCounter:
                     torch.cuda.set_sync_debug_mode("default")
             return sum("synchroniz" in str(w.message) for w in caught)
         calls = 0
-        originals = {name: getattr(torch.Tensor, name) for name in self.METHODS}
+        originals = {name: getattr(torch.Tensor, name) for name in self.SYNC_METHODS}
 
         def counting(original):
             def method(self, *args, **kwargs):

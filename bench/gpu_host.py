@@ -40,7 +40,8 @@ from gpu import Timer, make_inputs  # noqa: E402
 
 import gaccore  # noqa: E402
 from gaccore.kernels import TORCH_BACKEND, fused  # noqa: E402
-from gaccore.kernels.rows import check_inputs, with_roles  # noqa: E402
+from gaccore.kernels.tensors import check_inputs  # noqa: E402
+from gaccore.rows import with_roles  # noqa: E402
 
 
 def main() -> None:

@@ -1,13 +1,13 @@
 """Adapters that drop gaccore into the trainers people already run.
 
-- ``gaccore.bindings.torch``: the CHORD token-weighted SFT loss and ``mix``
+- ``gaccore.bindings.losses``: the CHORD token-weighted SFT loss and ``mix``
   for hand-written loops (needs the ``torch`` extra).
 - ``gaccore.bindings.trl``: ``GACGRPOTrainer``, a TRL ``GRPOTrainer`` that
   mixes an expert SFT loss into GRPO with the controller's ``mu`` (extra ``trl``).
 - ``gaccore.bindings.verl``: a driver-side hook computing ``mu`` on verl's
   global batch and the actor loss mixing with it (extra ``verl``);
   ``verl_v1`` registers GAC variants of verl's V1 trainers and
-  ``python -m gaccore.bindings.verl_main`` is verl's ``main_ppo`` with them.
+  ``python -m gaccore.bindings.verl_v1_main`` is verl's ``main_ppo`` with them.
 - ``gaccore.bindings.trinity``: ``mix_gac``, Trinity-RFT's CHORD policy loss
   with ``mu`` from the controller (extra ``trinity``, a venv of its own).
 - ``gaccore.bindings.common``: what every binding shares (checkpoint file,

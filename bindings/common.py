@@ -33,7 +33,7 @@ __all__ = [
 STATE_FILE = "gaccore_state.json"
 METRIC_PREFIX = "gac/"
 # Controller metrics worth a line in a trainer's logs, as "gac/<name>".
-LOGGED_METRICS = ("mu", "rho", "estimate", "ema_disagreement", "ema_var_sft", "ema_var_rl", "kl_ema", "n_dropped")
+LOGGED_METRICS = ("mu", "rho", "estimate", "ema_disagreement", "ema_var_sft", "ema_var_rl", "ema_kl", "n_dropped")
 
 
 def config_from_knobs(knobs: Mapping[str, Any], *, source: str) -> Config:

@@ -7,7 +7,7 @@ hand-tuned schedule for ``mu``. ``MixGACPolicyLossFn`` is that policy loss
 with the schedule replaced by a ``gaccore.Controller``: same arguments as
 ``mix_chord`` (clip ranges, aggregation modes, the per-micro-batch weights of
 usual and expert experiences), same SFT loss (phi-weighted unless
-``enable_phi_function: false``), plus ``gac`` (``gaccore.Config`` fields) and
+``gac: {sft_coef: nll}``), plus ``gac`` (``gaccore.Config`` fields) and
 ``state_dir`` (Trinity's ``checkpoint_job_dir``). Select it with::
 
     algorithm:
@@ -51,7 +51,7 @@ from trinity.algorithm.policy_loss_fn.chord_policy_loss import MIXCHORDPolicyLos
 
 from gaccore import Controller
 from gaccore.bindings.common import STATE_FILE, config_from_knobs, load_controller, logged_metrics, save_controller
-from gaccore.bindings.torch import mix
+from gaccore.bindings.losses import mix
 
 __all__ = ["MixGACPolicyLossFn"]
 
@@ -60,7 +60,9 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
     """``mix_chord`` with ``mu`` from a GAC controller (``mix_gac``).
 
     ``gac``: ``gaccore.Config`` fields for the controller (default: the
-    defaults; ``sft_coef`` follows ``enable_phi_function``). ``state_dir``:
+    defaults). Its ``sft_coef`` also sets the SFT loss's token weighting
+    (``mix_chord``'s ``enable_phi_function``, which ``mix_gac`` does not take:
+    the controller must measure the loss that is trained). ``state_dir``:
     the folder holding Trinity's ``global_step_<t>`` checkpoints (its
     ``checkpoint_job_dir``); None keeps the controller in memory only.
     Every other argument is ``mix_chord``'s, except its ``mu_*`` schedule.
@@ -71,21 +73,18 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         backend: str = "verl",
         gac: dict[str, Any] | None = None,
         state_dir: str | None = None,
-        enable_phi_function: bool = True,
         **chord_args: Any,
     ) -> None:
         schedule = sorted(key for key in chord_args if key.startswith("mu_"))
         if schedule:
             raise ValueError(f"{schedule}: mix_gac takes mu from the GAC controller, not from CHORD's schedule")
-        super().__init__(backend=backend, enable_phi_function=enable_phi_function, **chord_args)
-        knobs = dict(gac or {})
-        sft_coef = "phi" if enable_phi_function else "nll"
-        if knobs.setdefault("sft_coef", sft_coef) != sft_coef:
+        if "enable_phi_function" in chord_args:
             raise ValueError(
-                f"gac.sft_coef={knobs['sft_coef']!r} disagrees with enable_phi_function={enable_phi_function}: "
-                "the controller must measure the SFT loss that is trained"
+                "enable_phi_function: mix_gac sets the SFT loss's token weighting from gac.sft_coef "
+                "('phi' = CHORD's p(1-p), 'nll' = plain NLL), so the controller measures the loss that is trained"
             )
-        config = config_from_knobs(knobs, source="policy_loss_fn_args.gac")
+        config = config_from_knobs(dict(gac or {}), source="policy_loss_fn_args.gac")
+        super().__init__(backend=backend, enable_phi_function=config.sft_coef == "phi", **chord_args)
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.gac = Controller(config, process_group=dist.group.WORLD if distributed else None)
         self.state_dir = state_dir
@@ -117,10 +116,10 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         grpo_loss, grpo_metrics = self.grpo_loss_fn(
             logprob[~expert], old_logprob[~expert], action_mask[~expert], advantages[~expert], **kwargs
         )
-        sft_loss, sft_metrics = self.sft_loss_fn(logprob[expert], action_mask[expert])
+        loss_sft, sft_metrics = self.sft_loss_fn(logprob[expert], action_mask[expert])
         grpo_loss = grpo_loss * n_usual * usual_weight
-        sft_loss = sft_loss * n_expert * expert_weight
-        loss = mix(sft_loss, grpo_loss, mu)
+        loss_sft = loss_sft * n_expert * expert_weight
+        loss = mix(loss_sft, grpo_loss, mu)
 
         metrics = {f"usual/{k}": v * n_usual * usual_weight for k, v in grpo_metrics.items()}
         metrics.update({f"expert/{k}": v * n_expert * expert_weight for k, v in sft_metrics.items()})

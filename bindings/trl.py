@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, cast
+from dataclasses import dataclass, field, fields, make_dataclass
+from functools import partial
+from typing import Any, cast, get_args, get_origin, get_type_hints
 
 import torch
 import torch.distributed as dist
@@ -46,64 +47,43 @@ from trl.data_utils import maybe_apply_chat_template
 
 from gaccore import Config, Controller
 from gaccore.bindings.common import STATE_FILE, load_controller, logged_metrics, save_controller
-from gaccore.bindings.torch import mix, sft_loss
+from gaccore.bindings.losses import mix, sft_loss
 
 __all__ = ["STATE_FILE", "GACGRPOConfig", "GACGRPOTrainer", "load_expert_dataset", "main"]
 
 
-_DEFAULTS = Config()
-
-
-def _knob(name: str, description: str) -> Any:
-    """A ``gac_<name>`` field with gaccore.Config's default, so the two cannot drift apart."""
-    return field(default=getattr(_DEFAULTS, name), metadata={"help": f"{description} (gaccore.Config.{name})"})
+def _gac_fields() -> list[tuple[str, Any, Any]]:
+    """One ``gac_<name>`` field per ``gaccore.Config`` field, with its type,
+    default and description: a new setting reaches TRL's parser by itself.
+    ``scale`` is a list here (``TrlParser`` reads lists, not tuples)."""
+    types = get_type_hints(Config)
+    made = []
+    for setting in fields(Config):
+        kind, default = types[setting.name], setting.default
+        help_text = f"{setting.metadata['help']} (gaccore.Config.{setting.name})"
+        if get_origin(kind) is tuple:
+            kind, spec = (
+                list[get_args(kind)[0]],
+                field(default_factory=partial(list, default), metadata={"help": help_text}),
+            )
+        else:
+            spec = field(default=default, metadata={"help": help_text})
+        made.append((f"gac_{setting.name}", kind, spec))
+    return made
 
 
 @dataclass
-class GACGRPOConfig(GRPOConfig):
-    """TRL's ``GRPOConfig`` plus the controller's knobs and the expert dataset.
+class _GACGRPOFields(GRPOConfig):
+    """TRL's ``GRPOConfig`` plus the controller's settings and the expert dataset.
 
     Each ``gaccore.Config`` field ``<name>`` is the field ``gac_<name>`` here,
-    with the same default (``gac_config()`` builds the ``Config``); the
-    ``expert_*`` fields say where the expert (prompt, completion) examples
-    come from. ``GACGRPOTrainer`` reads both when it is given this config and
-    no ``controller`` / ``expert_dataset`` of its own. ``trl.TrlParser`` parses
-    it from YAML and the command line, e.g. ``--gac_cap 0.02``.
+    with the same type, default and description (``gac_config()`` builds the
+    ``Config``); the ``expert_*`` fields say where the expert (prompt,
+    completion) examples come from. ``GACGRPOTrainer`` reads both when it is
+    given this config and no ``controller`` / ``expert_dataset`` of its own.
+    ``trl.TrlParser`` parses it from YAML and the command line, e.g.
+    ``--gac_cap 0.02``.
     """
-
-    gac_ema_beta: float = _knob("ema_beta", "EMA factor of the mu estimate")
-    gac_stat_beta: float = _knob("stat_beta", "EMA factor of the three noise proxies")
-    gac_cap: float = _knob("cap", "largest change of mu per optimizer step")
-    gac_blend: float = _knob("blend", "weight of the EMA estimate against the schedule prior")
-    gac_mu_init: float = _knob("mu_init", "mu at step 0")
-    gac_mu_min: float = _knob("mu_min", "lower bound of mu")
-    gac_mu_max: float = _knob("mu_max", "upper bound of mu")
-    gac_update_every: int = _knob("update_every", "compute statistics every this many optimizer steps")
-    gac_trim: float = _knob("trim", "fraction trimmed from each end of the expert NLLs for var_sft")
-    gac_sft_coef: Literal["phi", "nll"] = _knob(
-        "sft_coef", "SFT token weighting: 'phi' = p(1-p) (CHORD), 'nll' = plain NLL; also the SFT loss's"
-    )
-    gac_scale: list[float] = field(
-        default_factory=lambda: list(_DEFAULTS.scale),
-        metadata={"help": "scales (kD, kS, kR) of the disagreement and the two variances (gaccore.Config.scale)"},
-    )
-    gac_per_mean: bool = _knob("per_mean", "divide var_sft and var_rl by their row counts")
-    gac_warmup_steps: int = _knob("warmup_steps", "prior: linear warmup steps")
-    gac_decay_steps: int = _knob("decay_steps", "prior: cosine decay steps")
-    gac_mu_peak: float = _knob("mu_peak", "prior: mu after the warmup")
-    gac_mu_valley: float = _knob("mu_valley", "prior: mu after the decay")
-    gac_rho_init: float = _knob("rho_init", "target SFT ratio rho at step 0")
-    gac_rho_min: float = _knob("rho_min", "lower bound of rho")
-    gac_rho_max: float = _knob("rho_max", "upper bound of rho")
-    gac_kl_target: float = _knob("kl_target", "KL the rho controller aims at")
-    gac_kl_band: float = _knob("kl_band", "relative hysteresis band around kl_target")
-    gac_kl_beta: float = _knob("kl_beta", "EMA factor of the KL")
-    gac_eta_up: float = _knob("eta_up", "rho's step toward rho_max while the KL is high")
-    gac_eta_down: float = _knob("eta_down", "rho's step toward rho_min while the KL is low")
-    gac_large_shift: float = _knob("large_shift", "a jump of the estimate above this counts as a large shift")
-    gac_mode: str = _knob(
-        "mode", "'paper' (rho from the KL); 'verified' needs verifier rewards, not fed by this trainer"
-    )
 
     expert_dataset_name: str | None = field(
         default=None,
@@ -131,21 +111,36 @@ class GACGRPOConfig(GRPOConfig):
         },
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        try:
-            self.gac_config()
-        except ValueError as error:
-            raise ValueError(f"GACGRPOConfig: invalid gac_* setting: {error}") from None
-        if self.gac_mode != "paper":
-            raise ValueError(
-                f"GACGRPOConfig: gac_mode={self.gac_mode!r} steers rho with the verifier's success rates of expert "
-                "and policy completions, which GACGRPOTrainer does not compute; use gac_mode='paper'"
-            )
 
-    def gac_config(self) -> Config:
-        """The controller's ``Config`` from the ``gac_*`` fields."""
-        return Config(**{f.name: getattr(self, f"gac_{f.name}") for f in fields(Config)})
+def _post_init(self: Any) -> None:
+    super(GACGRPOConfig, self).__post_init__()
+    try:
+        self.gac_config()
+    except ValueError as error:
+        raise ValueError(f"GACGRPOConfig: invalid gac_* setting: {error}") from None
+    if self.gac_mode != "paper":
+        raise ValueError(
+            f"GACGRPOConfig: gac_mode={self.gac_mode!r} steers rho with the verifier's success rates of expert "
+            "and policy completions, which GACGRPOTrainer does not compute; use gac_mode='paper'"
+        )
+
+
+def _gac_config(self: Any) -> Config:
+    """The controller's ``Config`` from the ``gac_*`` fields."""
+    return Config(**{f.name: getattr(self, f"gac_{f.name}") for f in fields(Config)})
+
+
+GACGRPOConfig = make_dataclass(
+    "GACGRPOConfig",
+    _gac_fields(),
+    bases=(_GACGRPOFields,),
+    namespace={
+        "__post_init__": _post_init,
+        "gac_config": _gac_config,
+        "__doc__": _GACGRPOFields.__doc__,
+        "__module__": __name__,  # checkpoints pickle the args by this name
+    },
+)
 
 
 def load_expert_dataset(args: GACGRPOConfig) -> Any:

@@ -56,8 +56,7 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from gaccore import Controller
 from gaccore.bindings.common import METRIC_PREFIX, logged_metrics
-from gaccore.bindings.torch import mix, sft_token_loss
-from gaccore.validation import check_sft_coef
+from gaccore.bindings.losses import mix, sft_token_loss
 
 __all__ = [
     "EXPERT_KEY",
@@ -267,15 +266,15 @@ def gac_policy_loss(
             kl_loss = agg_loss(loss_mat=kld, loss_mask=rl_mask, loss_agg_mode=mode, **batch_info)
             rl_loss = rl_loss + config.kl_loss_coef * kl_loss
             terms["kl_loss"] = kl_loss.detach()
-        sft_loss = agg_loss(
+        loss_sft = agg_loss(
             loss_mat=sft_token_loss(log_prob, sft_mask, sft_coef=sft_coef),
             loss_mask=sft_mask,
             loss_agg_mode=mode,
             **batch_info,
         )
-    terms["actor/gac_sft_loss"] = sft_loss.detach()
+    terms["actor/gac_sft_loss"] = loss_sft.detach()
     terms["actor/gac_rl_loss"] = rl_loss.detach()
-    return mix(sft_loss, rl_loss, mu), terms
+    return mix(loss_sft, rl_loss, mu), terms
 
 
 def _mix_settings_of(data: Any) -> tuple[float, str]:
@@ -283,14 +282,13 @@ def _mix_settings_of(data: Any) -> tuple[float, str]:
     missing = [key for key in (MU_KEY, SFT_COEF_KEY, EXPERT_KEY) if key not in data.keys()]
     if missing:
         raise ValueError(
-            f"the actor's micro-batch lacks {missing}: run the GAC trainer (gaccore.bindings.verl_main), or call "
+            f"the actor's micro-batch lacks {missing}: run the GAC trainer (gaccore.bindings.verl_v1_main), or call "
             "gaccore.bindings.verl.compute_mu(batch, controller) on the driver before the actor update"
         )
     mu, sft_coef = tu.get(data, MU_KEY), tu.get(data, SFT_COEF_KEY)
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
         raise ValueError(f"the micro-batch's {MU_KEY} must be a finite number, got {mu!r}")
-    check_sft_coef(sft_coef)
-    return float(mu), sft_coef
+    return float(mu), sft_coef  # sft_token_loss checks sft_coef
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ Importing this module registers, for each trainer in verl's V1 registry
   callback (``GACCheckpointCallback``, which also calls the callback named by
   ``trainer.checkpoint_callback_class``) and restores it on resume.
 
-``python -m gaccore.bindings.verl_main`` (``gaccore.bindings.verl_main``) is
+``python -m gaccore.bindings.verl_v1_main`` (``gaccore.bindings.verl_v1_main``) is
 verl's ``main_ppo`` with these trainers selected.
 """
 

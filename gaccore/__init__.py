@@ -9,8 +9,9 @@ from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, Rewa
 from gaccore.closed_form import mu_star, mu_star_biased
 from gaccore.config import Config
 from gaccore.controller import Controller
+from gaccore.rows import BatchStats
 from gaccore.schedules import WarmupCosine, warmup_cosine
-from gaccore.stats import BatchStats, batch_stats
+from gaccore.stats import batch_stats
 
 __all__ = [
     "BatchStats",

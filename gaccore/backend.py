@@ -1,15 +1,20 @@
-"""Statistics backends: where the controller's numbers live and are computed.
+"""Statistics backends: where the controller's numbers live and are computed,
+and the one seam between the numpy core and the torch side.
 
 The controller is written once; a backend supplies the batch statistics for
 one kind of input and holds the controller's state in matching arrays. The
-numpy backend (here) computes in float64 on the host. The torch backend
-(``gaccore.kernels``, imported only when a torch tensor arrives) keeps state
-as 0-d float64 tensors on the inputs' device and never synchronizes.
+numpy backend (here) computes in float64 on the host. The torch backend lives
+in ``gaccore.kernels`` and registers itself here with ``register_backend``
+when that package is imported. The core never imports it: ``torch_backend``
+loads the package by name the first time a torch tensor (or a torch device)
+reaches the controller, so ``import gaccore`` needs numpy only and the import
+graph points one way, from the torch side down to the core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,9 +30,9 @@ class StatsBackend(Protocol):
     name: str
 
     def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
-        """Validate one micro-batch as ``partials`` does, without computing anything."""
+        """Validate one micro-batch as ``row_results`` does, without computing anything."""
 
-    def partials(
+    def row_results(
         self,
         logp: Any,
         mask: Any,
@@ -42,10 +47,10 @@ class StatsBackend(Protocol):
     def merge(self, a: Any, b: Any) -> Any:
         """Exact combination of two micro-batches' row results."""
 
-    def reduce(self, partials: Any, process_group: Any) -> Any:
+    def reduce(self, rows: Any, process_group: Any) -> Any:
         """Row results merged over every rank of ``process_group``, in rank order."""
 
-    def finalize(self, partials: Any, *, trim: float) -> BatchStats[Any, Any]:
+    def finalize(self, rows: Any, *, trim: float) -> BatchStats[Any, Any]:
         """The proxies from merged row results."""
 
     def device_of(self, value: Any) -> Any:
@@ -67,6 +72,25 @@ class StatsBackend(Protocol):
         """The ``mu`` handed back by ``update``/``step``."""
 
 
+class TorchSide(StatsBackend, Protocol):
+    """What the controller needs beyond statistics from the torch side, which
+    only it can do: tensors out of state scalars, placement by device name,
+    collectives, and compiling the device-side step."""
+
+    def as_tensor(self, value: Any, device: Any) -> Any:
+        """``value`` as a 0-d float32 tensor on ``device`` (its own device when ``None``)."""
+
+    def device_of_name(self, device: Any) -> Any:
+        """The state's placement for a torch device or its name."""
+
+    def mean_over_group(self, value: Any, process_group: Any, device: Any) -> Any:
+        """The mean of a scalar over every rank of ``process_group``."""
+
+    def compile_close_step(self, close_step: Callable[..., Any], mode: bool | str) -> Callable[..., Any]:
+        """``close_step`` through ``torch.compile`` (``True``) or replayed
+        from CUDA graphs (``"reduce-overhead"``)."""
+
+
 class NumpyBackend:
     """float64 numpy statistics; state as numpy float64 / bool scalars."""
 
@@ -75,7 +99,7 @@ class NumpyBackend:
     def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
         stats.check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
 
-    def partials(
+    def row_results(
         self,
         logp: Any,
         mask: Any,
@@ -85,19 +109,19 @@ class NumpyBackend:
         ref_logp: Any,
         sft_coef: str,
     ) -> RowResults:
-        return stats.batch_partials(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
+        return stats.row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
 
     def merge(self, a: RowResults, b: RowResults) -> RowResults:
         return a.merge(b)
 
-    def reduce(self, partials: RowResults, process_group: Any) -> RowResults:
+    def reduce(self, rows: RowResults, process_group: Any) -> RowResults:
         raise TypeError(
             "process_group needs torch tensors: pass logp, mask and adv as torch tensors "
             "(numpy inputs are never reduced across ranks)"
         )
 
-    def finalize(self, partials: RowResults, *, trim: float) -> BatchStats[float, int]:
-        return finalize(partials, trim=trim)
+    def finalize(self, rows: RowResults, *, trim: float) -> BatchStats[float, int]:
+        return finalize(rows, trim=trim)
 
     def device_of(self, value: Any) -> None:
         return None
@@ -124,11 +148,27 @@ class NumpyBackend:
 
 NUMPY_BACKEND = NumpyBackend()
 
+# The package that registers the torch backend when imported: named, not
+# imported, so the core depends on nothing above it.
+TORCH_SIDE = "gaccore.kernels"
+_torch_side: TorchSide | None = None
+
+
+def register_backend(backend: TorchSide) -> None:
+    """Install the torch side's backend (called by ``gaccore.kernels`` on import)."""
+    global _torch_side
+    _torch_side = backend
+
+
+def torch_backend() -> TorchSide:
+    """The torch side's backend, importing ``gaccore.kernels`` on first use."""
+    if _torch_side is None:
+        importlib.import_module(TORCH_SIDE)
+    if _torch_side is None:
+        raise RuntimeError(f"{TORCH_SIDE} was imported but registered no backend")
+    return _torch_side
+
 
 def backend_for(value: object) -> StatsBackend:
-    """The backend for an input: torch tensors go to ``gaccore.kernels``."""
-    if is_torch(value):
-        from gaccore.kernels import TORCH_BACKEND  # lazy: core never imports torch
-
-        return TORCH_BACKEND
-    return NUMPY_BACKEND
+    """The backend for an input: torch tensors go to the torch side."""
+    return torch_backend() if is_torch(value) else NUMPY_BACKEND

@@ -19,7 +19,7 @@ Rules and the information each one reads:
   pure SFT. Reads nothing.
 - ``ScheduleMu(...)``: the warmup-cosine schedule alone (CHORD's global
   schedule with ``mu_start=0``). Reads nothing but the step.
-- ``KLProportional(gain, ...)``: ``mu = clip(gain * kl_ema, mu_min,
+- ``KLProportional(gain, ...)``: ``mu = clip(gain * ema_kl, mu_min,
   mu_max)``, more imitation as the policy drifts ("KL-ctrl"). Reads ``kl=``,
   or computes the k3 KL of the non-expert rows from ``ref_logp``.
 - ``RewardVariance(var_ref, ...)``: ``mu = clip(var_ref / var_ema, mu_min,
@@ -314,16 +314,16 @@ class _SignalRule(MixingRule):
 
 
 class KLProportional(_SignalRule):
-    """KL-ctrl: ``mu = clip(gain * kl_ema, mu_min, mu_max)``.
+    """KL-ctrl: ``mu = clip(gain * ema_kl, mu_min, mu_max)``.
 
-    ``kl_ema`` is an EMA (``beta``) of the step's KL: the ``kl`` argument when
+    ``ema_kl`` is an EMA (``beta``) of the step's KL: the ``kl`` argument when
     finite, else the k3 KL of the non-expert rows from ``ref_logp``. Until
     the first finite KL, and on steps without one, ``mu`` keeps its value
     (``mu_init`` at the start).
     """
 
     kind = "KLProportional"
-    signal = "kl_ema"
+    signal = "ema_kl"
 
     def __init__(
         self,

@@ -7,48 +7,60 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
 
-from gaccore.validation import SFT_COEFS
+from gaccore.validation import SFT_COEFS, SftCoef
 
 # "paper": SPEC.md §3 as written. "verified": rho follows the verifier's
 # measure of the expert's advantage over the policy (an extension; see
 # ``gaccore.controller.verified_rho``).
-MODES = ("paper", "verified")
+Mode = Literal["paper", "verified"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+
+def _setting(default: Any, help: str) -> Any:
+    """A ``Config`` field with its one-line description: the bindings' option
+    help and the README's table of settings are made from it."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class Config:
-    """Every knob of the controller. Frozen; ``dataclasses.replace`` (or
-    ``Controller(config, **overrides)``) makes a validated copy."""
+    """Every setting of the controller. Frozen; ``dataclasses.replace`` (or
+    ``Controller(config, **overrides)``) makes a validated copy. Each field's
+    ``metadata["help"]`` says what it does."""
 
-    ema_beta: float = 0.99
-    stat_beta: float = 0.9
-    cap: float = 0.01
-    blend: float = 0.5
-    mu_init: float = 0.85
-    mu_min: float = 0.05
-    mu_max: float = 0.9
-    update_every: int = 1
-    trim: float = 0.1
-    sft_coef: str = "phi"
-    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (kD, kS, kR)
-    per_mean: bool = False
-    warmup_steps: int = 200
-    decay_steps: int = 800
-    mu_peak: float = 0.85
-    mu_valley: float = 0.15
-    rho_init: float = 0.5
-    rho_min: float = 0.10
-    rho_max: float = 0.95
-    kl_target: float = 0.02
-    kl_band: float = 0.2
-    kl_beta: float = 0.9
-    eta_up: float = 0.02
-    eta_down: float = 0.03
-    large_shift: float = 0.02
-    mode: str = "paper"
+    ema_beta: float = _setting(0.99, "EMA factor of the mu estimate (Eq. 12)")
+    stat_beta: float = _setting(0.9, "EMA factor of the three noise proxies and the verifier's success rates")
+    cap: float = _setting(0.01, "largest change of mu per optimizer step (Eq. 13)")
+    blend: float = _setting(0.5, "weight of the EMA estimate against the schedule prior")
+    mu_init: float = _setting(0.85, "mu at step 0")
+    mu_min: float = _setting(0.05, "lower bound of mu")
+    mu_max: float = _setting(0.9, "upper bound of mu")
+    update_every: int = _setting(1, "compute statistics every this many optimizer steps")
+    trim: float = _setting(0.1, "fraction trimmed from each end of the expert NLLs for var_sft (Eq. 9)")
+    sft_coef: SftCoef = _setting(
+        "phi", "SFT token weighting of the statistic and the SFT loss: 'phi' = p(1-p) (CHORD), 'nll' = plain NLL"
+    )
+    scale: tuple[float, float, float] = _setting((1.0, 1.0, 1.0), "scales (kD, kS, kR) of the three proxies")
+    per_mean: bool = _setting(False, "divide var_sft and var_rl by their row counts (batch-mean gradients)")
+    warmup_steps: int = _setting(200, "prior: linear warmup steps")
+    decay_steps: int = _setting(800, "prior: cosine decay steps")
+    mu_peak: float = _setting(0.85, "prior: mu after the warmup")
+    mu_valley: float = _setting(0.15, "prior: mu after the decay")
+    rho_init: float = _setting(0.5, "target SFT ratio rho at step 0")
+    rho_min: float = _setting(0.10, "lower bound of rho")
+    rho_max: float = _setting(0.95, "upper bound of rho")
+    kl_target: float = _setting(0.02, "KL the rho controller aims at (Eq. 11/16)")
+    kl_band: float = _setting(0.2, "relative hysteresis band around kl_target")
+    kl_beta: float = _setting(0.9, "EMA factor of the KL")
+    eta_up: float = _setting(0.02, "rho's step toward rho_max while the KL is high")
+    eta_down: float = _setting(0.03, "rho's step toward rho_min while the KL is low")
+    large_shift: float = _setting(0.02, "a jump of the estimate above this counts as a large shift")
+    mode: Mode = _setting(
+        "paper", "'paper': rho from the KL; 'verified': rho from the verifier's success rates of expert and policy"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.scale, list):

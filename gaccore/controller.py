@@ -20,19 +20,20 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from gaccore._array import FLOAT_MAX, Scalar, absolute, clip, isfinite, quiet, where
-from gaccore.backend import NUMPY_BACKEND, StatsBackend, backend_for
+from gaccore.backend import NUMPY_BACKEND, StatsBackend, backend_for, torch_backend
 from gaccore.closed_form import mu_star
 from gaccore.config import Config
 from gaccore.persistence import check_envelope, check_same_config, json_number, parse_values
+from gaccore.rows import BatchStats
 from gaccore.schedules import warmup_cosine
-from gaccore.stats import BatchStats
 
 A = TypeVar("A", bound=Scalar)
 Prior = Callable[[int], float]
 
 STATE_FORMAT = "gaccore.Controller"
 # 2: the verifier reward EMAs (``ema_expert_reward``, ``ema_policy_reward``).
-STATE_VERSION = 2
+# 3: the KL's EMA is ``ema_kl``, named like every other EMA.
+STATE_VERSION = 3
 # Below this share of failures left to the policy, the expert's advantage is 0/0: treated as none.
 _MIN_FAILURE_RATE = 1e-6
 
@@ -51,7 +52,7 @@ class ControllerState(Generic[A]):
     ema_disagreement: A
     ema_var_sft: A
     ema_var_rl: A
-    kl_ema: A
+    ema_kl: A
     ema_expert_reward: A
     ema_policy_reward: A
     estimate: A  # the last defined clipped estimate mu^ (Eq. 12)
@@ -108,15 +109,15 @@ def _fold(ema: A, has: A, value: A, beta: float) -> tuple[A, A, A]:
     return where(finite, folded, ema), has | finite, finite
 
 
-def rho_step(rho: A, kl_ema: A, active: A, config: Config) -> A:
+def rho_step(rho: A, ema_kl: A, active: A, config: Config) -> A:
     """KL-controlled target ratio with hysteresis (Eq. 11/16).
 
     Above ``kl_target (1 + kl_band)`` rho moves up towards ``rho_max`` by
     ``eta_up``, below ``kl_target (1 - kl_band)`` down towards ``rho_min`` by
     ``eta_down``; inside the band, or where ``active`` is false, it stays.
     """
-    high = active & (kl_ema > config.kl_target * (1.0 + config.kl_band))
-    low = active & (kl_ema < config.kl_target * (1.0 - config.kl_band))
+    high = active & (ema_kl > config.kl_target * (1.0 + config.kl_band))
+    low = active & (ema_kl < config.kl_target * (1.0 - config.kl_band))
     raised = rho + config.eta_up * (config.rho_max - rho)
     lowered = rho - config.eta_down * (rho - config.rho_min)
     return clip(where(high, raised, where(low, lowered, rho)), config.rho_min, config.rho_max)
@@ -203,13 +204,13 @@ def _advance_steps(
     if batch is not None:
         observation = batch.kl if kl is None else where(isfinite(kl), kl, batch.kl)
     if observation is not None:
-        kl_ema, has_kl, observed = _fold(s.kl_ema, s.has_kl, observation, config.kl_beta)
+        ema_kl, has_kl, observed = _fold(s.ema_kl, s.has_kl, observation, config.kl_beta)
         excess = clip(where(observed, observation, 0.0) - config.kl_target, 0.0, FLOAT_MAX)
         s = dataclasses.replace(
             s,
-            kl_ema=kl_ema,
+            ema_kl=ema_kl,
             has_kl=has_kl,
-            rho=rho_step(s.rho, kl_ema, observed, config),
+            rho=rho_step(s.rho, ema_kl, observed, config),
             kl_drift_area=clip(s.kl_drift_area + where(observed, excess, 0.0), 0.0, FLOAT_MAX),
         )
 
@@ -257,7 +258,7 @@ def close_step(
     config: Config,
     observations: dict[str, A | None],
     prior_value: A | None,
-    partials: Any = None,
+    rows: Any = None,
     batch: BatchStats[Any, Any] | None = None,
 ) -> tuple[ControllerState[A], BatchStats[Any, Any] | None]:
     """Everything a step does after its row results are complete: finalize
@@ -267,8 +268,8 @@ def close_step(
     update, and what ``compile_step`` hands to ``torch.compile``; returns the
     new state and the placed batch (detached state scalars, never the
     caller's tensors)."""
-    if partials is not None:
-        batch = backend.finalize(partials, trim=config.trim)
+    if rows is not None:
+        batch = backend.finalize(rows, trim=config.trim)
     placed = None
     if batch is not None:
         placed = BatchStats(**{f.name: backend.scalar(getattr(batch, f.name), device) for f in fields(batch)})
@@ -284,22 +285,9 @@ def close_step(
     return new_state, placed
 
 
-def _compile_close_step(compile_step: bool | str) -> Any:
-    """``close_step`` through ``torch.compile`` (``True``), that replayed
-    from CUDA graphs (``"reduce-overhead"``, see ``gaccore.kernels.graphs``),
-    or ``None`` for eager. torch is imported only when compiling is asked for."""
-    if compile_step is False:
-        return None
-    if compile_step is not True and compile_step != "reduce-overhead":
+def _check_compile_step(compile_step: object) -> None:
+    if compile_step is not False and compile_step is not True and compile_step != "reduce-overhead":
         raise TypeError(f'compile_step must be False, True or "reduce-overhead", got {compile_step!r}')
-    import torch
-
-    compiled = torch.compile(close_step)
-    if compile_step is True:
-        return compiled
-    from gaccore.kernels.graphs import CloseStepGraphs
-
-    return CloseStepGraphs(compiled)
 
 
 _PRIOR_FROM_CONFIG: Any = object()
@@ -359,7 +347,11 @@ class Controller:
         self.config = config
         self.prior = prior
         self.process_group = process_group
-        self._compiled_close = _compile_close_step(compile_step)
+        _check_compile_step(compile_step)
+        # torch is imported only when compiling is asked for.
+        self._compiled_close = (
+            None if compile_step is False else torch_backend().compile_close_step(close_step, compile_step)
+        )
         self._step = 0
         self._backend: StatsBackend = NUMPY_BACKEND
         self._device: Any = None
@@ -396,13 +388,13 @@ class Controller:
         if not self.is_stats_step():
             backend.check(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef)
             return
-        partials = backend.partials(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef)
+        rows = backend.row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef)
         if self._pending is not None and self._pending[0] is not backend:
             raise TypeError(
                 "logp: all micro-batches of one step must be of one kind "
                 f"(this step started with {self._pending[0].name} arrays, got {backend.name})"
             )
-        merged = partials if self._pending is None else backend.merge(self._pending[1], partials)
+        merged = rows if self._pending is None else backend.merge(self._pending[1], rows)
         self._pending = (backend, merged, backend.device_of(logp))
 
     def step(self, *, kl: Any = None, expert_reward: Any = None, policy_reward: Any = None) -> Any:
@@ -419,13 +411,13 @@ class Controller:
         must call ``step``.
         """
         observations = _check_observations(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
-        partials: Any = None
+        rows: Any = None
         backend, device = self._backend, self._device
         if self._pending is not None:
-            backend, partials, device = self._pending
+            backend, rows, device = self._pending
             if self.process_group is not None:
-                partials = backend.reduce(partials, self.process_group)
-        return self._finish_step(backend, device, observations, partials=partials)
+                rows = backend.reduce(rows, self.process_group)
+        return self._finish_step(backend, device, observations, rows=rows)
 
     def update(
         self,
@@ -481,16 +473,15 @@ class Controller:
         device: Any,
         observations: dict[str, Any],
         *,
-        partials: Any = None,
+        rows: Any = None,
         batch: BatchStats[Any, Any] | None = None,
     ) -> Any:
         if self.process_group is not None:
             # SPEC: a caller's kl (and reward) is averaged over the group, so every
-            # rank steers rho with the same observation (lazy: torch only here).
-            from gaccore.kernels.distributed import mean_over_group
-
+            # rank steers rho with the same observation.
+            group_mean = torch_backend().mean_over_group
             observations = {
-                name: None if value is None else mean_over_group(value, self.process_group, device)
+                name: None if value is None else group_mean(value, self.process_group, device)
                 for name, value in observations.items()
             }
         prior_value = self._prior_value()
@@ -502,7 +493,7 @@ class Controller:
         }
         placed_prior = None if prior_value is None else backend.scalar(prior_value, device)
         close = close_step if device is None or self._compiled_close is None else self._compiled_close
-        new_state, batch = close(backend, device, state, self.config, placed, placed_prior, partials, batch)
+        new_state, batch = close(backend, device, state, self.config, placed, placed_prior, rows, batch)
         # Commit only once everything above succeeded: a rejected call leaves no trace.
         self._state, self._backend, self._device = new_state, backend, device
         self._pending = None
@@ -539,9 +530,7 @@ class Controller:
         (default: where the state lives, the CPU for host state), without a
         host read: trainers weight their loss with it on the device. A state
         on the host is copied to ``device``; one on a device stays there."""
-        from gaccore.kernels import TORCH_BACKEND  # lazy: a tensor means torch
-
-        return TORCH_BACKEND.as_tensor(self._state.mu, device)
+        return torch_backend().as_tensor(self._state.mu, device)
 
     def metrics(self) -> dict[str, float]:
         """Everything worth logging, as Python floats (NaN where undefined),
@@ -553,28 +542,13 @@ class Controller:
         read = self._backend.to_host_all(values)  # the placed batch lives where the state does
         host = {name: bool(v) if ControllerState.is_flag(name) else v for name, v in zip(names, read, strict=False)}
 
-        def gated(value_key: str, flag_key: str) -> float:
-            return float(host[value_key]) if host[flag_key] else math.nan
-
-        out: dict[str, float] = {
-            "step": float(self._step),
-            "mu": float(host["mu"]),
-            "rho": float(host["rho"]),
-            "mu_bar": float(host["mu_bar"]),
-            "estimate": gated("estimate", "has_estimate"),
-            "ema_disagreement": gated("ema_disagreement", "has_disagreement"),
-            "ema_var_sft": gated("ema_var_sft", "has_var_sft"),
-            "ema_var_rl": gated("ema_var_rl", "has_var_rl"),
-            "kl_ema": gated("kl_ema", "has_kl"),
-            "ema_expert_reward": gated("ema_expert_reward", "has_expert_reward"),
-            "ema_policy_reward": gated("ema_policy_reward", "has_policy_reward"),
-            "n_large_shifts": float(host["n_large_shifts"]),
-            "kl_drift_area": float(host["kl_drift_area"]),
-            "n_skipped_disagreement": float(host["n_skipped_disagreement"]),
-            "n_skipped_var_sft": float(host["n_skipped_var_sft"]),
-            "n_skipped_var_rl": float(host["n_skipped_var_rl"]),
-            "n_dropped": float(host["n_dropped"]),
-        }
+        out: dict[str, float] = {"step": float(self._step)}
+        for name in names:
+            if ControllerState.is_flag(name):
+                continue
+            # An EMA (or the estimate) that nothing has initialized yet reads NaN.
+            flag = f"has_{name.removeprefix('ema_')}"
+            out[name] = float(host[name]) if host.get(flag, True) else math.nan
         for name, value in zip(batch_names, read[len(names) :], strict=True):
             out[f"batch_{name}"] = float(value)
         return out
@@ -608,9 +582,8 @@ class Controller:
         if device is None:
             backend, placement = self._backend, self._device
         else:
-            from gaccore.kernels import TORCH_BACKEND  # lazy: a device means torch
-
-            backend, placement = TORCH_BACKEND, TORCH_BACKEND.device_of_name(device)
+            backend = torch_backend()
+            placement = backend.device_of_name(device)
         placed = ControllerState.place(host, backend, placement)
         self._state, self._backend, self._device = placed, backend, placement
         self._step = step

@@ -27,7 +27,6 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from gaccore._array import clip, is_torch, quiet, torch_module, where
-from gaccore.validation import check_trim
 
 Value = TypeVar("Value")
 Count = TypeVar("Count")
@@ -166,9 +165,9 @@ def finalize(rows: RowResults, *, trim: float = 0.1) -> BatchStats[Any, Any]:
     Rows combine with the parallel-axis (Chan) formulas in float64:
     ``mean = sum n_i mean_i / N``, ``M2 = sum M2_i + sum n_i (mean_i - mean)^2``
     and the same for the co-moment, so the result equals one pass over all
-    tokens of the RL rows.
+    tokens of the RL rows. ``trim`` is taken as valid: ``batch_stats`` and
+    ``Config`` check it once, before any row is reduced.
     """
-    check_trim(trim)
     with quiet(rows.valid):  # NaN/inf of rows outside a statistic are masked
         stats = _finalize(rows, trim)
     if is_torch(stats.var_sft):

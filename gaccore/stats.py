@@ -2,7 +2,7 @@
 
 The statistics are computed in two stages so that micro-batches of one
 optimizer step (and, in ``gaccore.kernels``, ranks of a process group) can be
-merged exactly: ``batch_partials`` reduces one batch to its row results
+merged exactly: ``row_results`` reduces one batch to its row results
 (``gaccore.rows.RowResults``), ``RowResults.merge`` concatenates two of them,
 and ``gaccore.rows.finalize`` (shared with the torch paths) turns them into
 ``BatchStats``. ``batch_stats`` is the three in a row.
@@ -31,7 +31,7 @@ from gaccore._array import absolute, expm1, where
 from gaccore.rows import BatchStats, RowResults, finalize, with_roles
 from gaccore.validation import check_batch, check_trim
 
-__all__ = ["BatchStats", "RowResults", "batch_partials", "batch_stats", "finalize", "k3"]
+__all__ = ["batch_stats", "check_inputs", "k3", "row_results"]
 
 ArrayT = TypeVar("ArrayT")
 FloatArray = npt.NDArray[np.float64]
@@ -145,7 +145,7 @@ def _block_rows(
     }
 
 
-def batch_partials(
+def row_results(
     logp: np.ndarray,
     mask: np.ndarray,
     adv: np.ndarray,
@@ -192,5 +192,5 @@ def batch_stats(
     Never raises on valid shapes and dtypes; undefined statistics are NaN.
     """
     check_trim(trim)
-    partials = batch_partials(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
-    return finalize(partials, trim=trim)
+    rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
+    return finalize(rows, trim=trim)

@@ -8,13 +8,15 @@ what was expected.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 # numpy dtype kinds: b bool, i signed int, u unsigned int, f float.
 FLOAT_KINDS = "f"
 MASK_KINDS = "biuf"
 EXPERT_KINDS = "biu"
-SFT_COEFS = ("phi", "nll")
+# The SFT token weightings: CHORD's p(1-p), or plain NLL.
+SftCoef = Literal["phi", "nll"]
+SFT_COEFS: tuple[str, ...] = get_args(SftCoef)
 
 
 def check_batch_shapes(

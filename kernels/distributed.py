@@ -32,32 +32,32 @@ _WIRE_DTYPE = torch.float64
 
 
 @torch.no_grad()  # row results are statistics: no caller's graph travels or comes back
-def all_gather_partials(partials: RowsT, process_group: Any) -> RowsT:
+def all_gather_row_results(rows: RowsT, process_group: Any) -> RowsT:
     """The rows of every rank of ``process_group``, concatenated in rank order.
 
-    ``partials`` is a dataclass whose fields are all 1-D tensors of one
+    ``rows`` is a dataclass whose fields are all 1-D tensors of one
     length ``B`` on one device; ``B`` may differ between ranks. The result is
     the same dataclass type with each field of length ``sum(B)`` over ranks
     and its original dtype. All fields travel in one ``all_gather``, after
     one ``all_gather`` of the row counts.
     """
-    if not dataclasses.is_dataclass(partials) or isinstance(partials, type):
-        raise TypeError(f"partials must be a dataclass instance of row tensors, got {type(partials).__name__}")
-    names = [f.name for f in dataclasses.fields(partials)]
-    columns = [getattr(partials, name) for name in names]
+    if not dataclasses.is_dataclass(rows) or isinstance(rows, type):
+        raise TypeError(f"rows must be a dataclass instance of row tensors, got {type(rows).__name__}")
+    names = [f.name for f in dataclasses.fields(rows)]
+    columns = [getattr(rows, name) for name in names]
     _check_rows(names, columns)
     _check_initialized()
     packed = torch.stack([column.to(_WIRE_DTYPE) for column in columns])  # [n_fields, B]
     counts = _gather_row_counts(packed.shape[1], packed.device, process_group)
     widest = max(counts)
     if widest == 0:  # no rank has rows: every rank sees the same counts and skips alike
-        return partials
+        return rows
     padded = torch.nn.functional.pad(packed, (0, widest - packed.shape[1]))
     gathered = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(gathered, padded, group=process_group)
     merged = torch.cat([block[:, :count] for block, count in zip(gathered, counts, strict=True)], dim=1)
     return dataclasses.replace(
-        partials,
+        rows,
         **{name: row.to(column.dtype) for name, row, column in zip(names, merged.unbind(0), columns, strict=True)},
     )
 
@@ -98,13 +98,13 @@ def _check_initialized() -> None:
 
 def _check_rows(names: list[str], columns: list[Any]) -> None:
     if not columns:
-        raise ValueError("partials has no fields to gather")
+        raise ValueError("rows has no fields to gather")
     first = columns[0]
     for name, column in zip(names, columns, strict=False):
         if not isinstance(column, torch.Tensor) or column.ndim != 1:
-            raise ValueError(f"partials.{name} must be a 1-D tensor of per-row values, got {column!r:.80}")
+            raise ValueError(f"rows.{name} must be a 1-D tensor of per-row values, got {column!r:.80}")
         if column.shape != first.shape or column.device != first.device:
             raise ValueError(
-                f"partials.{name} has shape {list(column.shape)} on {column.device}; every field must "
+                f"rows.{name} has shape {list(column.shape)} on {column.device}; every field must "
                 f"have shape {list(first.shape)} on {first.device} (one entry per row)"
             )

@@ -39,7 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-from gaccore.kernels.rows import ROW_DTYPE, RowResults, check_inputs, with_roles
+from gaccore.kernels.tensors import ROW_DTYPE, check_inputs
+from gaccore.rows import RowResults, with_roles
 
 # The row results the kernel writes, in the order of its stores (rl and sft
 # come from `valid` and the expert flags afterwards, see rows.with_roles).

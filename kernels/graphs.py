@@ -31,8 +31,7 @@ from typing import Any
 import torch
 
 from gaccore.controller import ControllerState
-from gaccore.kernels.rows import RowResults
-from gaccore.stats import BatchStats
+from gaccore.rows import BatchStats, RowResults
 
 OBSERVATIONS = ("kl", "expert_reward", "policy_reward")
 STATE_NAMES = tuple(f.name for f in fields(ControllerState))
@@ -55,14 +54,14 @@ class _Arguments:
     state: ControllerState[Any]
     observations: dict[str, Any]
     prior: Any
-    partials: RowResults | None
+    rows: RowResults | None
     batch: BatchStats[Any, Any] | None
 
     def flat(self) -> list[torch.Tensor]:
         tensors = [getattr(self.state, name) for name in STATE_NAMES]
         tensors += [self.observations[name] for name in OBSERVATIONS if self.observations[name] is not None]
         tensors += [] if self.prior is None else [self.prior]
-        tensors += [] if self.partials is None else [getattr(self.partials, name) for name in ROW_NAMES]
+        tensors += [] if self.rows is None else [getattr(self.rows, name) for name in ROW_NAMES]
         tensors += [] if self.batch is None else [getattr(self.batch, name) for name in BATCH_NAMES]
         return tensors
 
@@ -70,7 +69,7 @@ class _Arguments:
         """What a graph is recorded for: the given observations, the prior,
         and the rows' count or the batch's dtypes (the state's shape is fixed)."""
         given = tuple(self.observations[name] is not None for name in OBSERVATIONS)
-        rows = None if self.partials is None else tuple(self.partials.n_tokens.shape)
+        rows = None if self.rows is None else tuple(self.rows.n_tokens.shape)
         batch = None if self.batch is None else tuple(getattr(self.batch, n).dtype for n in BATCH_NAMES)
         return given, self.prior is not None, rows, batch
 
@@ -80,9 +79,9 @@ class _Arguments:
         state = ControllerState(**{name: next(values) for name in STATE_NAMES})
         observations = {name: None if self.observations[name] is None else next(values) for name in OBSERVATIONS}
         prior = None if self.prior is None else next(values)
-        partials = None if self.partials is None else RowResults(**{name: next(values) for name in ROW_NAMES})
+        rows = None if self.rows is None else RowResults(**{name: next(values) for name in ROW_NAMES})
         batch = None if self.batch is None else BatchStats(**{name: next(values) for name in BATCH_NAMES})
-        return _Arguments(state, observations, prior, partials, batch)
+        return _Arguments(state, observations, prior, rows, batch)
 
 
 @dataclass
@@ -114,10 +113,10 @@ class CloseStepGraphs:
         config: Any,
         observations: dict[str, Any],
         prior_value: Any,
-        partials: RowResults | None = None,
+        rows: RowResults | None = None,
         batch: BatchStats[Any, Any] | None = None,
     ) -> tuple[ControllerState[Any], BatchStats[Any, Any] | None]:
-        arguments = _Arguments(state, observations, prior_value, partials, batch)
+        arguments = _Arguments(state, observations, prior_value, rows, batch)
         key = (device, arguments.layout())
         recording = self._recordings.get(key)
         if recording is None:
@@ -142,7 +141,7 @@ class CloseStepGraphs:
             static state (so the next call, passing it back, copies nothing
             for it), the batch is returned."""
             new_state, new_batch = self._close(
-                backend, device, static.state, config, static.observations, static.prior, static.partials, static.batch
+                backend, device, static.state, config, static.observations, static.prior, static.rows, static.batch
             )
             state = [getattr(new_state, name) for name in STATE_NAMES]
             # A field passed on from another input would be overwritten while
@@ -154,7 +153,7 @@ class CloseStepGraphs:
             _copy_into(state_inputs, state)
             return [] if new_batch is None else [getattr(new_batch, name) for name in BATCH_NAMES]
 
-        has_batch = arguments.partials is not None or arguments.batch is not None
+        has_batch = arguments.rows is not None or arguments.batch is not None
         if device.type == "cuda":
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))

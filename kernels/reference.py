@@ -24,7 +24,8 @@ import math
 
 import torch
 
-from gaccore.kernels.rows import ROW_DTYPE, RowResults, with_roles
+from gaccore.kernels.tensors import ROW_DTYPE
+from gaccore.rows import RowResults, with_roles
 from gaccore.stats import k3
 
 # Tokens per block of rows on CPU: large enough that the ~45 torch calls of a

@@ -140,8 +140,8 @@ def test_bad_state_is_refused_and_changes_nothing() -> None:
         "version": {**good, "version": 99},
         "missing keys": {k: v for k, v in good.items() if k != "state"},
         "different config": {**good, "config": {**good["config"], "gain": 3.0}},
-        "state.kl_ema": {**good, "state": {"mu": 0.5, "kl_ema": "x"}},
-        "state.mu": {**good, "state": {"mu": 2.0, "kl_ema": None}},
+        "state.ema_kl": {**good, "state": {"mu": 0.5, "ema_kl": "x"}},
+        "state.mu": {**good, "state": {"mu": 2.0, "ema_kl": None}},
         "unknown keys": {**good, "state": {**good["state"], "extra": 1.0}},
         "step": {**good, "step": -1},
     }

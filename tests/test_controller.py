@@ -34,7 +34,7 @@ class Model:
     mu_bar: float = math.nan
     rho: float = math.nan
     ema: dict | None = None
-    kl_ema: float | None = None
+    ema_kl: float | None = None
     expert_reward: float | None = None
     policy_reward: float | None = None
     last_estimate: float | None = None
@@ -71,14 +71,14 @@ class Model:
         elif batch_kl is not None and math.isfinite(batch_kl):
             observation = batch_kl
         if observation is not None:
-            self.kl_ema = (
+            self.ema_kl = (
                 observation
-                if self.kl_ema is None
-                else saturate(c.kl_beta * self.kl_ema + (1 - c.kl_beta) * observation)
+                if self.ema_kl is None
+                else saturate(c.kl_beta * self.ema_kl + (1 - c.kl_beta) * observation)
             )
-            if self.kl_ema > c.kl_target * (1 + c.kl_band):
+            if self.ema_kl > c.kl_target * (1 + c.kl_band):
                 self.rho += c.eta_up * (c.rho_max - self.rho)
-            elif self.kl_ema < c.kl_target * (1 - c.kl_band):
+            elif self.ema_kl < c.kl_target * (1 - c.kl_band):
                 self.rho -= c.eta_down * (self.rho - c.rho_min)
             self.rho = min(max(self.rho, c.rho_min), c.rho_max)
             self.drift_area = saturate(self.drift_area + max(0.0, observation - c.kl_target))
@@ -269,8 +269,8 @@ def test_kl_argument_wins_over_the_batch_kl_unless_not_finite():
     a.update(logp, mask, adv, expert, ref_logp=ref, kl=0.7)
     b.update(logp, mask, adv, expert, ref_logp=ref, kl=math.nan)
     c.update(logp, mask, adv, expert, ref_logp=ref)
-    assert a.metrics()["kl_ema"] == 0.7
-    assert b.metrics()["kl_ema"] == c.metrics()["kl_ema"] == pytest.approx(batch_kl)
+    assert a.metrics()["ema_kl"] == 0.7
+    assert b.metrics()["ema_kl"] == c.metrics()["ema_kl"] == pytest.approx(batch_kl)
 
 
 def test_micro_batches_observed_separately_equal_one_update():
@@ -350,7 +350,7 @@ def _corrupt(state, path, value):
         (("version",), 99, "version"),
         (("format",), "other", "format"),
         (("step",), KeyError, "missing keys: \\['step'\\]"),
-        (("state", "kl_ema"), KeyError, "missing keys: \\['kl_ema'\\]"),
+        (("state", "ema_kl"), KeyError, "missing keys: \\['ema_kl'\\]"),
         (("state", "mu"), "0.5", "state.mu"),
         (("state", "has_kl"), 1.0, "state.has_kl"),
         (("config", "cap"), 0.05, "cap: saved 0.05"),
@@ -359,7 +359,7 @@ def _corrupt(state, path, value):
         (("state", "mu"), 0.95, "state.mu"),
         (("state", "rho"), 7.0, "state.rho"),
         (("state", "mu_bar"), -0.1, "state.mu_bar"),
-        (("state", "kl_ema"), None, "state.kl_ema"),
+        (("state", "ema_kl"), None, "state.ema_kl"),
     ],
 )
 def test_bad_state_dicts_are_refused_and_change_nothing(path, value, match):

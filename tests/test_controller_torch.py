@@ -236,7 +236,7 @@ def test_a_kl_tensor_with_a_graph_steps_a_host_controller_quietly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mu = ctrl.step(kl=torch.tensor(0.05, dtype=torch.float64, requires_grad=True) * 1.0)
-    assert isinstance(mu, float) and ctrl.metrics()["kl_ema"] == pytest.approx(0.05)
+    assert isinstance(mu, float) and ctrl.metrics()["ema_kl"] == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize(

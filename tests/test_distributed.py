@@ -166,12 +166,12 @@ def test_no_reduction_without_a_group() -> None:
 def test_all_gather_rejects_ragged_rows() -> None:
     from dataclasses import dataclass
 
-    from gaccore.kernels.distributed import all_gather_partials
+    from gaccore.kernels.distributed import all_gather_row_results
 
     @dataclass(frozen=True)
     class Rows:
         a: torch.Tensor
         b: torch.Tensor
 
-    with pytest.raises(ValueError, match=r"partials\.b"):
-        all_gather_partials(Rows(torch.zeros(3), torch.zeros(4)), None)
+    with pytest.raises(ValueError, match=r"rows\.b"):
+        all_gather_row_results(Rows(torch.zeros(3), torch.zeros(4)), None)

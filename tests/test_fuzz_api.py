@@ -210,7 +210,7 @@ STATE_CORRUPTIONS = {
     "mu_out_of_bounds": ("state.mu", lambda s: s["state"].update(mu=2.0)),
     "rho_null": ("state.rho", lambda s: s["state"].update(rho=None)),
     "flag_not_bool": ("state.has_kl", lambda s: s["state"].update(has_kl=1)),
-    "missing_key": ("kl_ema", lambda s: s["state"].pop("kl_ema")),
+    "missing_key": ("ema_kl", lambda s: s["state"].pop("ema_kl")),
     "other_config": ("cap", lambda s: s["config"].update(cap=0.123)),
     "negative_step": ("step", lambda s: s.update(step=-1)),
 }

@@ -17,14 +17,14 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # noqa: E402
 
-from gaccore.kernels import RowResults, batch_stats, fused, reference  # noqa: E402  # noqa: E402
-from gaccore.kernels.rows import finalize  # noqa: E402
+from gaccore.kernels import batch_stats, fused, reference  # noqa: E402
+from gaccore.rows import RowResults, finalize  # noqa: E402
 
-METHODS = ["torch", "triton"]
+FORCED_METHODS = ["torch", "triton"]
 SHAPES = [(1, 1), (3, 5), (7, 33), (37, 129)]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FORCED_METHODS)
 @pytest.mark.parametrize("rows,tokens", SHAPES)
 @pytest.mark.parametrize("adv_per_token", [False, True])
 def test_matches_numpy_on_odd_shapes(method, rows, tokens, adv_per_token):
@@ -33,7 +33,7 @@ def test_matches_numpy_on_odd_shapes(method, rows, tokens, adv_per_token):
     assert_stats_close(got, numpy_stats(batch), RTOL[torch.float32])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FORCED_METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("sft_coef", ["phi", "nll"])
 def test_logp_dtypes_and_sft_coefs(method, dtype, sft_coef):
@@ -42,7 +42,7 @@ def test_logp_dtypes_and_sft_coefs(method, dtype, sft_coef):
     assert_stats_close(got, numpy_stats(batch, sft_coef=sft_coef), RTOL[dtype])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FORCED_METHODS)
 @pytest.mark.parametrize("adv_per_token", [False, True])
 def test_large_advantage_offset(method, adv_per_token):
     """Advantages around 1e3 with unit spread, log-probs near 0 (SPEC §5)."""
@@ -50,14 +50,14 @@ def test_large_advantage_offset(method, adv_per_token):
     assert_stats_close(batch_stats(**batch, method=method), numpy_stats(batch), RTOL[torch.float32])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FORCED_METHODS)
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int64, torch.uint8, torch.float32])
 def test_mask_dtypes(method, mask_dtype):
     batch = make_batch(5, 17, seed=5, mask_dtype=mask_dtype)
     assert_stats_close(batch_stats(**batch, method=method), numpy_stats(batch), RTOL[torch.float32])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FORCED_METHODS)
 @pytest.mark.parametrize("adv_dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("adv_per_token", [False, True])
 def test_adv_ref_and_expert_dtypes(method, adv_dtype, adv_per_token):
@@ -73,7 +73,7 @@ def test_adv_ref_and_expert_dtypes(method, adv_dtype, adv_per_token):
     assert_stats_close(batch_stats(**batch, method=method), numpy_stats(host), RTOL[torch.float32])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FORCED_METHODS)
 def test_non_contiguous_inputs(method):
     """Transposed and strided views give the same statistics as their copies."""
     base = make_batch(6, 21, seed=8, adv_per_token=True)
@@ -113,7 +113,7 @@ def _edge_batches():
 
 # The interpreter evaluates both sides of tl.where, so invalid rows warn in numpy.
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FORCED_METHODS)
 @pytest.mark.parametrize("name,batch", list(_edge_batches()), ids=[n for n, _ in _edge_batches()])
 def test_edge_cases(method, name, batch):
     assert_stats_close(batch_stats(**batch, method=method), numpy_stats(batch), RTOL[torch.float32])
@@ -255,13 +255,6 @@ def test_twin_property(rows, tokens, seed, adv_per_token, expert, mask_rate):
     assert_stats_close(batch_stats(**batch, method="torch"), numpy_stats(batch), RTOL[torch.float32])
 
 
-def test_backend_is_the_former_name_of_method():
-    batch = make_batch(7, 19, seed=4)
-    old, new = batch_stats(**batch, backend="torch"), batch_stats(**batch, method="torch")
-    for name, value in new.__dict__.items():
-        assert torch.equal(getattr(old, name), value), name
-
-
 def test_validation_names_the_argument():
     batch = make_batch(3, 4)
     with pytest.raises(TypeError, match=r"logp must be a torch\.Tensor"):
@@ -274,10 +267,6 @@ def test_validation_names_the_argument():
         batch_stats(**{**batch, "expert": torch.zeros(3)})
     with pytest.raises(ValueError, match="method must be one of"):
         batch_stats(**batch, method="cuda")
-    with pytest.raises(ValueError, match="method must be one of"):
-        batch_stats(**batch, backend="cuda")
-    with pytest.raises(TypeError, match="pass method= only"):
-        batch_stats(**batch, method="torch", backend="torch")
     with pytest.raises(ValueError, match="trim must be"):
         batch_stats(**batch, trim=0.5)
     with pytest.raises(ValueError, match="sft_coef must be"):
@@ -304,7 +293,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 @cuda
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FORCED_METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "rows,tokens,adv_per_token",
@@ -330,7 +319,7 @@ def test_cuda_kernel_poisoned_and_bit_identical():
     assert torch.equal(runs[0], runs[1])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", FORCED_METHODS)
 def test_kl_of_a_policy_far_from_its_reference_stays_finite(method):
     """x = ref - logp beyond fp32's exp range (~88.7): the KL is huge, not inf."""
     batch = make_batch(4, 9, seed=17)

@@ -153,14 +153,15 @@ def test_the_controller_is_kept_with_trinitys_checkpoints(tmp_path: Path) -> Non
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="mu_peak"):
         MixGACPolicyLossFn(mu_peak=0.5, **CHORD_ARGS)
-    with pytest.raises(ValueError, match="sft_coef"):
-        MixGACPolicyLossFn(gac={"sft_coef": "nll"}, **CHORD_ARGS)
+    with pytest.raises(ValueError, match=r"enable_phi_function: .*gac\.sft_coef"):
+        MixGACPolicyLossFn(enable_phi_function=False, **CHORD_ARGS)
     with pytest.raises(ValueError, match="cap"):
         MixGACPolicyLossFn(gac={"cap": -1.0}, **CHORD_ARGS)
     with pytest.raises(ValueError, match=r"policy_loss_fn_args.gac has unknown keys \['kap'\]"):
         MixGACPolicyLossFn(gac={"kap": 0.02}, **CHORD_ARGS)
     assert MixGACPolicyLossFn(gac={"scale": [1.0, 2.0, 3.0]}, **CHORD_ARGS).gac.config.scale == (1.0, 2.0, 3.0)
-    assert MixGACPolicyLossFn(enable_phi_function=False, **CHORD_ARGS).gac.config.sft_coef == "nll"
+    plain = MixGACPolicyLossFn(gac={"sft_coef": "nll"}, **CHORD_ARGS)
+    assert plain.gac.config.sft_coef == "nll" and not plain.enable_phi_function
     loss_fn = MixGACPolicyLossFn(**CHORD_ARGS)
     logp = -torch.rand(ROWS, RESPONSE_LEN)
     mask = torch.ones(ROWS, RESPONSE_LEN, dtype=torch.bool)

@@ -135,7 +135,7 @@ def test_train_logs_moving_mu_checkpoints_and_resumes(tmp_path: Path, model_dir:
     metrics = first.gac.metrics()
     assert metrics["batch_n_sft"] > 0 and metrics["batch_n_rl"] > 0
     assert metrics["estimate"] == metrics["estimate"]  # the GAC estimate became defined (not NaN)
-    assert metrics["kl_ema"] == metrics["kl_ema"]  # beta > 0: KL read from ref_per_token_logps
+    assert metrics["ema_kl"] == metrics["ema_kl"]  # beta > 0: KL read from ref_per_token_logps
 
     saved = json.loads((tmp_path / "checkpoint-2" / STATE_FILE).read_text())
     assert saved["controller"]["step"] == 2 and saved["expert_draws"] == 2

@@ -1,9 +1,9 @@
-"""gaccore.bindings.verl_v1 / verl_main: verl's V1 trainer with GAC, from a Hydra command line.
+"""gaccore.bindings.verl_v1 / verl_v1_main: verl's V1 trainer with GAC, from a Hydra command line.
 
 The trainer classes are verl's own (``PPOTrainerSync`` and its registry), built
 from verl's own Hydra config; the TransferQueue and the Ray worker groups are
 replaced by stand-ins that hold the same tensors. A real V1 run cannot start
-on a CPU-only machine: ``python -m gaccore.bindings.verl_main`` with a tiny
+on a CPU-only machine: ``python -m gaccore.bindings.verl_v1_main`` with a tiny
 local model gets through Hydra, Ray and the GAC task runner (``gac_sync``
 found in the runner's own registry) to verl's resource pool, which asks Ray
 for GPUs (``use_gpu=True``) and stops with "Total available GPUs 0 is less
@@ -37,7 +37,7 @@ from verl.workers.utils.padding import response_to_nested  # noqa: E402
 
 from gaccore import Config  # noqa: E402
 from gaccore.bindings import verl as gac_verl  # noqa: E402
-from gaccore.bindings import verl_main, verl_v1  # noqa: E402
+from gaccore.bindings import verl_v1, verl_v1_main  # noqa: E402
 from gaccore.bindings.common import STATE_FILE  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -49,8 +49,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def readme_overrides() -> list[str]:
     """The Hydra overrides of the README's verl launch command, as a shell passes them."""
     text = README.read_text()
-    block = re.search(r"```bash\n(python -m gaccore\.bindings\.verl_main.*?)```", text, re.S)
-    assert block, "README has no verl_main launch command"
+    block = re.search(r"```bash\n(python -m gaccore\.bindings\.verl_v1_main.*?)```", text, re.S)
+    assert block, "README has no verl_v1_main launch command"
     return block.group(1).replace("\\\n", " ").split()[3:]
 
 
@@ -71,7 +71,7 @@ def verl_config(overrides: list[str]) -> DictConfig:
 def test_the_readme_command_line_sets_the_controllers_knobs() -> None:
     overrides = readme_overrides()
     assert "+gac.cap=0.02" in overrides
-    config = verl_main.prepare_config(verl_config(overrides))
+    config = verl_v1_main.prepare_config(verl_config(overrides))
     assert config.trainer.v1.trainer_mode == "gac_sync"
     ctrl = verl_v1.controller_from_config(config)
     assert ctrl.config.cap == 0.02 and ctrl.config.kl_target == 0.05
@@ -88,13 +88,13 @@ def test_every_config_field_is_settable_from_the_command_line() -> None:
 
 def test_bad_knobs_and_the_legacy_trainer_are_refused_before_ray_starts() -> None:
     with pytest.raises(ValueError, match=r"unknown keys \['kap'\]"):
-        verl_main.prepare_config(verl_config(["+gac.kap=0.02"]))
+        verl_v1_main.prepare_config(verl_config(["+gac.kap=0.02"]))
     with pytest.raises(ValueError, match="cap"):
-        verl_main.prepare_config(verl_config(["+gac.cap=-1"]))
+        verl_v1_main.prepare_config(verl_config(["+gac.cap=-1"]))
     with pytest.raises(ValueError, match="use_v1"):
-        verl_main.prepare_config(verl_config(["trainer.use_v1=false"]))
+        verl_v1_main.prepare_config(verl_config(["trainer.use_v1=false"]))
     with pytest.raises(ValueError, match=r"distillation\.enabled=true"):
-        verl_main.prepare_config(verl_config(["distillation.enabled=true"]))
+        verl_v1_main.prepare_config(verl_config(["distillation.enabled=true"]))
 
 
 def test_each_v1_trainer_has_a_registered_gac_variant() -> None:
@@ -113,10 +113,10 @@ def test_the_entry_point_runs_verls_main_with_the_gac_task_runner(
         main_ppo, "run_ppo", lambda config, task_runner_class: launched.append((config, task_runner_class))
     )
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["verl_main", *readme_overrides(), f"hydra.run.dir={tmp_path}"])
-    verl_main.main()
+    monkeypatch.setattr(sys, "argv", ["verl_v1_main", *readme_overrides(), f"hydra.run.dir={tmp_path}"])
+    verl_v1_main.main()
     ((config, runner),) = launched
-    assert runner is verl_main.GACTaskRunner
+    assert runner is verl_v1_main.GACTaskRunner
     assert config.trainer.v1.trainer_mode == "gac_sync" and config.gac.cap == 0.02
 
 

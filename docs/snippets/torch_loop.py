@@ -1,7 +1,7 @@
 import torch
 
 from gaccore import Controller
-from gaccore.bindings.torch import mix, sft_loss
+from gaccore.bindings.losses import mix, sft_loss
 
 torch.manual_seed(0)
 V, T, PROMPTS, G, EXPERTS = 16, 8, 4, 4, 4  # vocab, completion length, prompts, group size, demos

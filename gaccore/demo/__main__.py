@@ -79,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
         help=f"methods to run, from: {', '.join(METHODS)}",
     )
     demo.add_argument(
-        "--sft-loss",
+        "--sft-coef",
         choices=("nll", "phi"),
         default="nll",
         help="SFT loss for every method: plain NLL (default) or CHORD's token-weighted phi",
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = list(SUITE) if args.full else QUICK_SUITE_TASKS
         steps = args.steps or SUITE_STEPS
     n_seeds = args.seeds or (FULL_SEEDS if args.full else QUICK_SEEDS)
-    settings = RunSettings(steps=steps, sft_loss=args.sft_loss, eval_every=max(1, min(50, steps // 10)))
+    settings = RunSettings(steps=steps, sft_coef=args.sft_coef, eval_every=max(1, min(50, steps // 10)))
     if args.methods:
         methods = args.methods
     elif args.task:

@@ -390,7 +390,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "",
         f"Every method: {settings['steps']} steps of {settings['prompts_per_step']} prompts x "
         f"{settings['group_size']} rollouts plus their {settings['prompts_per_step']} demonstrations; AdamW lr "
-        f"{settings['lr']}; SFT loss `{settings['sft_loss']}`; KL target {settings['kl_target']}; "
+        f"{settings['lr']}; SFT token weighting `{settings['sft_coef']}`; KL target {settings['kl_target']}; "
         f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); the same settings on every task, no per-task tuning.",
         "",
         "## Verdict",

@@ -15,7 +15,7 @@ Every optimizer step, for every method alike:
 L_RL is the on-policy GRPO policy gradient (one update per batch, so the
 PPO ratio is 1 and clipping never acts); L_SFT is the token-weighted SFT
 loss of CHORD, ``phi(p) = p (1 - p)`` detached, or plain NLL
-(``gaccore.bindings.torch.sft_loss``). The rules get torch tensors: GAC's
+(``gaccore.bindings.losses.sft_loss``). The rules get torch tensors: GAC's
 statistics run through ``gaccore.kernels`` (the torch twin on CPU).
 
 The KL reference. The policy is trained from scratch, so there is no
@@ -41,9 +41,10 @@ import torch
 
 from gaccore import Config, Controller
 from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
-from gaccore.bindings.torch import mix, sft_loss
+from gaccore.bindings.losses import mix, sft_loss
 from gaccore.demo.model import TinyTransformer
 from gaccore.demo.task import ANSWER_LEN, ArithmeticTask, make_suite_task, reward
+from gaccore.stats import k3
 
 # Below this within-group reward spread the group carries no RL signal.
 GROUP_STD_EPS = 1e-4
@@ -67,7 +68,7 @@ class RunSettings:
     # Plain NLL by default: with this task's systematically wrong demos, CHORD's
     # phi weighting kept every method at the no-carry plateau (carry accuracy 0
     # after 1000 steps); the "gac-phi" ablation and --sft-loss phi run it.
-    sft_loss: str = "nll"  # "nll" or "phi" (CHORD token weighting)
+    sft_coef: str = "nll"  # the SFT loss's token weighting: "nll" or "phi" (CHORD)
     ref_decay: float = 0.99
     kl_target: float = 0.2
     width: int = 64
@@ -127,7 +128,7 @@ def _gac(settings: RunSettings, **overrides: Any) -> Controller:
         "warmup_steps": settings.warmup_steps,
         "decay_steps": settings.decay_steps,
         "kl_target": settings.kl_target,
-        "sft_coef": settings.sft_loss,
+        "sft_coef": settings.sft_coef,
         "large_shift": LARGE_SHIFT,
     }
     config = Config(**{**fields, **overrides})
@@ -189,13 +190,13 @@ SUITE_METHODS = ["gac", "gac-verified", "chord", "hpt", "fixed-0.5", "pure-sft",
 # its runs are the full suite's seed 0).
 QUICK_SUITE_TASKS = ["carry-drop", "mostly-wrong"]
 QUICK_SUITE_METHODS = ["gac", "gac-verified", "chord", "hpt", "pure-sft"]
-OTHER_SFT_LOSS = {"nll": "gac-phi", "phi": "gac-nll"}
+OTHER_SFT_COEF = {"nll": "gac-phi", "phi": "gac-nll"}
 
 
 def ablations(settings: RunSettings) -> list[str]:
     """GAC without each of its parts: cap, EMA, prior, and its SFT loss
     (with CHORD's token phi when the comparison uses NLL, and the reverse)."""
-    return ["gac-no-cap", "gac-no-ema", "gac-no-prior", OTHER_SFT_LOSS[settings.sft_loss]]
+    return ["gac-no-cap", "gac-no-ema", "gac-no-prior", OTHER_SFT_COEF[settings.sft_coef]]
 
 
 def is_gac_method(method: str) -> bool:
@@ -217,7 +218,7 @@ SOURCE_DIRS: dict[str, Path] = {
     package: _package_dir(package) for package in ("gaccore", "gaccore.kernels", "gaccore.bindings")
 }
 # The torch SFT loss and mix(), which every method trains with.
-SFT_LOSS_SOURCE = ("gaccore.bindings", "torch.py")
+SFT_LOSS_SOURCE = ("gaccore.bindings", "losses.py")
 # Demo files that plan, store and report runs but never touch one's numbers
 # (the settings they pass on are in the key): editing them retrains nothing.
 DEMO_REPORTING_SOURCES = [("gaccore", f"demo/{name}") for name in ("__main__.py", "runner.py", "report.py")]
@@ -255,10 +256,10 @@ def method_sources(method: str) -> dict[str, Path]:
     return {f"{package.replace('.', '/')}/{name}": SOURCE_DIRS[package] / name for package, name in sorted(files)}
 
 
-def sft_loss_kind(method: str, settings: RunSettings) -> str:
-    """The SFT loss a method trains with: the shared one, except the GAC
-    ablations that swap it (their statistic follows the loss)."""
-    return {"gac-phi": "phi", "gac-nll": "nll"}.get(method, settings.sft_loss)
+def sft_coef_of(method: str, settings: RunSettings) -> str:
+    """The SFT token weighting a method trains with: the shared one, except
+    the GAC ablations that swap it (their statistic follows the loss)."""
+    return {"gac-phi": "phi", "gac-nll": "nll"}.get(method, settings.sft_coef)
 
 
 # -- losses --------------------------------------------------------------------
@@ -269,12 +270,6 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, unbiased=False, keepdim=True)
     return (rewards - mean) / (std + GROUP_STD_EPS)
-
-
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Mean k3 KL estimate ``expm1(x) - x``, ``x = ref_logp - logp``."""
-    x = ref_logp - logp
-    return (torch.expm1(x) - x).mean()
 
 
 # -- one run ---------------------------------------------------------------------
@@ -328,7 +323,7 @@ class Trainer:
         self.reference = copy.deepcopy(self.policy).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=settings.lr)
         self.rule = METHODS[method](settings)
-        self.sft_kind = sft_loss_kind(method, settings)
+        self.sft_coef = sft_coef_of(method, settings)
         self.sampler = torch.Generator().manual_seed(seed)
         self.prompt_rng = np.random.default_rng(seed)
         P, G = settings.prompts_per_step, settings.group_size
@@ -352,7 +347,7 @@ class Trainer:
         logp = policy.answer_logp(torch.cat([group_prompts, prompts]), torch.cat([rollouts, demos]))
         with torch.no_grad():
             ref_logp = self.reference.answer_logp(group_prompts, rollouts)
-            kl = k3_kl(logp[: P * G].detach(), ref_logp)
+            kl = k3(ref_logp - logp[: P * G].detach()).mean()
 
         # The rule reads detached tensors; GAC computes its statistics on them
         # with gaccore.kernels (on CPU, the plain-torch twin of the Triton kernel).
@@ -367,7 +362,7 @@ class Trainer:
 
         # On-policy GRPO: one update per batch, so the PPO ratio is 1 and its gradient is adv * grad log p.
         rl_loss = -(advantages.reshape(-1) * logp[: P * G].mean(dim=-1)).mean()
-        loss = hybrid_loss(self.rule, mu, logp[P * G :], rl_loss, self.sft_kind)
+        loss = hybrid_loss(self.rule, mu, logp[P * G :], rl_loss, self.sft_coef)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), self.settings.grad_clip)

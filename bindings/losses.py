@@ -1,4 +1,4 @@
-"""The pieces a hand-written torch loop needs around ``gaccore.Controller``.
+"""The losses a torch loop needs around ``gaccore.Controller``.
 
 ``sft_loss`` is the expert (SFT) term of the hybrid loss with CHORD's token
 weighting, and ``mix`` forms ``mu * L_SFT + (1 - mu) * L_RL``. The weighting
@@ -61,25 +61,25 @@ def sft_loss(logp: torch.Tensor, mask: torch.Tensor, *, sft_coef: str = "phi") -
     return per_token.sum() / count
 
 
-def mix(sft_loss: torch.Tensor, rl_loss: torch.Tensor, mu: float | torch.Tensor) -> torch.Tensor:
-    """``mu * sft_loss + (1 - mu) * rl_loss``, with no gradient through ``mu``.
+def mix(loss_sft: torch.Tensor, loss_rl: torch.Tensor, mu: float | torch.Tensor) -> torch.Tensor:
+    """``mu * loss_sft + (1 - mu) * loss_rl``, with no gradient through ``mu``.
 
     ``mu`` is the controller's output: a Python float, or the 0-d tensor that
     ``Controller.update``/``step`` return for torch inputs (it is used on the
     losses' device without a host read). A Python ``mu`` must lie in [0, 1].
     """
-    for name, loss in (("sft_loss", sft_loss), ("rl_loss", rl_loss)):
+    for name, loss in (("loss_sft", loss_sft), ("loss_rl", loss_rl)):
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             raise ValueError(f"{name} must be a 0-d torch.Tensor (a reduced loss), got {_describe(loss)}")
     if isinstance(mu, torch.Tensor):
         if mu.ndim != 0:
             raise ValueError(f"mu must be a number or a 0-d tensor, got shape {list(mu.shape)}")
-        weight = mu.detach().to(device=rl_loss.device, dtype=rl_loss.dtype)
+        weight = mu.detach().to(device=loss_rl.device, dtype=loss_rl.dtype)
     elif isinstance(mu, numbers.Real) and not isinstance(mu, bool) and 0.0 <= float(mu) <= 1.0:
         weight = float(mu)
     else:
         raise ValueError(f"mu must be a number in [0, 1] or a 0-d tensor, got {mu!r}")
-    return weight * sft_loss + (1 - weight) * rl_loss
+    return weight * loss_sft + (1 - weight) * loss_rl
 
 
 def _describe(value: object) -> str:

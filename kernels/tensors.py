@@ -1,10 +1,8 @@
-"""Torch-side helpers around ``gaccore.rows``: input validation for torch
-tensors, and numpy views of CPU row results.
+"""What the kernel, the twin and the torch backend share about torch tensors:
+input validation, the row results' dtype, and numpy views of CPU row results.
 
-``RowResults``, ``with_roles`` and ``finalize`` live in ``gaccore.rows``
-(shared with the numpy path) and are re-exported here. This module imports
-torch only (no triton), so the twin works where triton is missing and the
-kernel module is imported only when it is used.
+It imports torch only (no triton), so the twin works where triton is missing
+and the kernel module is imported only when it is used.
 """
 
 from __future__ import annotations
@@ -14,20 +12,10 @@ from typing import Any
 
 import torch
 
-from gaccore.rows import BatchStats, RowResults, finalize, trimmed_variance, with_roles
+from gaccore.rows import RowResults
 from gaccore.validation import check_batch
 
-__all__ = [
-    "ROW_DTYPE",
-    "BatchStats",
-    "RowResults",
-    "check_inputs",
-    "finalize",
-    "numpy_kind",
-    "on_host",
-    "trimmed_variance",
-    "with_roles",
-]
+__all__ = ["ROW_DTYPE", "check_inputs", "numpy_kind", "on_host"]
 
 ROW_DTYPE = torch.float64
 

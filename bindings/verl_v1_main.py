@@ -1,6 +1,6 @@
 """verl's ``python -m verl.trainer.main_ppo`` with GAC switched on.
 
-    python -m gaccore.bindings.verl_main <verl's usual overrides> +gac.cap=0.02 +gac.kl_target=0.05
+    python -m gaccore.bindings.verl_v1_main <verl's usual overrides> +gac.cap=0.02 +gac.kl_target=0.05
 
 Takes verl's own Hydra config (``verl/trainer/config/ppo_trainer.yaml``) and
 every override verl takes; the ``gac`` section holds ``gaccore.Config``

@@ -1,6 +1,7 @@
 """The torch statistics backend of the Controller, and the method switch.
 
-``TorchBackend`` satisfies ``gaccore.backend.StatsBackend``: row results come
+``TorchBackend`` satisfies ``gaccore.backend.TorchSide`` (``gaccore.kernels``
+registers it there on import): row results come
 from the fused Triton kernel on CUDA and from the torch twin elsewhere (the
 ``method`` option: "auto", "triton", "torch"), the controller's state lives as
 0-d float64 tensors on an accelerator and as host scalars for CPU tensors,
@@ -11,35 +12,25 @@ explicit read path behind ``ctrl.mu`` and ``ctrl.metrics()``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from gaccore.kernels import reference
-from gaccore.kernels.rows import RowResults, check_inputs, finalize, on_host
-from gaccore.stats import BatchStats
+from gaccore.kernels.tensors import check_inputs, on_host
+from gaccore.rows import BatchStats, RowResults, finalize
 from gaccore.validation import check_trim
 
-METHODS = ("auto", "triton", "torch")
+# Where row results come from: the Triton kernel on CUDA and the twin elsewhere,
+# or either one forced.
+STATS_METHODS = ("auto", "triton", "torch")
 
 
 def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-
-def _method_from(method: str | None, backend: str | None) -> str:
-    """``method=``, or the ``backend=`` it was called before ``StatsBackend``
-    objects took that name (kept so existing callers work)."""
-    if backend is not None:
-        if method is not None:
-            raise TypeError("pass method= only (backend= is its former name)")
-        method = backend
-    method = "auto" if method is None else method
-    _check_method(method)
-    return method
+    if method not in STATS_METHODS:
+        raise ValueError(f"method must be one of {STATS_METHODS}, got {method!r}")
 
 
 def row_results(
@@ -77,19 +68,16 @@ def batch_stats(
     ref_logp: torch.Tensor | None = None,
     trim: float = 0.1,
     sft_coef: str = "phi",
-    method: str | None = None,
-    backend: str | None = None,
+    method: str = "auto",
 ) -> BatchStats[torch.Tensor, torch.Tensor]:
     """The proxies of SPEC §2 for torch tensors, as 0-d tensors on their device.
 
     ``logp``/``mask``/``ref_logp`` are ``[B, T]``, ``adv`` is ``[B]`` or
     ``[B, T]``, ``expert`` is ``[B]``. Floats come back as float64, counts as
     int64; no host-device synchronization happens. ``method`` ("auto" by
-    default) picks the kernel or the twin, see ``row_results``; ``backend`` is
-    its former name.
+    default) picks the kernel or the twin, see ``row_results``.
     """
     check_trim(trim)
-    method = _method_from(method, backend)
     rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, method=method)
     return finalize(rows, trim=trim)
 
@@ -119,7 +107,7 @@ class TorchBackend:
     def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
         check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
 
-    def partials(
+    def row_results(
         self,
         logp: Any,
         mask: Any,
@@ -134,15 +122,31 @@ class TorchBackend:
     def merge(self, a: RowResults, b: RowResults) -> RowResults:
         return a.merge(b)
 
-    def reduce(self, partials: RowResults, process_group: Any) -> RowResults:
-        from gaccore.kernels.distributed import all_gather_partials  # lazy: needs torch.distributed
+    def reduce(self, rows: RowResults, process_group: Any) -> RowResults:
+        from gaccore.kernels.distributed import all_gather_row_results  # lazy: needs torch.distributed
 
-        return all_gather_partials(partials, process_group)
+        return all_gather_row_results(rows, process_group)
 
-    def finalize(self, partials: RowResults, *, trim: float) -> BatchStats[Any, Any]:
-        if self._host(partials.n_tokens.device):
-            return finalize(on_host(partials), trim=trim)
-        return finalize(partials, trim=trim)
+    def mean_over_group(self, value: Any, process_group: Any, device: torch.device | None) -> torch.Tensor:
+        from gaccore.kernels.distributed import mean_over_group  # lazy: needs torch.distributed
+
+        return mean_over_group(value, process_group, device)
+
+    def compile_close_step(self, close_step: Callable[..., Any], mode: bool | str) -> Callable[..., Any]:
+        """``close_step`` through ``torch.compile`` (``True``), and that
+        replayed from a CUDA graph per argument layout (``"reduce-overhead"``,
+        see ``gaccore.kernels.graphs``)."""
+        compiled = torch.compile(close_step)
+        if mode is True:
+            return compiled
+        from gaccore.kernels.graphs import CloseStepGraphs  # lazy: imports the controller's state type
+
+        return CloseStepGraphs(compiled)
+
+    def finalize(self, rows: RowResults, *, trim: float) -> BatchStats[Any, Any]:
+        if self._host(rows.n_tokens.device):
+            return finalize(on_host(rows), trim=trim)
+        return finalize(rows, trim=trim)
 
     def _host(self, device: torch.device) -> bool:
         return self.host_on_cpu and device.type == "cpu"

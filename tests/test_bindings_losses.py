@@ -1,4 +1,4 @@
-"""gaccore.bindings.torch: the CHORD SFT loss, mix(), and the README loop."""
+"""gaccore.bindings.losses: the CHORD SFT loss, mix(), and the README loop."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from gaccore.bindings.torch import mix, sft_loss  # noqa: E402
+from gaccore.bindings.losses import mix, sft_loss  # noqa: E402
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
 
@@ -89,7 +89,7 @@ def test_mix_rejects_bad_mu(mu) -> None:
 
 
 def test_mix_rejects_unreduced_losses() -> None:
-    with pytest.raises(ValueError, match="rl_loss"):
+    with pytest.raises(ValueError, match="loss_rl"):
         mix(torch.tensor(1.0), torch.ones(3), 0.5)
 
 
