@@ -13,8 +13,10 @@ Imports only the standard library and gaccore's core.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,22 +52,54 @@ def config_from_knobs(knobs: Mapping[str, Any], *, source: str) -> Config:
     return Config(**fields)
 
 
-def logged_metrics(controller: Controller) -> dict[str, float]:
-    """The controller's ``gac/*`` metrics (NaN where a proxy is not yet defined)."""
-    metrics = controller.metrics()
-    return {f"{METRIC_PREFIX}{name}": metrics[name] for name in LOGGED_METRICS}
+def logged_metrics(read: Mapping[str, float]) -> dict[str, float]:
+    """The ``gac/*`` metrics of one read of the controller's state
+    (``controller.metrics()``; NaN where a proxy is not yet defined). A
+    binding that also needs ``mu`` on the host takes it from the same read,
+    ``read["mu"]``, never from these logged names."""
+    return {f"{METRIC_PREFIX}{name}": read[name] for name in LOGGED_METRICS}
 
 
 def save_controller(controller: Controller, folder: str | os.PathLike[str], **extra: Any) -> str:
     """Write the controller's state (and the binding's JSON-ready ``extra``)
-    as ``STATE_FILE`` into a checkpoint folder; returns the file's path."""
+    as ``STATE_FILE`` into a checkpoint folder; returns the file's path.
+
+    The write is atomic: the JSON goes to a temporary file in the same folder,
+    is flushed and fsynced, and then replaces ``STATE_FILE`` in one rename, so
+    a process killed mid-save leaves the previous state readable.
+    """
     if "controller" in extra:
         raise ValueError("extra must not be named 'controller': that key holds the controller's state")
+    text = json.dumps({"controller": controller.state_dict(), **extra})
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, STATE_FILE)
-    with open(path, "w") as f:
-        json.dump({"controller": controller.state_dict(), **extra}, f)
+    handle, temporary = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+    _fsync_folder(folder)
     return path
+
+
+def _fsync_folder(folder: str | os.PathLike[str]) -> None:
+    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def load_controller(controller: Controller, folder: str | os.PathLike[str], *, device: Any = None) -> dict[str, Any]:

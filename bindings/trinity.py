@@ -124,7 +124,7 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         metrics = {f"usual/{k}": v * n_usual * usual_weight for k, v in grpo_metrics.items()}
         metrics.update({f"expert/{k}": v * n_expert * expert_weight for k, v in sft_metrics.items()})
         metrics.update({"loss": loss.item(), "mu": mu})
-        metrics.update(logged_metrics(self.gac))
+        metrics.update(logged_metrics(self.gac.metrics()))
         return loss, metrics
 
     def save_state(self) -> str | None:

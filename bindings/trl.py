@@ -311,7 +311,7 @@ class GACGRPOTrainer(GRPOTrainer):
             if self.current_gradient_accumulation_steps == 1:
                 mu = stepped  # one micro-batch per step: SPEC uses this step's own mu
             self._window_mu = stepped
-            for key, value in logged_metrics(self.gac).items():
+            for key, value in logged_metrics(self.gac.metrics()).items():
                 self._metrics[mode][key].append(value)
         return mu
 

@@ -55,7 +55,7 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
 
 from gaccore import Controller
-from gaccore.bindings.common import METRIC_PREFIX, logged_metrics
+from gaccore.bindings.common import logged_metrics
 from gaccore.bindings.losses import mix, sft_token_loss
 
 __all__ = [
@@ -110,8 +110,8 @@ def observe_tensors(
         tensors[EXPERT_KEY],
         ref_logp=None if ref_logp is None else ref_logp.detach(),
     )
-    metrics = logged_metrics(controller)
-    return mix_settings(controller, metrics[f"{METRIC_PREFIX}mu"]), metrics
+    read = controller.metrics()  # one read of the state: mu for the workers, and the log
+    return mix_settings(controller, read["mu"]), logged_metrics(read)
 
 
 def mix_settings(controller: Controller, mu: float) -> dict[str, Any]:

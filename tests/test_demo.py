@@ -210,7 +210,7 @@ def test_a_controller_edit_changes_the_gac_key_only(tmp_path: Path, monkeypatch:
     with (copies["gaccore"] / "demo" / "report.py").open("a") as report:
         report.write("# an edit\n")
     assert {method: key(method) for method in after} == after  # reporting code retrains nothing
-    for edited in (copies["gaccore.bindings"] / "torch.py", copies["gaccore"] / "demo" / "train.py"):
+    for edited in (copies["gaccore.bindings"] / "losses.py", copies["gaccore"] / "demo" / "train.py"):
         with edited.open("a") as source:
             source.write("# an edit\n")
         assert all(key(method) != after[method] for method in after)

@@ -190,3 +190,12 @@ def test_the_readme_config_builds_the_loss_trinity_sends_to_its_workers(tmp_path
     )
     assert isinstance(loss.policy_loss_fn, MixGACPolicyLossFn)
     assert loss.policy_loss_fn.gac.config.cap == 0.02 and loss.policy_loss_fn.state_dir == str(tmp_path)
+
+
+def test_every_config_field_reaches_the_gac_dict() -> None:
+    """Trinity's YAML ``policy_loss_fn_args: {gac: {...}}`` takes every Config field."""
+    from test_config import NON_DEFAULT
+
+    for name, value in NON_DEFAULT.items():
+        given = list(value) if isinstance(value, tuple) else value  # YAML gives lists
+        assert getattr(MixGACPolicyLossFn(gac={name: given}, **CHORD_ARGS).gac.config, name) == value, name

@@ -222,11 +222,13 @@ SFT_LOSS_SOURCE = ("gaccore.bindings", "losses.py")
 # Demo files that plan, store and report runs but never touch one's numbers
 # (the settings they pass on are in the key): editing them retrains nothing.
 DEMO_REPORTING_SOURCES = [("gaccore", f"demo/{name}") for name in ("__main__.py", "runner.py", "report.py")]
-# What a baseline's numbers can depend on beyond the demo itself. Left out on
-# purpose: gaccore.stats (the baselines' own k3 runs only without ``kl=``, and
-# the demo always passes it) and gaccore.validation (checks, no arithmetic).
+# What a baseline's numbers can depend on beyond the demo itself: the rules
+# with what they import, and gaccore.stats, whose k3 is the KL every run logs
+# and feeds to its rule. Left out on purpose: gaccore.validation (checks, no
+# arithmetic).
 BASELINE_SOURCES = [
     ("gaccore", "baselines.py"),
+    ("gaccore", "stats.py"),
     ("gaccore", "schedules.py"),
     ("gaccore", "persistence.py"),
     ("gaccore", "_array.py"),
