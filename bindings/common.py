@@ -1,7 +1,7 @@
 """What every trainer binding shares: the checkpoint file, the logged metrics.
 
 A binding is wiring around ``gaccore.Controller``: it feeds the controller
-the trainer's tensors, weights the two losses with ``bindings.torch.mix`` and
+the trainer's tensors, weights the two losses with ``bindings.losses.mix`` and
 keeps the controller in the trainer's checkpoints. The last two parts are the
 same for every trainer and live here, so TRL, verl and Trinity name the file
 and the metrics alike and a checkpoint of one reads like the others.
@@ -35,7 +35,19 @@ __all__ = [
 STATE_FILE = "gaccore_state.json"
 METRIC_PREFIX = "gac/"
 # Controller metrics worth a line in a trainer's logs, as "gac/<name>".
-LOGGED_METRICS = ("mu", "rho", "estimate", "ema_disagreement", "ema_var_sft", "ema_var_rl", "ema_kl", "n_dropped")
+LOGGED_METRICS = (
+    "mu",
+    "rho",
+    "estimate",
+    "ema_disagreement",
+    "ema_var_sft",
+    "ema_var_rl",
+    "ema_kl",
+    "ema_expert_reward",
+    "ema_policy_reward",
+    "demos_kept",
+    "n_dropped",
+)
 
 
 def config_from_knobs(knobs: Mapping[str, Any], *, source: str) -> Config:

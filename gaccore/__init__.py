@@ -9,7 +9,7 @@ from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, Rewa
 from gaccore.closed_form import mu_star, mu_star_biased
 from gaccore.config import Config
 from gaccore.controller import Controller
-from gaccore.rows import BatchStats
+from gaccore.rows import BatchStats, kept_demos
 from gaccore.schedules import WarmupCosine, warmup_cosine
 from gaccore.stats import batch_stats
 
@@ -25,6 +25,7 @@ __all__ = [
     "ScheduleMu",
     "WarmupCosine",
     "batch_stats",
+    "kept_demos",
     "mu_star",
     "mu_star_biased",
     "warmup_cosine",

@@ -29,7 +29,7 @@ class StatsBackend(Protocol):
 
     name: str
 
-    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
+    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str, scores: Any) -> None:
         """Validate one micro-batch as ``row_results`` does, without computing anything."""
 
     def row_results(
@@ -41,6 +41,7 @@ class StatsBackend(Protocol):
         *,
         ref_logp: Any,
         sft_coef: str,
+        scores: Any,
     ) -> Any:
         """Mergeable row results of one micro-batch (validates the inputs)."""
 
@@ -50,7 +51,7 @@ class StatsBackend(Protocol):
     def reduce(self, rows: Any, process_group: Any) -> Any:
         """Row results merged over every rank of ``process_group``, in rank order."""
 
-    def finalize(self, rows: Any, *, trim: float) -> BatchStats[Any, Any]:
+    def finalize(self, rows: Any, *, trim: float, filter_demos: float | None) -> BatchStats[Any, Any]:
         """The proxies from merged row results."""
 
     def device_of(self, value: Any) -> Any:
@@ -96,8 +97,8 @@ class NumpyBackend:
 
     name = "numpy"
 
-    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
-        stats.check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str, scores: Any) -> None:
+        stats.check_inputs(logp, mask, adv, expert, ref_logp, sft_coef, scores)
 
     def row_results(
         self,
@@ -108,8 +109,9 @@ class NumpyBackend:
         *,
         ref_logp: Any,
         sft_coef: str,
+        scores: Any,
     ) -> RowResults:
-        return stats.row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
+        return stats.row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, scores=scores)
 
     def merge(self, a: RowResults, b: RowResults) -> RowResults:
         return a.merge(b)
@@ -120,8 +122,8 @@ class NumpyBackend:
             "(numpy inputs are never reduced across ranks)"
         )
 
-    def finalize(self, rows: RowResults, *, trim: float) -> BatchStats[float, int]:
-        return finalize(rows, trim=trim)
+    def finalize(self, rows: RowResults, *, trim: float, filter_demos: float | None) -> BatchStats[float, int]:
+        return finalize(rows, trim=trim, filter_demos=filter_demos)
 
     def device_of(self, value: Any) -> None:
         return None

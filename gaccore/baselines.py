@@ -113,7 +113,7 @@ def _check_beta(beta: float) -> None:
     )
 
 
-def k3_kl(logp: Any, mask: Any, ref_logp: Any, expert: Any = None) -> float:
+def mean_k3(logp: Any, mask: Any, ref_logp: Any, expert: Any = None) -> float:
     """Mean k3 KL (``gaccore.stats.k3``), ``x = ref_logp - logp``, over
     masked-in tokens of non-expert rows with finite values (NaN when there
     are none). Unlike the controller's statistics, a non-finite token drops
@@ -341,7 +341,7 @@ class KLProportional(_SignalRule):
     def _next_mu(self, inputs: StepInputs) -> float:
         observed = math.nan if inputs.kl is None else _to_float(inputs.kl, "kl")
         if not math.isfinite(observed) and inputs.ref_logp is not None:
-            observed = k3_kl(inputs.logp, inputs.mask, inputs.ref_logp, inputs.expert)
+            observed = mean_k3(inputs.logp, inputs.mask, inputs.ref_logp, inputs.expert)
         if not math.isfinite(observed):
             return self._mu
         return float(np.clip(self.gain * self._fold(observed), self.mu_min, self.mu_max))

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
-from gaccore.validation import SFT_COEFS, SftCoef
+from gaccore.validation import SFT_COEFS, SftCoef, check_filter_demos
 
 # "paper": SPEC.md §3 as written. "verified": rho follows the verifier's
 # measure of the expert's advantage over the policy (an extension; see
@@ -61,6 +61,10 @@ class Config:
     mode: Mode = _setting(
         "paper", "'paper': rho from the KL; 'verified': rho from the verifier's success rates of expert and policy"
     )
+    filter_demos: float | None = _setting(
+        None, "demonstrations the verifier scores below this leave the SFT loss and statistics; None keeps all"
+    )
+    verified_patience: int = _setting(20, "mode 'verified': warn once after this many steps without the two rates")
 
     def __post_init__(self) -> None:
         if isinstance(self.scale, list):
@@ -79,8 +83,10 @@ class Config:
             elif f.name == "scale":
                 if not isinstance(value, tuple) or len(value) != 3 or not all(_is_number(v) and v > 0 for v in value):
                     raise ValueError(f"scale must be three finite numbers > 0 (kD, kS, kR), got {value!r}")
-            elif f.name in ("update_every", "warmup_steps", "decay_steps"):
-                least = 1 if f.name == "update_every" else 0
+            elif f.name == "filter_demos":
+                check_filter_demos(value)
+            elif f.name in ("update_every", "warmup_steps", "decay_steps", "verified_patience"):
+                least = 0 if f.name in ("warmup_steps", "decay_steps") else 1
                 if isinstance(value, bool) or not isinstance(value, int) or value < least:
                     raise ValueError(f"{f.name} must be an integer >= {least}, got {value!r}")
             elif not _is_number(value):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
@@ -161,8 +162,9 @@ def advance(
     without statistics), ``kl`` the caller's KL observation, ``prior_value``
     the prior at this step as a state scalar (``None`` or non-finite: no
     blend), and ``expert_reward``/``policy_reward`` the step's verifier
-    success rates of the demonstrations and of the rollouts (folded into EMAs
-    in every mode; they steer rho in ``mode="verified"``). Branch-free in the
+    success rates of the demonstrations and of the rollouts, where finite,
+    else the batch's rates from its per-row scores (folded into EMAs in
+    every mode; they steer rho in ``mode="verified"``). Branch-free in the
     values (only ``None`` picks a branch), so ``torch.compile`` traces it into
     one graph per combination of ``None``s.
     """
@@ -214,8 +216,12 @@ def _advance_steps(
             kl_drift_area=clip(s.kl_drift_area + where(observed, excess, 0.0), 0.0, FLOAT_MAX),
         )
 
-    # 2b. The verifier's success rates; in mode "verified" they set rho once both are known.
+    # 2b. The verifier's success rates (the caller's when finite, else the batch's
+    # from its scores); in mode "verified" they set rho once both are known.
     for name, reward in (("expert_reward", expert_reward), ("policy_reward", policy_reward)):
+        if batch is not None:
+            measured = getattr(batch, name)
+            reward = measured if reward is None else where(isfinite(reward), reward, measured)
         if reward is not None:
             ema, has, _ = _fold(getattr(s, f"ema_{name}"), getattr(s, f"has_{name}"), reward, config.stat_beta)
             s = dataclasses.replace(s, **{f"ema_{name}": ema, f"has_{name}": has})
@@ -269,7 +275,7 @@ def close_step(
     new state and the placed batch (detached state scalars, never the
     caller's tensors)."""
     if rows is not None:
-        batch = backend.finalize(rows, trim=config.trim)
+        batch = backend.finalize(rows, trim=config.trim, filter_demos=config.filter_demos)
     placed = None
     if batch is not None:
         placed = BatchStats(**{f.name: backend.scalar(getattr(batch, f.name), device) for f in fields(batch)})
@@ -358,6 +364,9 @@ class Controller:
         self._state: ControllerState[Any] = ControllerState.place(ControllerState.initial(config), NUMPY_BACKEND, None)
         self._pending: Any = None
         self._last_batch: BatchStats[Any, Any] | None = None
+        self._scored = False  # this step observed per-row verifier scores
+        self._steps_without_rates = 0  # consecutive steps of mode "verified" with no source of its rates
+        self._warned_without_rates = False
 
     # -- the per-step API ----------------------------------------------------
 
@@ -377,18 +386,27 @@ class Controller:
         expert: Any = None,
         *,
         ref_logp: Any = None,
+        scores: Any = None,
     ) -> None:
         """Add one micro-batch's row results to this step's statistics.
+
+        ``scores`` ``[B]``: the verifier's score of each row where the reward
+        function can score it (a demonstration's score, a rollout's reward;
+        NaN: not scored). They give the two success rates of
+        ``mode="verified"``, and with ``Config.filter_demos`` a demonstration
+        scored below it leaves the SFT statistics (``gaccore.kept_demos``).
 
         On steps that compute no statistics (``t % update_every != 0``) the
         inputs are checked as on every step (types, shapes, dtypes, device)
         and ignored: nothing launches.
         """
         backend = backend_for(logp)
+        options = {"ref_logp": ref_logp, "sft_coef": self.config.sft_coef, "scores": scores}
         if not self.is_stats_step():
-            backend.check(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef)
+            backend.check(logp, mask, adv, expert, **options)
+            self._scored |= scores is not None
             return
-        rows = backend.row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef)
+        rows = backend.row_results(logp, mask, adv, expert, **options)
         if self._pending is not None and self._pending[0] is not backend:
             raise TypeError(
                 "logp: all micro-batches of one step must be of one kind "
@@ -396,6 +414,7 @@ class Controller:
             )
         merged = rows if self._pending is None else backend.merge(self._pending[1], rows)
         self._pending = (backend, merged, backend.device_of(logp))
+        self._scored |= scores is not None
 
     def step(self, *, kl: Any = None, expert_reward: Any = None, policy_reward: Any = None) -> Any:
         """Close the optimizer step: fold statistics, update rho and mu.
@@ -428,6 +447,7 @@ class Controller:
         *,
         kl: Any = None,
         ref_logp: Any = None,
+        scores: Any = None,
         expert_reward: Any = None,
         policy_reward: Any = None,
     ) -> Any:
@@ -437,12 +457,12 @@ class Controller:
         raises...), the micro-batch observed here is forgotten again, so a
         retry does not count it twice.
         """
-        pending = self._pending
-        self.observe(logp, mask, adv, expert, ref_logp=ref_logp)
+        pending, scored = self._pending, self._scored
+        self.observe(logp, mask, adv, expert, ref_logp=ref_logp, scores=scores)
         try:
             return self.step(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
         except BaseException:
-            self._pending = pending
+            self._pending, self._scored = pending, scored
             raise
 
     def update_stats(
@@ -499,7 +519,27 @@ class Controller:
         self._pending = None
         self._last_batch = batch
         self._step += 1
+        rates_given = None not in (observations["expert_reward"], observations["policy_reward"])
+        self._count_rate_sources(self._scored or rates_given)
+        self._scored = False
         return backend.output(new_state.mu)
+
+    def _count_rate_sources(self, had_rates: bool) -> None:
+        """Warn once when ``mode="verified"`` goes ``verified_patience`` steps
+        without a source of its two success rates: it then steers rho like no
+        mode at all, and a user should not find that out from the results."""
+        if self.config.mode != "verified":
+            return
+        self._steps_without_rates = 0 if had_rates else self._steps_without_rates + 1
+        if self._steps_without_rates == self.config.verified_patience and not self._warned_without_rates:
+            self._warned_without_rates = True
+            warnings.warn(
+                f"mode='verified' has had no verifier success rates for {self.config.verified_patience} steps, so "
+                "rho stays where it is: pass scores=[B] (each row's verifier score) to observe/update, or "
+                "expert_reward= and policy_reward= to step",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _prior_value(self) -> float | None:
         if self.prior is None:
@@ -534,7 +574,9 @@ class Controller:
 
     def metrics(self) -> dict[str, float]:
         """Everything worth logging, as Python floats (NaN where undefined),
-        read from the device in one transfer."""
+        read from the device in one transfer: the state, the last step's
+        batch statistics as ``batch_<name>``, and ``demos_kept``, the share
+        of that step's demonstrations the filter kept."""
         names = [f.name for f in fields(ControllerState)]
         values = [getattr(self._state, name) for name in names]
         batch_names = [] if self._last_batch is None else [f.name for f in fields(self._last_batch)]
@@ -551,6 +593,9 @@ class Controller:
             out[name] = float(host[name]) if host.get(flag, True) else math.nan
         for name, value in zip(batch_names, read[len(names) :], strict=True):
             out[f"batch_{name}"] = float(value)
+        # The share of the last step's demonstrations that the filter kept.
+        demos = out.get("batch_n_demos", 0.0)
+        out["demos_kept"] = out["batch_n_sft"] / demos if demos > 0 else math.nan
         return out
 
     # -- persistence ---------------------------------------------------------
@@ -588,6 +633,7 @@ class Controller:
         self._state, self._backend, self._device = placed, backend, placement
         self._step = step
         self._pending = None
+        self._scored = False
         self._last_batch = None
 
 

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from gaccore._array import clip, is_torch, quiet, torch_module, where
+from gaccore._array import absolute, clip, is_torch, quiet, torch_module, where
 
 Value = TypeVar("Value")
 Count = TypeVar("Count")
@@ -46,6 +46,11 @@ class BatchStats(Generic[Value, Count]):
     n_rl: Count
     n_tokens: Count
     n_dropped: Count
+    # The verifier's success rates: the mean score of the scored demonstrations
+    # (kept or not) and of the scored RL rows; NaN without scores.
+    expert_reward: Value = math.nan  # type: ignore[assignment]
+    policy_reward: Value = math.nan  # type: ignore[assignment]
+    n_demos: Count = 0  # type: ignore[assignment]  # valid demonstration rows before the filter
 
 
 @dataclass(frozen=True)
@@ -77,23 +82,47 @@ class RowResults:
     min_w: Any
     max_w: Any
     kl_sum: Any  # sum of k3 over the row's tokens; NaN without ref_logp
+    demo: Any = None  # valid expert row, before any filter; 0 without `expert` (set by with_roles)
+    score: Any = None  # the verifier's score of the row; NaN where not scored (set by with_roles/with_scores)
 
     def merge(self, other: RowResults) -> RowResults:
         """The rows of both, ``self`` first: the exact merge of two micro-batches."""
         return RowResults(**{f.name: _concat(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
 
 
+# The fields that ``with_roles`` fills: every statistics path computes the rest.
+ROLE_FIELDS = ("rl", "sft", "demo", "score")
+
+
 def with_roles(rows: RowResults, expert: Any) -> RowResults:
-    """Fill ``rl``/``sft`` from ``valid`` and the expert flags (SPEC §2).
+    """Fill ``rl``/``sft``/``demo`` from ``valid`` and the expert flags (SPEC
+    §2), with every row unscored (``with_scores`` adds the verifier's scores).
 
     Without ``expert`` every valid row is an RL row and the SFT statistic is
-    taken over the same rows (the documented fallback)."""
+    taken over the same rows (the documented fallback); no row is a
+    demonstration then."""
+    unscored = rows.valid * math.nan
     if expert is None:
-        return dataclasses.replace(rows, rl=rows.valid, sft=rows.valid)
+        return dataclasses.replace(rows, rl=rows.valid, sft=rows.valid, demo=rows.valid * 0.0, score=unscored)
     # valid is 0/1 in float64: a comparison and two arithmetic ops give both
     # flags (each op is a kernel launch on a GPU, which costs more than the arithmetic)
-    sft = rows.valid * (expert != 0)
-    return dataclasses.replace(rows, rl=rows.valid - sft, sft=sft)
+    demo = rows.valid * (expert != 0)
+    return dataclasses.replace(rows, rl=rows.valid - demo, sft=demo, demo=demo, score=unscored)
+
+
+def with_scores(rows: RowResults, scores: Any) -> RowResults:
+    """The verifier's per-row scores ``[B]`` (float; NaN or inf: not scored),
+    for every row of the batch: a demonstration's score, a rollout's reward."""
+    return rows if scores is None else dataclasses.replace(rows, score=_as_real(scores))
+
+
+def kept_demos(scores: Any, filter_demos: float | None) -> Any:
+    """Which demonstrations the filter keeps: those whose score is not below
+    ``filter_demos``. An unscored one (NaN) is kept, and ``None`` keeps all.
+    Works on numpy arrays and torch tensors; trainers mask their SFT loss
+    with it, the controller its SFT statistics."""
+    threshold = -math.inf if filter_demos is None else filter_demos
+    return ~(scores < threshold)
 
 
 # -- the few operations whose spelling differs between numpy and torch ----------
@@ -137,6 +166,12 @@ def _at_least_one(x: Any) -> Any:
     return where(x >= 1, x, 1)
 
 
+def _masked_mean(select: Any, values: Any) -> Any:
+    """Mean of the selected values; NaN when none is selected."""
+    count = _as_real(select.sum())
+    return where(count > 0, _masked_sum(select, values) / _at_least_one(count), math.nan)
+
+
 # -- finalize ---------------------------------------------------------------------
 
 
@@ -157,7 +192,7 @@ def trimmed_variance(nll: Any, sft: Any, trim: float) -> Any:
     return where(count >= 2, m2 / _at_least_one(count - 1), math.nan)
 
 
-def finalize(rows: RowResults, *, trim: float = 0.1) -> BatchStats[Any, Any]:
+def finalize(rows: RowResults, *, trim: float = 0.1, filter_demos: float | None = None) -> BatchStats[Any, Any]:
     """The proxies of SPEC §2 from row results: 0-d tensors on their device
     for torch rows (float64, counts int64), Python floats and ints for numpy
     rows.
@@ -165,19 +200,26 @@ def finalize(rows: RowResults, *, trim: float = 0.1) -> BatchStats[Any, Any]:
     Rows combine with the parallel-axis (Chan) formulas in float64:
     ``mean = sum n_i mean_i / N``, ``M2 = sum M2_i + sum n_i (mean_i - mean)^2``
     and the same for the co-moment, so the result equals one pass over all
-    tokens of the RL rows. ``trim`` is taken as valid: ``batch_stats`` and
-    ``Config`` check it once, before any row is reduced.
+    tokens of the RL rows. ``trim`` and ``filter_demos`` are taken as valid:
+    ``batch_stats`` and ``Config`` check them once, before any row is reduced.
+
+    With ``filter_demos``, a demonstration scored below it (``kept_demos``) is
+    no SFT row: it adds nothing to ``var_sft`` or ``n_sft``. It still counts
+    in ``n_demos`` and in the expert's success rate, which measures the
+    expert, not the filter.
     """
     with quiet(rows.valid):  # NaN/inf of rows outside a statistic are masked
-        stats = _finalize(rows, trim)
+        stats = _finalize(rows, trim, filter_demos)
     if is_torch(stats.var_sft):
         return stats
     host = {f.name: getattr(stats, f.name) for f in fields(stats)}
     return BatchStats(**{name: int(v) if name.startswith("n_") else float(v) for name, v in host.items()})
 
 
-def _finalize(rows: RowResults, trim: float) -> BatchStats[Any, Any]:
-    rl, sft = rows.rl != 0, rows.sft != 0
+def _finalize(rows: RowResults, trim: float, filter_demos: float | None) -> BatchStats[Any, Any]:
+    rl, sft, demo = rows.rl != 0, rows.sft != 0, rows.demo != 0
+    if filter_demos is not None:
+        sft = sft & (kept_demos(rows.score, filter_demos) | ~demo)
     n_rl, n_sft = rl.sum(), sft.sum()
 
     # Eq. 8: ddof=1 variance of the sequence advantages of RL rows.
@@ -205,6 +247,7 @@ def _finalize(rows: RowResults, trim: float) -> BatchStats[Any, Any]:
 
     kl = where(n_tokens > 0, _masked_sum(rl, rows.kl_sum) / total, math.nan)
     dropped = (rows.n_tokens > 0) & (rows.valid == 0)
+    scored = absolute(rows.score) < math.inf  # false for NaN and inf: not scored
     return BatchStats(
         var_sft=trimmed_variance(rows.nll, sft, trim),
         var_rl=var_rl,
@@ -214,4 +257,7 @@ def _finalize(rows: RowResults, trim: float) -> BatchStats[Any, Any]:
         n_rl=n_rl,
         n_tokens=n_tokens.to(torch_module().int64) if is_torch(n_tokens) else n_tokens,
         n_dropped=dropped.sum(),
+        expert_reward=_masked_mean(demo & scored, rows.score),
+        policy_reward=_masked_mean(rl & scored, rows.score),
+        n_demos=demo.sum(),
     )

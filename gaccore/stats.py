@@ -28,8 +28,8 @@ import numpy as np
 import numpy.typing as npt
 
 from gaccore._array import absolute, expm1, where
-from gaccore.rows import BatchStats, RowResults, finalize, with_roles
-from gaccore.validation import check_batch, check_trim
+from gaccore.rows import BatchStats, RowResults, finalize, with_roles, with_scores
+from gaccore.validation import check_batch, check_filter_demos, check_trim
 
 __all__ = ["batch_stats", "check_inputs", "k3", "row_results"]
 
@@ -63,11 +63,12 @@ def check_inputs(
     expert: np.ndarray | None,
     ref_logp: np.ndarray | None,
     sft_coef: str,
+    scores: np.ndarray | None = None,
 ) -> tuple[int, int]:
     """Validate one batch of numpy arrays (types, shapes, dtype kinds)
     without reading any value; returns ``(B, T)``."""
     return check_batch(
-        {"logp": logp, "mask": mask, "adv": adv, "expert": expert, "ref_logp": ref_logp},
+        {"logp": logp, "mask": mask, "adv": adv, "expert": expert, "ref_logp": ref_logp, "scores": scores},
         array_type=np.ndarray,
         type_name="a numpy array",
         kind_of=lambda dtype: dtype.kind,
@@ -153,9 +154,11 @@ def row_results(
     *,
     ref_logp: np.ndarray | None = None,
     sft_coef: str = "phi",
+    scores: np.ndarray | None = None,
 ) -> RowResults:
-    """Reduce one batch to its mergeable row results (float64 throughout)."""
-    rows, tokens = check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+    """Reduce one batch to its mergeable row results (float64 throughout);
+    ``scores`` are the verifier's per-row scores (see ``rows.with_scores``)."""
+    rows, tokens = check_inputs(logp, mask, adv, expert, ref_logp, sft_coef, scores)
 
     on = mask != 0
     step = max(1, HOST_BLOCK_TOKENS // max(tokens, 1))
@@ -172,7 +175,7 @@ def row_results(
         ] or [_block_rows(logp, on, adv, ref_logp, sft_coef)]
     fields: dict[str, Any] = {name: np.concatenate([block[name] for block in blocks]) for name in blocks[0]}
     placeholder = fields["valid"]  # rl and sft are set from valid by with_roles
-    return with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), expert)
+    return with_scores(with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), expert), scores)
 
 
 def batch_stats(
@@ -184,13 +187,19 @@ def batch_stats(
     ref_logp: np.ndarray | None = None,
     trim: float = 0.1,
     sft_coef: str = "phi",
+    scores: np.ndarray | None = None,
+    filter_demos: float | None = None,
 ) -> BatchStats[float, int]:
     """The proxies of SPEC.md §2 for one batch, in float64.
 
     ``logp``/``mask``/``ref_logp`` are ``[B, T]``, ``adv`` is ``[B]`` or
     ``[B, T]``, ``expert`` is ``[B]`` (nonzero marks an SFT/expert row).
+    ``scores`` ``[B]`` are the verifier's scores of the rows (NaN: not
+    scored); they give the success rates, and with ``filter_demos`` a
+    demonstration scored below it leaves the SFT statistic (``kept_demos``).
     Never raises on valid shapes and dtypes; undefined statistics are NaN.
     """
     check_trim(trim)
-    rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
-    return finalize(rows, trim=trim)
+    check_filter_demos(filter_demos)
+    rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, scores=scores)
+    return finalize(rows, trim=trim, filter_demos=filter_demos)

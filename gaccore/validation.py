@@ -7,6 +7,7 @@ what was expected.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
@@ -25,6 +26,7 @@ def check_batch_shapes(
     adv: Sequence[int],
     expert: Sequence[int] | None = None,
     ref_logp: Sequence[int] | None = None,
+    scores: Sequence[int] | None = None,
 ) -> tuple[int, int]:
     """Validate the shapes of one batch and return ``(B, T)``."""
     logp, mask, adv = tuple(logp), tuple(mask), tuple(adv)
@@ -37,6 +39,8 @@ def check_batch_shapes(
         raise ValueError(f"adv must have shape [B] = [{rows}] or [B, T] = {list(logp)}, got {list(adv)}")
     if expert is not None and tuple(expert) != (rows,):
         raise ValueError(f"expert must have shape [B] = [{rows}], got {list(expert)}")
+    if scores is not None and tuple(scores) != (rows,):
+        raise ValueError(f"scores must have shape [B] = [{rows}], one verifier score per row, got {list(scores)}")
     if ref_logp is not None and tuple(ref_logp) != logp:
         raise ValueError(f"ref_logp must have the shape of logp [B, T] = {list(logp)}, got {list(ref_logp)}")
     return rows, tokens
@@ -49,6 +53,7 @@ INPUT_KINDS = {
     "adv": FLOAT_KINDS,
     "expert": EXPERT_KINDS,
     "ref_logp": FLOAT_KINDS,
+    "scores": FLOAT_KINDS,
 }
 
 
@@ -69,14 +74,10 @@ def check_batch(
     for name, value in inputs.items():
         if value is not None and not isinstance(value, array_type):
             raise TypeError(f"{name} must be {type_name}, got {type(value).__name__}")
-    expert, ref_logp = inputs["expert"], inputs["ref_logp"]
-    shape = check_batch_shapes(
-        inputs["logp"].shape,
-        inputs["mask"].shape,
-        inputs["adv"].shape,
-        None if expert is None else expert.shape,
-        None if ref_logp is None else ref_logp.shape,
-    )
+    optional = {
+        name: None if inputs.get(name) is None else inputs[name].shape for name in ("expert", "ref_logp", "scores")
+    }
+    shape = check_batch_shapes(inputs["logp"].shape, inputs["mask"].shape, inputs["adv"].shape, **optional)
     for name, value in inputs.items():
         if value is not None:
             check_dtype_kind(name, kind_of(value.dtype), INPUT_KINDS[name], value.dtype)
@@ -98,6 +99,13 @@ def check_dtype_kind(name: str, kind: str, allowed: str, dtype: object) -> None:
 def check_trim(trim: float) -> None:
     if isinstance(trim, bool) or not (isinstance(trim, (int, float)) and 0.0 <= trim < 0.5):
         raise ValueError(f"trim must be a number in [0, 0.5), got {trim!r}")
+
+
+def check_filter_demos(filter_demos: float | None) -> None:
+    if filter_demos is None:
+        return
+    if isinstance(filter_demos, bool) or not isinstance(filter_demos, (int, float)) or not math.isfinite(filter_demos):
+        raise ValueError(f"filter_demos must be None or a finite number (the lowest score kept), got {filter_demos!r}")
 
 
 def check_sft_coef(sft_coef: str) -> None:

@@ -38,10 +38,11 @@ def check_inputs(
     expert: Any,
     ref_logp: Any,
     sft_coef: str,
+    scores: Any = None,
 ) -> tuple[int, int]:
     """Validate one batch of torch tensors (types, shapes, dtype kinds, one
     device) without reading any value; returns ``(B, T)``."""
-    named = {"logp": logp, "mask": mask, "adv": adv, "expert": expert, "ref_logp": ref_logp}
+    named = {"logp": logp, "mask": mask, "adv": adv, "expert": expert, "ref_logp": ref_logp, "scores": scores}
     shape = check_batch(
         named, array_type=torch.Tensor, type_name="a torch.Tensor", kind_of=numpy_kind, sft_coef=sft_coef
     )

@@ -20,8 +20,8 @@ import torch
 
 from gaccore.kernels import reference
 from gaccore.kernels.tensors import check_inputs, on_host
-from gaccore.rows import BatchStats, RowResults, finalize
-from gaccore.validation import check_trim
+from gaccore.rows import BatchStats, RowResults, finalize, with_scores
+from gaccore.validation import check_filter_demos, check_trim
 
 # Where row results come from: the Triton kernel on CUDA and the twin elsewhere,
 # or either one forced.
@@ -42,21 +42,25 @@ def row_results(
     ref_logp: torch.Tensor | None = None,
     sft_coef: str = "phi",
     method: str = "auto",
+    scores: torch.Tensor | None = None,
 ) -> RowResults:
     """Row results of one batch from the kernel or the twin; the one place
-    inputs are validated.
+    inputs are validated. ``scores`` are the verifier's per-row scores (see
+    ``gaccore.rows.with_scores``).
 
     ``"auto"`` runs the Triton kernel on CUDA and the twin elsewhere,
     ``"triton"`` forces the kernel (on CPU only under ``TRITON_INTERPRET=1``),
     ``"torch"`` forces the twin.
     """
     _check_method(method)
-    check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+    check_inputs(logp, mask, adv, expert, ref_logp, sft_coef, scores)
     if method == "torch" or (method == "auto" and logp.device.type != "cuda"):
-        return reference.twin_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
-    from gaccore.kernels import fused  # lazy: triton is imported only when the kernel runs
+        rows = reference.twin_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
+    else:
+        from gaccore.kernels import fused  # lazy: triton is imported only when the kernel runs
 
-    return fused.kernel_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, checked=True)
+        rows = fused.kernel_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, checked=True)
+    return with_scores(rows, None if scores is None else scores.detach())
 
 
 def batch_stats(
@@ -69,17 +73,21 @@ def batch_stats(
     trim: float = 0.1,
     sft_coef: str = "phi",
     method: str = "auto",
+    scores: torch.Tensor | None = None,
+    filter_demos: float | None = None,
 ) -> BatchStats[torch.Tensor, torch.Tensor]:
     """The proxies of SPEC §2 for torch tensors, as 0-d tensors on their device.
 
     ``logp``/``mask``/``ref_logp`` are ``[B, T]``, ``adv`` is ``[B]`` or
     ``[B, T]``, ``expert`` is ``[B]``. Floats come back as float64, counts as
     int64; no host-device synchronization happens. ``method`` ("auto" by
-    default) picks the kernel or the twin, see ``row_results``.
+    default) picks the kernel or the twin, see ``row_results``. ``scores``
+    and ``filter_demos`` as in ``gaccore.batch_stats``.
     """
     check_trim(trim)
-    rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, method=method)
-    return finalize(rows, trim=trim)
+    check_filter_demos(filter_demos)
+    rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, method=method, scores=scores)
+    return finalize(rows, trim=trim, filter_demos=filter_demos)
 
 
 class TorchBackend:
@@ -104,8 +112,8 @@ class TorchBackend:
         self.method = method
         self.host_on_cpu = host_on_cpu
 
-    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str) -> None:
-        check_inputs(logp, mask, adv, expert, ref_logp, sft_coef)
+    def check(self, logp: Any, mask: Any, adv: Any, expert: Any, *, ref_logp: Any, sft_coef: str, scores: Any) -> None:
+        check_inputs(logp, mask, adv, expert, ref_logp, sft_coef, scores)
 
     def row_results(
         self,
@@ -116,8 +124,11 @@ class TorchBackend:
         *,
         ref_logp: Any,
         sft_coef: str,
+        scores: Any,
     ) -> RowResults:
-        return row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, method=self.method)
+        return row_results(
+            logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, method=self.method, scores=scores
+        )
 
     def merge(self, a: RowResults, b: RowResults) -> RowResults:
         return a.merge(b)
@@ -143,10 +154,10 @@ class TorchBackend:
 
         return CloseStepGraphs(compiled)
 
-    def finalize(self, rows: RowResults, *, trim: float) -> BatchStats[Any, Any]:
+    def finalize(self, rows: RowResults, *, trim: float, filter_demos: float | None) -> BatchStats[Any, Any]:
         if self._host(rows.n_tokens.device):
-            return finalize(on_host(rows), trim=trim)
-        return finalize(rows, trim=trim)
+            rows = on_host(rows)
+        return finalize(rows, trim=trim, filter_demos=filter_demos)
 
     def _host(self, device: torch.device) -> bool:
         return self.host_on_cpu and device.type == "cpu"

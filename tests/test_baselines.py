@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gaccore
-from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu, k3_kl
+from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu, mean_k3
 
 any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
 reward_arrays = st.integers(1, 5).flatmap(
@@ -72,7 +72,7 @@ def test_kl_proportional_reads_ref_logp_over_rl_rows() -> None:
     expert = np.array([False, True])
     x = ref[0] - logp[0]
     expected = float(np.mean(np.expm1(x) - x))
-    assert k3_kl(logp, mask, ref, expert) == pytest.approx(expected)
+    assert mean_k3(logp, mask, ref, expert) == pytest.approx(expected)
     rule = KLProportional(2.0, mu_max=1.0, mu_min=0.0)
     assert rule.update(logp, mask, np.zeros(2), expert, ref_logp=ref) == pytest.approx(2.0 * expected)
 

@@ -40,6 +40,8 @@ NON_DEFAULT = {
     "eta_down": 0.04,
     "large_shift": 0.05,
     "mode": "verified",
+    "filter_demos": 0.5,
+    "verified_patience": 5,
 }
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
+
+from gaccore import Config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -29,3 +32,17 @@ def test_readme_shows_each_executed_snippet_verbatim():
     assert snippets
     for path in snippets:
         assert path.read_text().rstrip("\n") in text, f"{path.name} differs from its README copy"
+
+
+def test_readme_settings_table_matches_config():
+    """The table of settings is made from Config's fields: every field's name, default and help
+    text (its metadata) appear as one row, in field order, so the table cannot drift from the code."""
+    text = README.read_text()
+    rows = [f"| `{f.name}` | `{f.default!r}` | {f.metadata['help']} |" for f in dataclasses.fields(Config)]
+    positions = []
+    for row in rows:
+        assert row in text, f"README lacks the settings row {row!r}"
+        positions.append(text.index(row))
+    assert positions == sorted(positions), "the README's settings rows are not in Config's field order"
+    documented = re.findall(r"^\| `(\w+)` \| `", text, re.M)
+    assert documented == [f.name for f in dataclasses.fields(Config)], "the table has rows for non-fields"

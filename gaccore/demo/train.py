@@ -67,7 +67,7 @@ class RunSettings:
     eval_every: int = 50
     # Plain NLL by default: with this task's systematically wrong demos, CHORD's
     # phi weighting kept every method at the no-carry plateau (carry accuracy 0
-    # after 1000 steps); the "gac-phi" ablation and --sft-loss phi run it.
+    # after 1000 steps); the "gac-phi" ablation and --sft-coef phi run it.
     sft_coef: str = "nll"  # the SFT loss's token weighting: "nll" or "phi" (CHORD)
     ref_decay: float = 0.99
     kl_target: float = 0.2
