@@ -21,7 +21,14 @@ import gaccore
 # grid leaves few distinct w values and D is a difference of close numbers.
 RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 2e-5, torch.float64: 1e-12}
 # SPEC §5: absolute 1e-6 for D near 0 and for variances below 1e-6.
-ATOL = {"var_sft": 1e-6, "var_rl": 1e-6, "disagreement": 1e-6, "kl": 1e-9, "expert_reward": 1e-12, "policy_reward": 1e-12}
+ATOL = {
+    "var_sft": 1e-6,
+    "var_rl": 1e-6,
+    "disagreement": 1e-6,
+    "kl": 1e-9,
+    "expert_reward": 1e-12,
+    "policy_reward": 1e-12,
+}
 COUNTS = ("n_sft", "n_rl", "n_tokens", "n_dropped", "n_demos")
 
 
