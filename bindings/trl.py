@@ -15,8 +15,20 @@ without accumulation the step's own ``mu`` is used. On several processes the
 controller reduces its statistics over the default group, so every rank uses
 the same ``mu``.
 
-``mu``, ``rho`` and the proxies' EMAs are logged through TRL's metrics (keys
-``gac/...``); the controller's state and the expert sampler's position are
+The verifier: TRL's rewards of the rollouts reach the controller as their
+per-row ``scores``. With ``gac_mode: verified`` or ``gac_filter_demos`` set,
+the trainer also scores each draw of demonstrations with its own
+``reward_funcs`` and ``reward_weights``, called as for rollouts (the raw
+prompt and completion, the completion ids, the expert dataset's other columns
+as keyword arguments). A demonstration scored below ``gac_filter_demos``
+adds nothing to the SFT loss (its tokens leave the loss mask) nor to the
+controller's SFT statistics. A demonstration that no reward function can
+score (all return None) is an error in verified mode, which needs every
+score, and is kept otherwise. Use reward functions in [0, 1] (verifiers)
+for verified mode: their means are the success rates it compares.
+
+``mu``, ``rho``, the proxies' and the success rates' EMAs and the share of
+demonstrations kept are logged through TRL's metrics (keys ``gac/...``); the controller's state and the expert sampler's position are
 saved in every checkpoint (``gaccore_state.json``) and restored by
 ``trainer.train(resume_from_checkpoint=...)``.
 
@@ -45,11 +57,14 @@ import torch.distributed as dist
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import maybe_apply_chat_template
 
-from gaccore import Config, Controller
+from gaccore import Config, Controller, kept_demos
 from gaccore.bindings.common import STATE_FILE, load_controller, logged_metrics, save_controller
 from gaccore.bindings.losses import mix, sft_loss
 
-__all__ = ["STATE_FILE", "GACGRPOConfig", "GACGRPOTrainer", "load_expert_dataset", "main"]
+__all__ = ["REWARDS_KEY", "STATE_FILE", "GACGRPOConfig", "GACGRPOTrainer", "load_expert_dataset", "main"]
+
+# The rollouts' rewards [B] in TRL's generation batch, split with the advantages.
+REWARDS_KEY = "gac_rewards"
 
 
 def _gac_fields() -> list[tuple[str, Any, Any]]:
@@ -118,11 +133,6 @@ def _post_init(self: Any) -> None:
         self.gac_config()
     except ValueError as error:
         raise ValueError(f"GACGRPOConfig: invalid gac_* setting: {error}") from None
-    if self.gac_mode != "paper":
-        raise ValueError(
-            f"GACGRPOConfig: gac_mode={self.gac_mode!r} steers rho with the verifier's success rates of expert "
-            "and policy completions, which GACGRPOTrainer does not compute; use gac_mode='paper'"
-        )
 
 
 def _gac_config(self: Any) -> Config:
@@ -144,7 +154,10 @@ GACGRPOConfig = make_dataclass(
 
 
 def load_expert_dataset(args: GACGRPOConfig) -> Any:
-    """The expert dataset ``args`` names, with its columns renamed to ``prompt`` and ``completion``."""
+    """The expert dataset ``args`` names, with its prompt and completion
+    columns renamed to ``prompt`` and ``completion``. Its other columns stay:
+    the reward functions get them as keyword arguments when they score a
+    demonstration, as they get the prompt dataset's for rollouts."""
     if not args.expert_dataset_name:
         raise ValueError("expert_dataset_name is not set: name the expert dataset (or pass expert_dataset=...)")
     from datasets import load_dataset
@@ -162,7 +175,12 @@ def load_expert_dataset(args: GACGRPOConfig) -> Any:
             f"expert dataset {args.expert_dataset_name!r} has no column(s) {missing} "
             f"(expert_prompt_column / expert_completion_column); it has {dataset.column_names}"
         )
-    dataset = dataset.select_columns(list(columns))
+    taken = [name for name in ("prompt", "completion") if name in dataset.column_names and name not in columns]
+    if taken:
+        raise ValueError(
+            f"expert dataset {args.expert_dataset_name!r} has a column named {taken} besides the chosen "
+            "expert_prompt_column / expert_completion_column: rename or drop it"
+        )
     return dataset.rename_columns({old: new for old, new in columns.items() if old != new})
 
 
@@ -230,8 +248,28 @@ class GACGRPOTrainer(GRPOTrainer):
         self._expert_draws = 0  # micro-batches that drew expert examples so far (resumable)
         self._window_mu: Any = None  # the mu weighting the current accumulation window
         self._captured_logps: list[torch.Tensor] | None = None
+        self._captured_rewards: list[torch.Tensor] | None = None
 
     # -- TRL hooks -------------------------------------------------------------
+
+    def _calculate_rewards(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # TRL scores the rollouts inside its generation step; keep what every
+        # reward function returned, so the controller sees the rollouts' rewards.
+        rewards_per_func = super()._calculate_rewards(*args, **kwargs)
+        if self._captured_rewards is not None:
+            self._captured_rewards.append(rewards_per_func)
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        self._captured_rewards = []
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            (rewards_per_func,) = self._captured_rewards
+        finally:
+            self._captured_rewards = None
+        # Split into micro-batches with the advantages, row for row.
+        output[REWARDS_KEY] = self._this_process(self._combined_reward(rewards_per_func), len(output["advantages"]))
+        return output
 
     def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
         # TRL computes the rollouts' log-probs inside its loss; keep a detached
@@ -250,21 +288,24 @@ class GACGRPOTrainer(GRPOTrainer):
             self._captured_logps = None
         mode = "train" if model.training else "eval"
 
-        expert_ids, expert_mask, expert_prompt_ids, expert_prompt_mask = self._expert_batch(mode)
+        demos = self._expert_batch(mode)
+        expert_ids, expert_mask = demos.completion_ids, demos.completion_mask
         # (logps, entropies), plus the MoE aux loss in later TRL 1.x releases.
         expert_logp = super()._get_per_token_logps_and_entropies(
             model,
-            torch.cat([expert_prompt_ids, expert_ids], dim=1),
-            torch.cat([expert_prompt_mask, expert_mask], dim=1),
+            torch.cat([demos.prompt_ids, expert_ids], dim=1),
+            torch.cat([demos.prompt_mask, expert_mask], dim=1),
             expert_ids.size(1),
         )[0]
-        expert_loss = sft_loss(expert_logp, expert_mask, sft_coef=self.gac.config.sft_coef)
+        # A demonstration the filter rejects adds nothing to the SFT loss.
+        kept = kept_demos(demos.scores, self.gac.config.filter_demos)
+        expert_loss = sft_loss(expert_logp, expert_mask * kept[:, None], sft_coef=self.gac.config.sft_coef)
         self._metrics[mode]["gac/sft_loss"].append(expert_loss.detach().item())
         if mode == "train":
             # TRL scales its loss for gradient accumulation; scale the SFT term alike.
             expert_loss = expert_loss / self.current_gradient_accumulation_steps
 
-        mu = self._mu_for(mode, inputs, rl_logp, expert_logp.detach(), expert_mask)
+        mu = self._mu_for(mode, inputs, rl_logp, expert_logp.detach(), expert_mask, demos.scores)
         return mix(expert_loss, rl_loss, mu)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
@@ -290,10 +331,12 @@ class GACGRPOTrainer(GRPOTrainer):
         rl_logp: torch.Tensor,
         expert_logp: torch.Tensor,
         expert_mask: torch.Tensor,
+        expert_scores: torch.Tensor,
     ) -> Any:
         """The weight of this micro-batch's SFT loss; observes and steps in training."""
         if mode != "train":
             return self.gac.mu
+        scores = torch.cat([inputs[REWARDS_KEY].to(expert_scores.device), expert_scores])
         logp, mask, adv, expert, ref_logp = _statistics_batch(
             rl_logp,
             _completion_mask(inputs),
@@ -304,7 +347,7 @@ class GACGRPOTrainer(GRPOTrainer):
         )
         if self._window_mu is None:
             self._window_mu = self.gac.mu_tensor(logp.device)  # stays on the device: no host read
-        self.gac.observe(logp, mask, adv, expert, ref_logp=ref_logp)
+        self.gac.observe(logp, mask, adv, expert, ref_logp=ref_logp, scores=scores.to(logp.device))
         mu = self._window_mu
         if self.accelerator.sync_gradients:
             stepped = self.gac.step()
@@ -317,18 +360,20 @@ class GACGRPOTrainer(GRPOTrainer):
 
     # -- expert batches ----------------------------------------------------------
 
-    def _expert_batch(self, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokenized expert examples: completion ids/mask (right-padded) and
-        prompt ids/mask (left-padded, as TRL pads its prompts)."""
+    def _expert_batch(self, mode: str) -> _Demonstrations:
+        """Tokenized expert examples: completion ids/mask (right-padded),
+        prompt ids/mask (left-padded, as TRL pads its prompts), and the
+        reward functions' scores of them when the controller uses them."""
         indices = self._expert_indices()
         if mode == "train":
             self._expert_draws += 1
+        examples = [dict(self.expert_dataset[index]) for index in indices]
         prompts, completions = [], []
         processing_class: Any = self.processing_class  # a tokenizer or a processor wrapping one
-        for index in indices:
-            example = maybe_apply_chat_template(dict(self.expert_dataset[index]), processing_class)
-            prompts.append(example["prompt"])
-            completions.append(example["completion"])
+        for example in examples:
+            rendered = maybe_apply_chat_template(example, processing_class)
+            prompts.append(rendered["prompt"])
+            completions.append(rendered["completion"])
         tokenizer: Any = getattr(processing_class, "tokenizer", processing_class)
         prompt_ids = [tokenizer(text=p, add_special_tokens=False)["input_ids"] for p in prompts]
         eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
@@ -338,7 +383,43 @@ class GACGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         prompt_tensor, prompt_mask = _pad(prompt_ids, pad, left=True, device=device)
         completion_tensor, completion_mask = _pad(completion_ids, pad, left=False, device=device)
-        return completion_tensor, completion_mask, prompt_tensor, prompt_mask
+        config = self.gac.config
+        if config.mode == "verified" or config.filter_demos is not None:
+            scores = self._score_demonstrations(examples, completion_ids)
+        else:
+            scores = torch.full((len(examples),), torch.nan, device=device)
+        return _Demonstrations(completion_tensor, completion_mask, prompt_tensor, prompt_mask, scores)
+
+    def _score_demonstrations(self, examples: list[dict[str, Any]], completion_ids: list[list[int]]) -> torch.Tensor:
+        """The demonstrations' scores from the trainer's own reward functions
+        and weights, called as for rollouts: the raw prompt and completion,
+        the completion ids, the example's other columns as keyword arguments.
+        Every process calls it at the same draw (TRL gathers the scores)."""
+        prompts = [example["prompt"] for example in examples]
+        completions = [example["completion"] for example in examples]
+        rewards_per_func = self._calculate_rewards(examples, prompts, completions, completion_ids)
+        scores = self._this_process(self._combined_reward(rewards_per_func), len(examples))
+        if self.gac.config.mode == "verified" and bool(scores.isnan().any()):
+            row = int(scores.isnan().nonzero()[0, 0])
+            raise ValueError(
+                f"gac_mode='verified' needs a score for every demonstration, but every reward function returned "
+                f"None for the demonstration {prompts[row]!r} -> {completions[row]!r}: make one of "
+                f"{self.reward_func_names} score demonstrations (their dataset columns arrive as keyword "
+                "arguments), or use gac_mode='paper'"
+            )
+        return scores
+
+    def _combined_reward(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """Each row's reward as TRL combines its functions' (weighted, None
+        skipped); NaN where every function returned None."""
+        weights = self.reward_weights.to(rewards_per_func.device)
+        combined = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        return combined.masked_fill(rewards_per_func.isnan().all(dim=1), torch.nan)
+
+    def _this_process(self, gathered: torch.Tensor, rows: int) -> torch.Tensor:
+        """This process's rows of a tensor TRL gathered from every process."""
+        start = self.accelerator.process_index * rows
+        return gathered[start : start + rows]
 
     def _expert_indices(self) -> list[int]:
         """This process's examples for the next draw: a fresh permutation of
@@ -354,6 +435,17 @@ class GACGRPOTrainer(GRPOTrainer):
             generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
             indices.append(int(torch.randperm(n, generator=generator)[offset]))
         return indices
+
+
+@dataclass(frozen=True)
+class _Demonstrations:
+    """One draw of expert examples, tokenized, with the verifier's scores (NaN: not scored)."""
+
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    scores: torch.Tensor
 
 
 def _completion_mask(inputs: dict[str, Any]) -> torch.Tensor:

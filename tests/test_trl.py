@@ -276,8 +276,8 @@ def test_trl_parser_reads_knobs_from_yaml_with_the_command_line_on_top(tmp_path:
 def test_gac_grpo_config_rejects_a_bad_knob_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"gac_.*cap must satisfy cap > 0"):
         GACGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gac_cap=-0.1)
-    with pytest.raises(ValueError, match="gac_mode='verified'"):  # the trainer feeds no verifier rewards
-        GACGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gac_mode="verified")
+    with pytest.raises(ValueError, match="filter_demos must be None or a finite number"):
+        GACGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gac_filter_demos=float("nan"))
     parser = TrlParser((GACGRPOConfig,))
     with pytest.raises(SystemExit):  # argparse: not one of 'phi', 'nll'
         parser.parse_args_and_config(["--output_dir", str(tmp_path), "--gac_sft_coef", "chord"])
@@ -296,7 +296,9 @@ def test_load_expert_dataset_renames_columns_and_names_missing_ones(tmp_path: Pa
         expert_completion_column="answer",
     )
     experts = load_expert_dataset(args)
-    assert experts.column_names == ["prompt", "completion"] and experts[0] == {"prompt": "b c", "completion": "a a"}
+    # The other columns stay: reward functions get them when they score a demonstration.
+    assert experts.column_names == ["prompt", "completion", "id"]
+    assert experts[0] == {"prompt": "b c", "completion": "a a", "id": 0}
     args.expert_completion_column = "solution"
     with pytest.raises(ValueError, match=r"no column\(s\) \['solution'\]"):
         load_expert_dataset(args)
@@ -310,8 +312,8 @@ def test_python_m_entry_point_trains_from_the_readme_yaml(tmp_path: Path, model_
     (tmp_path / "experts.jsonl").write_text(
         "".join(json.dumps({"question": p, "answer": c}) + "\n" for p, c in [("b c", "a a"), ("c d", "a a a")])
     )
-    (tmp_path / "my_rewards.py").write_text(
-        "def say_a(completions, **kwargs):\n    return [float(c.split().count('a')) for c in completions]\n"
+    (tmp_path / "my_rewards.py").write_text(  # a verifier: 1 when the completion says 'a', else 0
+        "def say_a(completions, **kwargs):\n    return [float('a' in c.split()) for c in completions]\n"
     )
     shutil.copy(SNIPPETS / "gac.yaml", tmp_path)
     result = subprocess.run(
@@ -329,6 +331,98 @@ def test_python_m_entry_point_trains_from_the_readme_yaml(tmp_path: Path, model_
     assert controller["step"] == 2
     # The YAML's and the command line's knobs reached the controller.
     assert (controller["config"]["kl_target"], controller["config"]["cap"]) == (0.05, 0.02)
+    assert (controller["config"]["mode"], controller["config"]["filter_demos"]) == ("verified", 0.5)
+    assert controller["state"]["has_expert_reward"] and controller["state"]["has_policy_reward"]
     history = json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
     assert [entry["step"] for entry in history if "gac/mu" in entry] == [1, 2]
     assert (output / "model.safetensors").exists()  # the trained model, saved at the end
+
+
+# -- the verifier: the trainer's reward functions score the demonstrations too --------------------
+
+
+def verify(completions: list[str], ok: list[bool] | None = None, **_: object) -> list[float | None]:
+    """A verifier: a demonstration is right when its dataset says so (the ``ok``
+    column arrives as a keyword argument); a rollout is right when it says 'a'."""
+    if ok is not None:
+        return [float(right) for right in ok]
+    return [float("a" in c.split()) for c in completions]
+
+
+def verified_trainer(output_dir: Path, model_dir: Path, reward: object, **gac: object) -> GACGRPOTrainer:
+    experts = datasets.Dataset.from_dict(
+        {
+            "prompt": ["b c d", "e f g", "c d e", "d e f"],
+            "completion": ["a a a", "b b", "a a", "c c"],
+            "ok": [True, False, True, False],
+        }
+    )
+    args = GACGRPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=8,
+        max_steps=3,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        report_to=[],
+        seed=0,
+        disable_tqdm=True,
+        **{f"gac_{name}": value for name, value in {**CONTROLLER, **gac}.items()},
+    )
+    return GACGRPOTrainer(
+        model=str(model_dir),
+        reward_funcs=reward,
+        args=args,
+        train_dataset=datasets.Dataset.from_dict({"prompt": [" ".join(WORDS[i : i + 3]) for i in range(6)] * 4}),
+        processing_class=tiny_tokenizer(),
+        expert_dataset=experts,
+    )
+
+
+def test_the_verifier_scores_demonstrations_and_the_filter_drops_the_rejected(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = verified_trainer(tmp_path, model_dir, verify, mode="verified", filter_demos=0.5)
+    from gaccore.bindings import trl as binding
+
+    sft_masks: list[torch.Tensor] = []
+    real_sft_loss = binding.sft_loss
+
+    def recording_sft_loss(logp: torch.Tensor, mask: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        sft_masks.append(mask.detach().clone())
+        return real_sft_loss(logp, mask, **kwargs)
+
+    monkeypatch.setattr(binding, "sft_loss", recording_sft_loss)
+    trainer.train()
+
+    ok = trainer.expert_dataset["ok"]
+    draws = []
+    for draw in range(3):  # the examples each step drew, by the trainer's own resumable order
+        trainer._expert_draws = draw
+        draws.append([ok[index] for index in trainer._expert_indices()])
+    for mask, drawn in zip(sft_masks, draws, strict=True):
+        kept_rows = mask.sum(dim=1) > 0
+        assert kept_rows.tolist() == drawn  # a rejected demonstration has no token in the SFT loss
+    first = {key: logged(trainer, key)[1] for key in ("gac/ema_expert_reward", "gac/demos_kept", "reward")}
+    assert first["gac/ema_expert_reward"] == pytest.approx(sum(draws[0]) / len(draws[0]))
+    assert first["gac/demos_kept"] == pytest.approx(sum(draws[0]) / len(draws[0]))
+    # The rollouts' success rate is the mean reward TRL itself logged for the step.
+    assert logged(trainer, "gac/ema_policy_reward")[1] == pytest.approx(first["reward"])
+    metrics = trainer.gac.metrics()
+    assert metrics["batch_n_demos"] == 2 and metrics["batch_n_sft"] == sum(draws[-1])
+
+
+def test_verified_mode_refuses_a_demonstration_no_reward_function_scores(tmp_path: Path, model_dir: Path) -> None:
+    def rollouts_only(completions: list[str], ok: list[bool] | None = None, **_: object) -> list[float | None]:
+        return [None] * len(completions) if ok is not None else [1.0] * len(completions)
+
+    trainer = verified_trainer(tmp_path, model_dir, rollouts_only, mode="verified")
+    with pytest.raises(ValueError, match="needs a score for every demonstration"):
+        trainer.train()
+    # Outside verified mode such a demonstration is kept.
+    kept = verified_trainer(tmp_path / "paper", model_dir, rollouts_only, filter_demos=0.5)
+    kept.train()
+    assert logged(kept, "gac/demos_kept")[1] == 1.0
