@@ -29,6 +29,16 @@ controller reduces its statistics over the default process group, so every
 rank uses the same ``mu``; ranks must then run the same number of
 micro-batches per step (``use_dynamic_bsz: false``).
 
+The verifier: with ``gac: {mode: verified}`` or ``gac: {filter_demos: x}``
+the loss asks Trinity for ``token_level_scores`` and takes each row's sum as
+its score (Trinity puts an experience's reward on its last token), for the
+rollouts and the expert experiences alike; a demonstration scored below
+``filter_demos`` leaves the SFT loss (and the controller's SFT statistics)
+as if it were not in the micro-batch. Trinity has ``token_level_scores`` only
+when every experience has a reward, so a workflow that does not score the
+expert experiences stops at the first step with a ``KeyError`` naming it.
+Otherwise the rewards are not read at all.
+
 Checkpoints: when step ``t + 1`` begins, the controller's state after step
 ``t`` is written (by rank 0) as ``gaccore_state.json`` into
 ``<state_dir>/global_step_<t>`` if Trinity saved a checkpoint there; a run
@@ -49,9 +59,12 @@ import torch.distributed as dist
 from trinity.algorithm.policy_loss_fn import POLICY_LOSS_FN
 from trinity.algorithm.policy_loss_fn.chord_policy_loss import MIXCHORDPolicyLossFn
 
-from gaccore import Controller
+from gaccore import Controller, kept_demos
 from gaccore.bindings.common import STATE_FILE, config_from_knobs, load_controller, logged_metrics, save_controller
 from gaccore.bindings.losses import mix
+
+# The experiences' rewards as Trinity's verl trainer names them in the batch.
+SCORES_KEY = "token_level_scores"
 
 __all__ = ["MixGACPolicyLossFn"]
 
@@ -87,6 +100,11 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         super().__init__(backend=backend, enable_phi_function=config.sft_coef == "phi", **chord_args)
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.gac = Controller(config, process_group=dist.group.WORLD if distributed else None)
+        self.needs_scores = config.mode == "verified" or config.filter_demos is not None
+        if not self.needs_scores:
+            # Ask Trinity for the rewards only where they are used: a batch whose
+            # experiences carry none has no token_level_scores to select.
+            self._select_keys = [key for key in self._select_keys if key != SCORES_KEY]
         self.state_dir = state_dir
         self._step: int | None = None  # the training step being observed
         self._observed = False
@@ -99,24 +117,38 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         advantages: torch.Tensor,
         expert_mask: torch.Tensor,
         step: torch.Tensor,
+        token_level_scores: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         if expert_mask.shape != (logprob.shape[0],):
             raise ValueError(f"expert_mask must have shape [{logprob.shape[0]}], got {list(expert_mask.shape)}")
+        scores = None
+        if self.needs_scores:
+            if token_level_scores is None:
+                raise ValueError(
+                    f"{SCORES_KEY}: gac.mode='verified' and gac.filter_demos need every experience's reward, "
+                    "expert ones included; the workflow gave none (score the expert experiences too, or use "
+                    "gac.mode='paper' without filter_demos)"
+                )
+            # A row's reward is the sum of its token-level scores (Trinity puts an
+            # experience's reward on its last response token).
+            scores = torch.where(action_mask.bool(), token_level_scores, 0.0).sum(dim=1).detach()
         if step.numel() != logprob.shape[0] or bool(step.max() != step.min()):
             raise ValueError(f"step must hold one training step for all {logprob.shape[0]} rows, got {step.tolist()}")
         self._begin(int(step.max()))
         mu = self.gac.mu  # the weight of this whole step (micro-batches of it come one by one)
         expert = expert_mask.bool()
-        self.gac.observe(old_logprob.detach(), action_mask, advantages.detach(), expert)
+        self.gac.observe(old_logprob.detach(), action_mask, advantages.detach(), expert, scores=scores)
         self._observed = True
+        # A demonstration the filter rejects leaves the SFT loss as if it were not in the micro-batch.
+        demos = expert if scores is None else expert & kept_demos(scores, self.gac.config.filter_demos)
 
         usual_weight, expert_weight = self._micro_batch_weights(logprob.shape[0])
-        n_usual, n_expert = int((~expert).sum()), int(expert.sum())
+        n_usual, n_expert = int((~expert).sum()), int(demos.sum())
         grpo_loss, grpo_metrics = self.grpo_loss_fn(
             logprob[~expert], old_logprob[~expert], action_mask[~expert], advantages[~expert], **kwargs
         )
-        loss_sft, sft_metrics = self.sft_loss_fn(logprob[expert], action_mask[expert])
+        loss_sft, sft_metrics = self.sft_loss_fn(logprob[demos], action_mask[demos])
         grpo_loss = grpo_loss * n_usual * usual_weight
         loss_sft = loss_sft * n_expert * expert_weight
         loss = mix(loss_sft, grpo_loss, mu)

@@ -199,3 +199,58 @@ def test_every_config_field_reaches_the_gac_dict() -> None:
     for name, value in NON_DEFAULT.items():
         given = list(value) if isinstance(value, tuple) else value  # YAML gives lists
         assert getattr(MixGACPolicyLossFn(gac={name: given}, **CHORD_ARGS).gac.config, name) == value, name
+
+
+def scored(td: TensorDict, rewards: list[float]) -> TensorDict:
+    """The batch with each experience's reward on its last response token, as Trinity places it."""
+    mask = td["response_mask"]
+    last = mask.cumsum(dim=1).argmax(dim=1)
+    scores = torch.zeros(mask.shape, dtype=torch.float32)
+    scores[torch.arange(ROWS), last] = torch.tensor(rewards)
+    td = td.clone()
+    td["token_level_scores"] = scores
+    return td
+
+
+def test_the_experiences_rewards_give_the_rates_and_the_filter_drops_the_rejected() -> None:
+    rewards = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]  # rows 4 and 5 are the demonstrations: one rejected
+    gac = {**GAC, "mode": "verified", "filter_demos": 0.5}
+    loss_fn = TrinityPolicyLoss(algorithm("mix_gac", gac=gac))
+    assert "token_level_scores" in loss_fn.policy_loss_fn.select_keys
+    td, log_probs = micro_batch(1, 1)
+    ours, _ = loss_fn({"log_probs": log_probs}, scored(td, rewards))
+    controller = loss_fn.policy_loss_fn.gac
+    controller.step()
+    read = controller.metrics()
+    assert read["ema_expert_reward"] == 0.5 and read["ema_policy_reward"] == 0.75
+    assert read["batch_n_demos"] == 2 and read["batch_n_sft"] == 1 and read["demos_kept"] == 0.5
+
+    # The same loss as the micro-batch without the rejected demonstration (row 4), at the same mu.
+    keep = torch.arange(ROWS) != 4
+    tokens = td["attention_mask"].sum(dim=1)
+    token_rows = torch.repeat_interleave(torch.arange(ROWS), tokens)
+    without = td[keep]
+    tu.assign_non_tensor(
+        without, dp_size=1, batch_num_tokens=int(without["response_mask"].sum()), global_batch_size=ROWS - 1
+    )
+    theirs, _ = TrinityPolicyLoss(algorithm("mix_gac", gac=GAC))({"log_probs": log_probs[keep[token_rows]]}, without)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+
+
+def test_scores_are_asked_for_only_where_used_and_their_absence_is_named() -> None:
+    assert "token_level_scores" not in TrinityPolicyLoss(algorithm("mix_gac", gac=GAC)).policy_loss_fn.select_keys
+    verified = TrinityPolicyLoss(algorithm("mix_gac", gac={**GAC, "mode": "verified"}))
+    td, log_probs = micro_batch(1, 1)
+    with pytest.raises(KeyError, match="token_level_scores"):  # Trinity selects it from the batch
+        verified({"log_probs": log_probs}, td)
+    loss_fn = MixGACPolicyLossFn(gac={"filter_demos": 0.5}, **CHORD_ARGS)
+    padded = td.select("old_log_probs", "response_mask", "advantages", "expert_mask", "step").to_padded_tensor()
+    with pytest.raises(ValueError, match=r"token_level_scores: gac\.mode=.verified. and gac\.filter_demos need"):
+        loss_fn(
+            logprob=padded["old_log_probs"],
+            old_logprob=padded["old_log_probs"],
+            action_mask=padded["response_mask"],
+            advantages=padded["advantages"],
+            expert_mask=padded["expert_mask"],
+            step=padded["step"],
+        )
