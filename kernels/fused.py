@@ -28,7 +28,13 @@ order, so results are bit-identical from run to run.
 fp32 has no accurate ``expm1`` in the interpreter (libdevice is GPU-only),
 so ``expm1`` and the k3 term use their Taylor series where the direct form
 would cancel, with a band wide enough (|x| < 1) that the direct form outside
-it loses no more than a few units in the last place.
+it loses no more than a few units in the last place. On a GPU, Triton's fp32
+``exp`` is ``ex2.approx`` of ``x log2(e)``, relative error about 6e-8 |x|
+plus 2 ulp: 4e-6 at the fp32 direct form's limit x = 64, inside SPEC §5's
+1e-5. Past it, k3 = (exp(x / 8))^8 carries eight times exp(x / 8)'s error,
+1e-5 at x ~ 150 (a KL of e^150 per token: its size, not its fifth digit,
+is what a controller reads); x itself, an fp32 difference, is off by up to
+half an ulp, 4e-6 relative in k3 at x = 100, as it always was.
 """
 
 from __future__ import annotations
@@ -68,6 +74,21 @@ MIN_CHUNK_TOKENS = 4 * MAX_BLOCK_T
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # padding for min/max of no tokens
 INF = tl.constexpr(float("inf"))
+# Taylor coefficients 2 / (j + 2)! of Q (see _exp_series_tail), as products
+# rather than divisions: a multiply costs one instruction, a division many.
+Q1 = tl.constexpr(2.0 / math.factorial(3))
+Q2 = tl.constexpr(2.0 / math.factorial(4))
+Q3 = tl.constexpr(2.0 / math.factorial(5))
+Q4 = tl.constexpr(2.0 / math.factorial(6))
+Q5 = tl.constexpr(2.0 / math.factorial(7))
+Q6 = tl.constexpr(2.0 / math.factorial(8))
+Q7 = tl.constexpr(2.0 / math.factorial(9))
+Q8 = tl.constexpr(2.0 / math.factorial(10))
+Q9 = tl.constexpr(2.0 / math.factorial(11))
+# k3's direct form runs in fp32 below this x: exp(64) = 6e27 leaves fp32
+# sums room for 1e10 such tokens. From here to fp64's limit (709.78) exp(x)
+# is (exp(x / 8))^8, squared in fp64; exp(x / 8) still fits fp32.
+K3_FP32_MAX_X = tl.constexpr(64.0)
 
 
 @triton.jit
@@ -77,36 +98,49 @@ def _is_finite(x):
 
 @triton.jit
 def _exp_series_tail(x):
-    """``Q(x) = 1 + x/3 (1 + x/4 (1 + ... (1 + x/11)))``, Horner form: the
+    """``Q(x) = sum_j 2 x^j / (j + 2)!`` in Horner form, one fma per term: the
     common tail of ``expm1(x) = x (1 + x/2 Q(x))`` and ``k3(x) = x^2/2 Q(x)``
     (truncated after x^11/11!: < 5e-9 relative on |x| < 1)."""
-    b_s = 1.0 + x / 11.0
-    b_s = 1.0 + x / 10.0 * b_s
-    b_s = 1.0 + x / 9.0 * b_s
-    b_s = 1.0 + x / 8.0 * b_s
-    b_s = 1.0 + x / 7.0 * b_s
-    b_s = 1.0 + x / 6.0 * b_s
-    b_s = 1.0 + x / 5.0 * b_s
-    b_s = 1.0 + x / 4.0 * b_s
-    return 1.0 + x / 3.0 * b_s
+    b_s = Q8 + x * Q9
+    b_s = Q7 + x * b_s
+    b_s = Q6 + x * b_s
+    b_s = Q5 + x * b_s
+    b_s = Q4 + x * b_s
+    b_s = Q3 + x * b_s
+    b_s = Q2 + x * b_s
+    b_s = Q1 + x * b_s
+    return 1.0 + x * b_s
 
 
 @triton.jit
 def _expm1_nonpos(x, b_exp):
-    """``expm1(x)`` for ``x <= 0`` given ``b_exp = exp(x)``: the series on
-    (-1, 0], ``exp(x) - 1`` below."""
-    return tl.where(x > -1.0, x * (1.0 + x / 2.0 * _exp_series_tail(x)), b_exp - 1.0)
+    """``expm1(x)`` for ``x <= 0`` given ``b_exp = exp(x)``, in fp32: the series
+    on (-1, 0], ``exp(x) - 1`` below (1 - exp(x) >= 0.63 there, so the
+    subtraction loses nothing)."""
+    return tl.where(x > -1.0, x * (1.0 + 0.5 * x * _exp_series_tail(x)), b_exp - 1.0)
 
 
 @triton.jit
 def _k3(x):
-    """k3 ``exp(x) - x - 1`` in fp64: the series ``x^2/2 Q(x)`` for |x| < 1,
-    ``exp(x) - 1 - x`` outside."""
-    b_s = _exp_series_tail(x)
-    # The direct form in fp64: exp(x) leaves fp32's range at x ~ 88.7, where a
-    # policy that drifted far from the reference must still report its KL.
-    x64 = x.to(tl.float64)
-    return tl.where(tl.abs(x) < 1.0, (0.5 * x * x * b_s).to(tl.float64), tl.exp(x64) - 1.0 - x64)
+    """k3 ``exp(x) - x - 1`` as ``(fp32 part, fp64 part)``, their sum the value.
+
+    The series ``x^2/2 Q(x)`` for |x| < 1; the direct form outside, in fp32
+    below ``K3_FP32_MAX_X``, where it is nearly as accurate as fp32's ``exp``
+    (the subtractions lose at most a factor e / (e - 2) < 4, at x = 1) and an
+    fp64 ``exp`` would cost some thirty instructions per token. Past that,
+    exp(x) leaves fp32's range (x ~ 88.7) while a policy that drifted far
+    from its reference must still report its KL: there k3 is exp(x) to fp64
+    precision ((x + 1) exp(-x) < 1e-25), from the same fp32 exp, of x / 8,
+    raised to the 8th power in fp64. A ``tl.where`` evaluates both of its
+    sides on every token, so those three fp64 products and one conversion
+    are the whole fp64 cost, and every token pays it."""
+    m_hi = x >= K3_FP32_MAX_X
+    b_e = tl.exp(tl.where(m_hi, x * 0.125, x))
+    b_lo = tl.where(tl.abs(x) < 1.0, 0.5 * x * x * _exp_series_tail(x), b_e - 1.0 - x)
+    b_pow = tl.where(m_hi, b_e, 0.0).to(tl.float64)  # exp(x / 8), squared thrice
+    b_pow = b_pow * b_pow
+    b_pow = b_pow * b_pow
+    return tl.where(m_hi, 0.0, b_lo), b_pow * b_pow
 
 
 @triton.jit
@@ -264,7 +298,8 @@ def _row_stats_kernel(
         if HAS_REF:
             b_r = tl.load(p_ref + i_b * s_ref_b + o_tok * s_ref_t, mask=m_in, other=0.0).to(tl.float32)
             b_bad += tl.sum((m_on & ~_is_finite(b_r)).to(tl.int32))
-            b_kl += tl.sum(tl.where(m_on, _k3(b_r - b_l), 0.0)).to(tl.float64)
+            b_k3, b_k3_64 = _k3(tl.where(m_on, b_r - b_l, 0.0))
+            b_kl += tl.sum(b_k3).to(tl.float64) + tl.sum(b_k3_64)
         b_n = b_ntot
 
     if SPLIT:
