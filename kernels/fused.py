@@ -71,12 +71,18 @@ KERNEL_FIELDS = (
     "max_w",
     "kl_sum",
 )
-MAX_BLOCK_T = 2048
+# 1024-token blocks: 8 tokens a thread at 4 warps (a 16-byte load of bf16),
+# each of those 8 lanes holding a dozen running statistics in registers. The
+# loop costs the same per token at 2048 (8 warps); 1024 halves the lane merge
+# at the end of a chunk and the padding of a row's last block, and with the
+# former per-block reductions it was 8% faster than 2048 at (1024, 32768)
+# bf16 on an H200 (bench/RESULTS.md). Not yet timed with lane accumulators.
+MAX_BLOCK_T = 1024
 # Rows split into chunks when few and long (see chunk_count): an H100 has 132
 # SMs, and 1024 programs of at least 8192 tokens keep each busy for several
 # blocks. Chosen without a GPU to measure on; bench/gpu.py times the split shapes.
 TARGET_PROGRAMS = 1024
-MIN_CHUNK_TOKENS = 4 * MAX_BLOCK_T
+MIN_CHUNK_TOKENS = 8192  # 8 blocks; kept when blocks went from 2048 to 1024 tokens
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # padding for min/max of no tokens
 INF = tl.constexpr(float("inf"))
