@@ -46,8 +46,9 @@ BRANCH = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?P\d\s+)?BRA(?:\s+!?P\d,)?\s+0
 INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T\d]\s+)?([A-Z][A-Z0-9_]*)")
 
 
-def sass(block: int, adv_per_token: bool) -> str:
-    """The kernel's SASS for the benchmark's inputs: bf16 logp and ref_logp, a bool mask, phi."""
+def sass(block: int, adv_per_token: bool) -> tuple[str, str]:
+    """The kernel's SASS and resource usage (registers, spills) for the
+    benchmark's inputs: bf16 logp and ref_logp, a bool mask, phi."""
     kernel = fused._row_stats_kernel
     signature = {"p_logp": "*bf16", "p_mask": "*u8", "p_adv": "*fp32", "p_ref": "*bf16", "p_out": "*fp64"}
     signature |= {"T": "i32", "chunk_len": "i32"}
@@ -66,7 +67,10 @@ def sass(block: int, adv_per_token: bool) -> str:
     cubin.write_bytes(compiled.asm["cubin"])
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     try:
-        return subprocess.run([cuobjdump, "-sass", cubin], check=True, capture_output=True, text=True).stdout
+        return tuple(
+            subprocess.run([cuobjdump, flag, cubin], check=True, capture_output=True, text=True).stdout
+            for flag in ("-sass", "-res-usage")
+        )
     finally:
         cubin.unlink()
 
@@ -83,9 +87,11 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=fused.block_size(32768), help="BLOCK_T (default: T = 32768's)")
     parser.add_argument("--adv-per-token", action="store_true", help="adv of shape [B, T] instead of [B]")
     args = parser.parse_args()
-    counts = loop_counts(sass(args.block, args.adv_per_token))
+    code, usage = sass(args.block, args.adv_per_token)
+    counts = loop_counts(code)
     per_thread = args.block / (32 * fused.warps(args.block))  # tokens per thread per iteration
     print(f"BLOCK_T={args.block}, {fused.warps(args.block)} warps, {per_thread:g} tokens per thread per iteration")
+    print("resources per thread:", " ".join(re.findall(r"(?:REG|STACK|LOCAL):\d+", usage)))
     print("| kind | per token |\n|---|---|")
     for kind, opcodes in KINDS.items():
         print(f"| {kind} | {sum(counts[op] for op in opcodes) / per_thread:.1f} |")
