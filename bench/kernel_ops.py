@@ -5,8 +5,8 @@ the Triton wheel's own ptxas, so no GPU is needed, disassembles it with the
 wheel's cuobjdump, finds the loop over a row's blocks (the backward branch
 with the longest body) and counts its SASS instructions by kind, divided by
 the tokens one thread handles per iteration. The count is static: code under
-a branch counts once whether or not a thread takes it (the fp32 division's
-slow path is a call outside the loop, counted as one call), so it ranks
+a branch counts once whether or not a thread takes it (a division's
+slow path is a call outside the loop, counted as the call), so it ranks
 versions of the kernel; only a GPU run says what they cost in time.
 
     python bench/kernel_ops.py [--block 1024] [--adv-per-token]
@@ -36,7 +36,7 @@ KINDS = {
     "fp32 add": ("FADD",),
     "fp32 mul": ("FMUL",),
     "fp32 fma": ("FFMA",),
-    "fp32 divide (call)": ("CALL",),
+    "division (call to its slow path)": ("CALL",),
     "exp2 / reciprocal (MUFU)": ("MUFU",),
     "fp64 (DADD/DMUL/DFMA/DSETP, F2F)": ("DADD", "DMUL", "DFMA", "DSETP", "DMNMX", "F2F"),
     "compare / select / min-max": ("FSETP", "FSEL", "FMNMX", "SEL", "ISETP", "PLOP3", "FCHK"),

@@ -82,12 +82,12 @@ MAX_BLOCK_T = 1024
 # SMs, and 1024 programs of at least 8192 tokens keep each busy for several
 # blocks. Chosen without a GPU to measure on; bench/gpu.py times the split shapes.
 TARGET_PROGRAMS = 1024
-MIN_CHUNK_TOKENS = 8192  # 8 blocks; kept when blocks went from 2048 to 1024 tokens
+MIN_CHUNK_TOKENS = 8192
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # padding for min/max of no tokens
 INF = tl.constexpr(float("inf"))
-# Taylor coefficients 2 / (j + 2)! of Q (see _exp_series_tail), as products
-# rather than divisions: a multiply costs one instruction, a division many.
+# Taylor coefficients 2 / (j + 2)! of Q (see _exp_series_tail): Horner's
+# rule on them is one fma a term, with no division left to the compiler.
 Q1 = tl.constexpr(2.0 / math.factorial(3))
 Q2 = tl.constexpr(2.0 / math.factorial(4))
 Q3 = tl.constexpr(2.0 / math.factorial(5))
