@@ -2,19 +2,25 @@
 
 One Triton program per row (or per chunk of a row, see below) walks it in
 blocks of ``BLOCK_T`` tokens and reads every element of logp, mask, adv
-(when per token) and ref_logp once, padding included: loading only where the response mask is on would make
-every load's mask data-dependent, and Triton vectorizes only loads whose
-mask is uniform over a vector. Values are converted to fp32 right after the
-load (the interpreter computes bf16 arithmetic wrongly, and fp32 is the
-accumulation type anyway); masked-out values never enter arithmetic.
-Each block's statistics are merged into the row's running ones with Chan's
-update, for every second moment including the (a, w) co-moment, so no
-``sum(x^2) - n mean^2`` cancellation happens. Element-wise work is fp32; the
-block sums that become means are reduced in fp64 and the few running
-scalars are fp64, so advantages around 1e3 with unit spread, or row means
-that differ by 1e-3 of their size, lose nothing to fp32 summation. Token
-tensors given in float64 are read as fp32 (the kernel's element type); a
-per-row ``adv`` of shape [B] is read in float64.
+(when per token) and ref_logp once, padding included: loading only where
+the response mask is on would make every load's mask data-dependent, and
+Triton vectorizes only loads whose mask is uniform over a vector. Values are
+converted to fp32 right after the load (the interpreter computes bf16
+arithmetic wrongly, and fp32 is the accumulation type anyway); masked-out
+values never enter arithmetic.
+
+Arithmetic, not memory bandwidth, bounded the kernel when each block ended
+in a dozen cross-lane reductions and each token paid an fp64 ``exp``
+(bench/RESULTS.md), so a token now costs fp32 element-wise work. Lane j of a program keeps running statistics of its tokens j,
+j + BLOCK_T, ...: Welford updates of mean, M2 and the (a, w) co-moment about
+the lane's first value (a shift, so advantages around 1e3 with unit spread
+keep fp32's digits for the spread), a Kahan-compensated logp sum (row means
+that differ by 1e-3 of their size need more than fp32's 24 bits), extremes
+and the KL sum. Once per chunk, the lanes are combined by an exact Chan
+merge in fp64 (a ``tl.reduce`` whose tree has a fixed shape), never by
+``sum(x^2) - n mean^2``. Token tensors given in float64 are read as fp32
+(the kernel's element type); a per-row ``adv`` of shape [B] is read in
+float64.
 
 Few long rows would leave most of a GPU idle, so rows are split into
 ``chunk_count(B, T)`` chunks of whole blocks (a function of the shape only):
@@ -28,7 +34,13 @@ order, so results are bit-identical from run to run.
 fp32 has no accurate ``expm1`` in the interpreter (libdevice is GPU-only),
 so ``expm1`` and the k3 term use their Taylor series where the direct form
 would cancel, with a band wide enough (|x| < 1) that the direct form outside
-it loses no more than a few units in the last place.
+it loses no more than a few units in the last place. On a GPU, Triton's fp32
+``exp`` is ``ex2.approx`` of ``x log2(e)``, relative error about 6e-8 |x|
+plus 2 ulp: 4e-6 at the fp32 direct form's limit x = 64, inside SPEC §5's
+1e-5. Past it, k3 = (exp(x / 8))^8 carries eight times exp(x / 8)'s error,
+1e-5 at x ~ 150 (a KL of e^150 per token: its size, not its fifth digit,
+is what a controller reads); x itself, an fp32 difference, is off by up to
+half an ulp, 4e-6 relative in k3 at x = 100, as it always was.
 """
 
 from __future__ import annotations
@@ -60,15 +72,36 @@ KERNEL_FIELDS = (
     "max_w",
     "kl_sum",
 )
-MAX_BLOCK_T = 2048
+# 1024-token blocks: 8 tokens a thread at 4 warps (a 16-byte load of bf16),
+# each of those 8 lanes holding a dozen running statistics in registers. The
+# loop costs the same per token at 2048 (8 warps); 1024 halves the lane merge
+# at the end of a chunk and the padding of a row's last block, and with the
+# former per-block reductions it was 8% faster than 2048 at (1024, 32768)
+# bf16 on an H200 (bench/RESULTS.md). Not yet timed with lane accumulators.
+MAX_BLOCK_T = 1024
 # Rows split into chunks when few and long (see chunk_count): an H100 has 132
 # SMs, and 1024 programs of at least 8192 tokens keep each busy for several
 # blocks. Chosen without a GPU to measure on; bench/gpu.py times the split shapes.
 TARGET_PROGRAMS = 1024
-MIN_CHUNK_TOKENS = 4 * MAX_BLOCK_T
+MIN_CHUNK_TOKENS = 8192
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # padding for min/max of no tokens
 INF = tl.constexpr(float("inf"))
+# Taylor coefficients 2 / (j + 2)! of Q (see _exp_series_tail): Horner's
+# rule on them is one fma a term, with no division left to the compiler.
+Q1 = tl.constexpr(2.0 / math.factorial(3))
+Q2 = tl.constexpr(2.0 / math.factorial(4))
+Q3 = tl.constexpr(2.0 / math.factorial(5))
+Q4 = tl.constexpr(2.0 / math.factorial(6))
+Q5 = tl.constexpr(2.0 / math.factorial(7))
+Q6 = tl.constexpr(2.0 / math.factorial(8))
+Q7 = tl.constexpr(2.0 / math.factorial(9))
+Q8 = tl.constexpr(2.0 / math.factorial(10))
+Q9 = tl.constexpr(2.0 / math.factorial(11))
+# k3's direct form runs in fp32 below this x: exp(64) = 6e27 leaves fp32
+# sums room for 1e10 such tokens. From here to fp64's limit (709.78) exp(x)
+# is (exp(x / 8))^8, squared in fp64; exp(x / 8) still fits fp32.
+K3_FP32_MAX_X = tl.constexpr(64.0)
 
 
 @triton.jit
@@ -78,36 +111,86 @@ def _is_finite(x):
 
 @triton.jit
 def _exp_series_tail(x):
-    """``Q(x) = 1 + x/3 (1 + x/4 (1 + ... (1 + x/11)))``, Horner form: the
+    """``Q(x) = sum_j 2 x^j / (j + 2)!`` in Horner form, one fma per term: the
     common tail of ``expm1(x) = x (1 + x/2 Q(x))`` and ``k3(x) = x^2/2 Q(x)``
     (truncated after x^11/11!: < 5e-9 relative on |x| < 1)."""
-    b_s = 1.0 + x / 11.0
-    b_s = 1.0 + x / 10.0 * b_s
-    b_s = 1.0 + x / 9.0 * b_s
-    b_s = 1.0 + x / 8.0 * b_s
-    b_s = 1.0 + x / 7.0 * b_s
-    b_s = 1.0 + x / 6.0 * b_s
-    b_s = 1.0 + x / 5.0 * b_s
-    b_s = 1.0 + x / 4.0 * b_s
-    return 1.0 + x / 3.0 * b_s
+    b_s = Q8 + x * Q9
+    b_s = Q7 + x * b_s
+    b_s = Q6 + x * b_s
+    b_s = Q5 + x * b_s
+    b_s = Q4 + x * b_s
+    b_s = Q3 + x * b_s
+    b_s = Q2 + x * b_s
+    b_s = Q1 + x * b_s
+    return 1.0 + x * b_s
 
 
 @triton.jit
 def _expm1_nonpos(x, b_exp):
-    """``expm1(x)`` for ``x <= 0`` given ``b_exp = exp(x)``: the series on
-    (-1, 0], ``exp(x) - 1`` below."""
-    return tl.where(x > -1.0, x * (1.0 + x / 2.0 * _exp_series_tail(x)), b_exp - 1.0)
+    """``expm1(x)`` for ``x <= 0`` given ``b_exp = exp(x)``, in fp32: the series
+    on (-1, 0], ``exp(x) - 1`` below (1 - exp(x) >= 0.63 there, so the
+    subtraction loses nothing)."""
+    return tl.where(x > -1.0, x * (1.0 + 0.5 * x * _exp_series_tail(x)), b_exp - 1.0)
 
 
 @triton.jit
 def _k3(x):
-    """k3 ``exp(x) - x - 1`` in fp64: the series ``x^2/2 Q(x)`` for |x| < 1,
-    ``exp(x) - 1 - x`` outside."""
-    b_s = _exp_series_tail(x)
-    # The direct form in fp64: exp(x) leaves fp32's range at x ~ 88.7, where a
-    # policy that drifted far from the reference must still report its KL.
-    x64 = x.to(tl.float64)
-    return tl.where(tl.abs(x) < 1.0, (0.5 * x * x * b_s).to(tl.float64), tl.exp(x64) - 1.0 - x64)
+    """k3 ``exp(x) - x - 1`` as ``(fp32 part, fp64 part)``, their sum the value.
+
+    The series ``x^2/2 Q(x)`` for |x| < 1; the direct form outside, in fp32
+    below ``K3_FP32_MAX_X``, where it is nearly as accurate as fp32's ``exp``
+    (the subtractions lose at most a factor e / (e - 2) < 4, at x = 1) and an
+    fp64 ``exp`` would cost some thirty instructions per token. Past that,
+    exp(x) leaves fp32's range (x ~ 88.7) while a policy that drifted far
+    from its reference must still report its KL: there k3 is exp(x) to fp64
+    precision ((x + 1) exp(-x) < 1e-25), from the same fp32 exp, of x / 8,
+    raised to the 8th power in fp64. A ``tl.where`` evaluates both of its
+    sides on every token, so those three fp64 products and one conversion
+    are the whole fp64 cost, and every token pays it."""
+    m_hi = x >= K3_FP32_MAX_X
+    b_e = tl.exp(tl.where(m_hi, x * 0.125, x))
+    b_lo = tl.where(tl.abs(x) < 1.0, 0.5 * x * x * _exp_series_tail(x), b_e - 1.0 - x)
+    b_pow = tl.where(m_hi, b_e, 0.0).to(tl.float64)  # exp(x / 8), squared thrice
+    b_pow = b_pow * b_pow
+    b_pow = b_pow * b_pow
+    return tl.where(m_hi, 0.0, b_lo), b_pow * b_pow
+
+
+@triton.jit
+def _welford(m_on, b_rn, b_x, l_k, l_m, l_m2):
+    """One token per lane into the lanes' running (shift, mean, M2): Welford's
+    update, which is Chan's merge of a one-token set, on ``b_x - l_k``.
+
+    The shift is each lane's first token, so the fp32 mean and M2 hold
+    deviations of the size of the spread, not of the values (advantages
+    around 1e3 with unit spread keep fp32's digits for the spread).
+    ``b_rn`` is 1 / the lane's new count. A masked-out token enters as its lane's
+    mean, so they change nothing and their padding never enters arithmetic.
+    Returns the deviation from the old mean and from the new one (the (a, w)
+    co-moment multiplies one of each)."""
+    b_d = tl.where(m_on, b_x - l_k, l_m)
+    b_old = b_d - l_m
+    l_m += b_old * b_rn
+    b_new = b_d - l_m
+    return l_m, l_m2 + b_old * b_new, b_old, b_new
+
+
+@triton.jit
+def _chan_combine(n1, ma1, mw1, m2a1, m2w1, caw1, n2, ma2, mw2, m2a2, m2w2, caw2):
+    """Chan's merge of two sets' (count, means, M2s, co-moment), in fp64."""
+    n = n1 + n2
+    f = n2 / tl.maximum(n, 1.0)  # the second set's share
+    g = n1 * f  # n1 n2 / n
+    da = ma2 - ma1
+    dw = mw2 - mw1
+    return (
+        n,
+        ma1 + da * f,
+        mw1 + dw * f,
+        m2a1 + m2a2 + da * da * g,
+        m2w1 + m2w2 + dw * dw * g,
+        caw1 + caw2 + da * dw * g,
+    )
 
 
 @triton.jit
@@ -199,23 +282,29 @@ def _row_stats_kernel(
     o_t = tl.arange(0, BLOCK_T)
     t_start = i_c * chunk_len
     t_end = tl.minimum(t_start + chunk_len, T)
-    # Running row statistics. Element-wise work is fp32; the per-block sums
-    # that become means are reduced in fp64 and the running scalars are fp64
-    # (a handful of scalar operations per block), so a row mean carries no
-    # fp32 summation error: the spread of row means can be 1e-3 of their size.
-    b_n = tl.zeros((), tl.float64)
-    b_bad = tl.zeros((), tl.int32)
-    b_lsum = tl.zeros((), tl.float64)
-    b_kl = tl.zeros((), tl.float64)
-    b_ma = tl.zeros((), tl.float64)
-    b_mw = tl.zeros((), tl.float64)
-    b_m2a = tl.zeros((), tl.float64)
-    b_m2w = tl.zeros((), tl.float64)
-    b_caw = tl.zeros((), tl.float64)
-    b_mina = tl.full((), FLT_MAX, tl.float32)
-    b_maxa = tl.full((), -FLT_MAX, tl.float32)
-    b_minw = tl.full((), FLT_MAX, tl.float32)
-    b_maxw = tl.full((), -FLT_MAX, tl.float32)
+    # l_ values: running statistics of lane j (tokens j, j + BLOCK_T, ...), a
+    # vector of BLOCK_T lanes in registers. Element-wise fp32 work only, and no
+    # reduction across lanes (shuffles, barriers) until the chunk ends, where
+    # one exact Chan merge in fp64 combines them.
+    l_n = tl.zeros((BLOCK_T,), tl.float32)  # exact: fp32 counts to 2^24 tokens a lane
+    l_bad = tl.zeros((BLOCK_T,), tl.int32)
+    # The logp sum is Kahan-compensated: row means that differ by 1e-3 of
+    # their size need more than fp32's 24 bits over a lane's tokens.
+    l_lsum = tl.zeros((BLOCK_T,), tl.float32)
+    l_lerr = tl.zeros((BLOCK_T,), tl.float32)
+    l_kl = tl.zeros((BLOCK_T,), tl.float32)
+    l_kl64 = tl.zeros((BLOCK_T,), tl.float64)
+    l_ka = tl.zeros((BLOCK_T,), tl.float32)
+    l_ma = tl.zeros((BLOCK_T,), tl.float32)
+    l_m2a = tl.zeros((BLOCK_T,), tl.float32)
+    l_kw = tl.zeros((BLOCK_T,), tl.float32)
+    l_mw = tl.zeros((BLOCK_T,), tl.float32)
+    l_m2w = tl.zeros((BLOCK_T,), tl.float32)
+    l_caw = tl.zeros((BLOCK_T,), tl.float32)
+    l_mina = tl.full((BLOCK_T,), FLT_MAX, tl.float32)
+    l_maxa = tl.full((BLOCK_T,), -FLT_MAX, tl.float32)
+    l_minw = tl.full((BLOCK_T,), FLT_MAX, tl.float32)
+    l_maxw = tl.full((BLOCK_T,), -FLT_MAX, tl.float32)
 
     for t0 in range(t_start, t_end, BLOCK_T):
         o_tok = (t0 + o_t).to(tl.int64)
@@ -223,50 +312,68 @@ def _row_stats_kernel(
         b_mask = tl.load(p_mask + i_b * s_mask_b + o_tok * s_mask_t, mask=m_in, other=0)
         m_on = m_in & (b_mask != 0)
         b_l = tl.load(p_logp + i_b * s_logp_b + o_tok * s_logp_t, mask=m_in, other=0.0).to(tl.float32)
-        b_bad += tl.sum((m_on & ~_is_finite(b_l)).to(tl.int32))
+        m_ok = _is_finite(b_l)
         b_l = tl.where(m_on, tl.minimum(b_l, 0.0), 0.0)
-        b_lsum += tl.sum(b_l.to(tl.float64))
+        b_y = b_l - l_lerr
+        b_t = l_lsum + b_y
+        l_lerr = (b_t - l_lsum) - b_y
+        l_lsum = b_t
 
         # SFT coefficient w = p (1 - p) or 1 - p, with 1 - p = -expm1(logp).
         b_p = tl.exp(b_l)
         b_q = -_expm1_nonpos(b_l, b_p)
         if SFT_COEF_PHI:
-            b_w = tl.where(m_on, b_p * b_q, 0.0)
+            b_w = b_p * b_q
         else:
-            b_w = tl.where(m_on, b_q, 0.0)
+            b_w = b_q
 
-        # Chan's merge of this block into the row; b_f is the block's share.
-        # Block deviations are taken from the fp32-rounded block mean: the
-        # moments about it differ from the central ones by n (rounding)^2.
-        b_cnt = tl.sum(m_on.to(tl.int32)).to(tl.float64)
-        b_ntot = b_n + b_cnt
-        b_f = b_cnt / tl.maximum(b_ntot, 1.0)
-        b_bmw = tl.sum(b_w.to(tl.float64)) / tl.maximum(b_cnt, 1.0)
-        b_dw = tl.where(m_on, b_w - b_bmw.to(tl.float32), 0.0)
-        b_delta_w = b_bmw - b_mw
-        b_m2w += tl.sum(b_dw * b_dw).to(tl.float64) + b_delta_w * b_delta_w * b_n * b_f
-        b_mw += b_delta_w * b_f
-        b_minw = tl.minimum(b_minw, tl.min(tl.where(m_on, b_w, FLT_MAX)))
-        b_maxw = tl.maximum(b_maxw, tl.max(tl.where(m_on, b_w, -FLT_MAX)))
+        l_n += m_on.to(tl.float32)
+        b_rn = 1.0 / tl.maximum(l_n, 1.0)
+        m_first = m_on & (l_n == 1.0)
+        l_kw = tl.where(m_first, b_w, l_kw)
+        l_mw, l_m2w, _, b_dw_new = _welford(m_on, b_rn, b_w, l_kw, l_mw, l_m2w)
+        l_minw = tl.minimum(l_minw, tl.where(m_on, b_w, FLT_MAX))
+        l_maxw = tl.maximum(l_maxw, tl.where(m_on, b_w, -FLT_MAX))
 
         if ADV_PER_TOKEN:
             b_a = tl.load(p_adv + i_b * s_adv_b + o_tok * s_adv_t, mask=m_in, other=0.0).to(tl.float32)
-            b_bad += tl.sum((m_on & ~_is_finite(b_a)).to(tl.int32))
-            b_a = tl.where(m_on, b_a, 0.0)
-            b_bma = tl.sum(b_a.to(tl.float64)) / tl.maximum(b_cnt, 1.0)
-            b_da = tl.where(m_on, b_a - b_bma.to(tl.float32), 0.0)
-            b_delta_a = b_bma - b_ma
-            b_m2a += tl.sum(b_da * b_da).to(tl.float64) + b_delta_a * b_delta_a * b_n * b_f
-            b_caw += tl.sum(b_da * b_dw).to(tl.float64) + b_delta_a * b_delta_w * b_n * b_f
-            b_ma += b_delta_a * b_f
-            b_mina = tl.minimum(b_mina, tl.min(tl.where(m_on, b_a, FLT_MAX)))
-            b_maxa = tl.maximum(b_maxa, tl.max(tl.where(m_on, b_a, -FLT_MAX)))
+            m_ok = m_ok & _is_finite(b_a)
+            l_ka = tl.where(m_first, b_a, l_ka)
+            l_ma, l_m2a, b_da_old, _ = _welford(m_on, b_rn, b_a, l_ka, l_ma, l_m2a)
+            l_caw += b_da_old * b_dw_new
+            l_mina = tl.minimum(l_mina, tl.where(m_on, b_a, FLT_MAX))
+            l_maxa = tl.maximum(l_maxa, tl.where(m_on, b_a, -FLT_MAX))
 
         if HAS_REF:
             b_r = tl.load(p_ref + i_b * s_ref_b + o_tok * s_ref_t, mask=m_in, other=0.0).to(tl.float32)
-            b_bad += tl.sum((m_on & ~_is_finite(b_r)).to(tl.int32))
-            b_kl += tl.sum(tl.where(m_on, _k3(b_r - b_l), 0.0)).to(tl.float64)
-        b_n = b_ntot
+            m_ok = m_ok & _is_finite(b_r)
+            b_k3, b_k3_64 = _k3(tl.where(m_on, b_r - b_l, 0.0))
+            l_kl += b_k3
+            l_kl64 += b_k3_64
+        l_bad += (m_on & ~m_ok).to(tl.int32)
+
+    # The lanes' statistics, merged once: a lane's mean is its shift plus its
+    # mean deviation, in fp64, so the deviations between lanes keep every digit.
+    b_zero = tl.zeros((BLOCK_T,), tl.float64)
+    b_n, b_ma, b_mw, b_m2a, b_m2w, b_caw = tl.reduce(
+        (
+            l_n.to(tl.float64),
+            l_ka.to(tl.float64) + l_ma.to(tl.float64) if ADV_PER_TOKEN else b_zero,
+            l_kw.to(tl.float64) + l_mw.to(tl.float64),
+            l_m2a.to(tl.float64) if ADV_PER_TOKEN else b_zero,
+            l_m2w.to(tl.float64),
+            l_caw.to(tl.float64) if ADV_PER_TOKEN else b_zero,
+        ),
+        0,
+        _chan_combine,
+    )
+    b_bad = tl.sum(l_bad)
+    b_lsum = tl.sum(l_lsum.to(tl.float64) - l_lerr.to(tl.float64))
+    b_kl = tl.sum(l_kl.to(tl.float64) + l_kl64)
+    b_mina = tl.min(l_mina)
+    b_maxa = tl.max(l_maxa)
+    b_minw = tl.min(l_minw)
+    b_maxw = tl.max(l_maxw)
 
     if SPLIT:
         p_chunk = p_out + i_b * tl.num_programs(1) + i_c

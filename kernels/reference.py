@@ -3,13 +3,13 @@
 It is the statistics path wherever the Triton kernel does not run
 (``batch_stats(method="auto")`` off CUDA, the Controller on CPU tensors), and
 the torch reference that benchmarks compare the kernel with. It follows the
-kernel's numerics: element-wise work in fp32 (values converted right after
-they are read), sums that become means reduced in fp64, second moments taken
-about the fp32-rounded row mean (two passes, never ``sum(x^2) - n mean^2``),
-the k3 term in fp64. Semantics are those of the float64 numpy reference
-``gaccore.stats`` (SPEC §2): the mask is binarized, masked-out positions
-never enter arithmetic (padding may be NaN or -inf), logp is clamped to
-``<= 0``.
+kernel's element-wise numerics (fp32 work on values converted right after
+they are read) and reduces in its own way, suited to whole-tensor torch ops:
+sums that become means in fp64, second moments about the fp32-rounded row
+mean (two passes, never ``sum(x^2) - n mean^2``), the k3 term in fp64.
+Semantics are those of the float64 numpy reference ``gaccore.stats``
+(SPEC §2): the mask is binarized, masked-out positions never enter
+arithmetic (padding may be NaN or -inf), logp is clamped to ``<= 0``.
 
 Every operation has a fixed shape (no boolean indexing, no host reads), so the
 twin runs on any device without synchronizing. On CPU it walks the batch in

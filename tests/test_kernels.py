@@ -129,7 +129,7 @@ def test_kernel_merges_many_blocks(adv_per_token, adv_offset):
 
 
 def test_kernel_default_blocks_with_a_partial_last_block():
-    """T = 4100 at the default block size: two full 2048-token blocks and a partial one."""
+    """T = 4100 at the default block size: four full 1024-token blocks and a partial one."""
     batch = make_batch(2, 4100, seed=16, adv_per_token=True, adv_offset=1e3, mask_rate=0.1)
     assert fused.block_size(4100) == fused.MAX_BLOCK_T
     assert_stats_close(batch_stats(**batch, method="triton"), numpy_stats(batch), RTOL[torch.float32])
