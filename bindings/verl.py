@@ -17,7 +17,27 @@ binding follows that split, for the V1 trainer (verl's default,
    ``global_batch_size`` and ``temperature``: they are per-step settings, not
    per-row data. One controller on the driver sees the global batch, so no
    process group is needed.
-2. Workers: ``gac_ppo_loss`` replaces verl's ``ppo_loss`` (install it with
+2. The verifier: each row's score is the sum of verl's ``token_level_scores``
+   (the reward function's output; V1 keeps it as ``rm_scores`` in the
+   TransferQueue) over the row's response tokens, for expert rows and
+   rollouts alike (NaN in a response token: the row is not scored). The
+   controller takes them as ``scores``: the expert's and the policy's success
+   rates, which ``mode="verified"`` steers ``rho`` with and every mode logs.
+   Without ``token_level_scores`` the step is refused in ``mode="verified"``
+   and with ``filter_demos``; otherwise the controller runs unscored.
+3. Filtering (``Config.filter_demos``): a demonstration scored below it leaves
+   the controller's SFT statistics, and the driver clears its row of
+   ``response_mask`` in the batch the workers train on (V1: writes the
+   cleared mask back to the TransferQueue). That is how verl's own rollout
+   rejection sampling drops a row, and it is the one mask verl's engine
+   counts the global token normalizer from (``loss_mask``), so a rejected
+   demonstration is in no term and in no token count: under ``token-mean``
+   the loss equals that of the batch without the row. Under the ``seq-mean``
+   modes the divisor stays verl's configured mini-batch size in rows, as for
+   any row verl masks. The row keeps ``gac_expert``, so it never becomes an
+   RL row. verl's metrics that read ``response_mask`` (advantages, returns)
+   leave it out as well.
+4. Workers: ``gac_ppo_loss`` replaces verl's ``ppo_loss`` (install it with
    ``actor_rollout_wg.set_loss_fn(partial(gac_ppo_loss, config=actor_config))``).
    It computes verl's own policy loss (``actor.policy_loss.loss_mode``: vanilla,
    gspo, ...) on the RL rows, adds verl's KL loss (``use_kl_loss``) and entropy
@@ -28,7 +48,7 @@ binding follows that split, for the V1 trainer (verl's default,
        mu * L_SFT + (1 - mu) * (L_pg + kl_loss_coef * L_kl - entropy_coeff * H)
 
    so the expert rows carry the SFT term alone.
-3. Checkpoints: ``gaccore.bindings.common.save_controller``/``load_controller``
+5. Checkpoints: ``gaccore.bindings.common.save_controller``/``load_controller``
    keep the controller's state as ``gaccore_state.json`` inside verl's
    ``global_step_{N}`` folder, beside ``data.pt``; ``step_folder`` resolves
    that folder as verl does.
@@ -54,13 +74,14 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
 
-from gaccore import Controller
+from gaccore import Config, Controller, kept_demos
 from gaccore.bindings.common import logged_metrics
 from gaccore.bindings.losses import mix, sft_token_loss
 
 __all__ = [
     "EXPERT_KEY",
     "MU_KEY",
+    "SCORES_KEY",
     "SFT_COEF_KEY",
     "compute_mu",
     "gac_policy_loss",
@@ -73,6 +94,7 @@ __all__ = [
 EXPERT_KEY = "gac_expert"  # bool [B] among the batch's tensors: True for expert (SFT) rows
 MU_KEY = "gac_mu"  # meta_info / extra_info: this step's mu, a Python float
 SFT_COEF_KEY = "gac_sft_coef"  # meta_info / extra_info: the controller's sft_coef ("phi" or "nll")
+SCORES_KEY = "token_level_scores"  # [B, T] float: the reward function's scores, summed over a row's response
 # The tensors the controller reads, as verl names them after compute_advantage.
 STAT_FIELDS = ("old_log_probs", "response_mask", "advantages")
 
@@ -82,14 +104,17 @@ STAT_FIELDS = ("old_log_probs", "response_mask", "advantages")
 
 def observe_tensors(
     tensors: Mapping[str, torch.Tensor], controller: Controller
-) -> tuple[dict[str, Any], dict[str, float]]:
+) -> tuple[dict[str, Any], dict[str, float], torch.Tensor | None]:
     """One controller step on the global batch's padded ``[B, T]`` tensors.
 
     ``tensors`` maps verl's names (``STAT_FIELDS``, ``EXPERT_KEY``, optionally
-    ``ref_log_prob``) to tensors. Returns the settings the workers' loss needs
-    (``mix_settings``), to store in the batch's ``meta_info``/``extra_info``,
-    and the ``gac/*`` metrics to log: both from one read of the controller's
-    state (its ``mu`` travels to the workers as a Python float).
+    ``ref_log_prob`` and ``SCORES_KEY``) to tensors. Returns the settings the
+    workers' loss needs (``mix_settings``), to store in the batch's
+    ``meta_info``/``extra_info``, and the ``gac/*`` metrics to log, both from
+    one read of the controller's state (its ``mu`` travels to the workers as
+    a Python float); and, with ``Config.filter_demos``, the ``response_mask``
+    the workers must train on (the rejected demonstrations' rows cleared),
+    else None.
     """
     if not isinstance(controller, Controller):
         raise TypeError(f"controller must be a gaccore.Controller, got {type(controller).__name__}")
@@ -102,6 +127,7 @@ def observe_tensors(
             f"the batch lacks {EXPERT_KEY!r}: add the expert (SFT) rows to the batch with "
             f"{EXPERT_KEY} = True (a bool [B] tensor, False for rollouts)"
         )
+    scores = _row_scores(tensors, controller.config)
     ref_logp = tensors.get("ref_log_prob")
     controller.update(
         tensors["old_log_probs"].detach(),
@@ -109,9 +135,51 @@ def observe_tensors(
         tensors["advantages"].detach(),
         tensors[EXPERT_KEY],
         ref_logp=None if ref_logp is None else ref_logp.detach(),
+        scores=scores,
     )
+    trained_mask = _trained_response_mask(tensors, scores, controller.config.filter_demos)
     read = controller.metrics()  # one read of the state: mu for the workers, and the log
-    return mix_settings(controller, read["mu"]), logged_metrics(read)
+    return mix_settings(controller, read["mu"]), logged_metrics(read), trained_mask
+
+
+def _row_scores(tensors: Mapping[str, torch.Tensor], config: Config) -> torch.Tensor | None:
+    """Each row's verifier score ``[B]``: its ``token_level_scores`` summed
+    over its response tokens. None without them, where the config needs none."""
+    token_scores = tensors.get(SCORES_KEY)
+    if token_scores is None:
+        if config.mode == "verified":
+            needed_by = "mode='verified' steers rho with the expert's and the policy's success rates from them"
+            remedy = "or use mode='paper'"
+        elif config.filter_demos is not None:
+            needed_by = "filter_demos keeps or drops each demonstration by its score"
+            remedy = "or leave filter_demos unset"
+        else:
+            return None
+        raise ValueError(
+            f"the batch lacks {SCORES_KEY!r} (the reward function's per-token scores; 'rm_scores' in verl's V1 "
+            f"TransferQueue), and {needed_by}: score every row with the reward function, the expert rows too "
+            f"(NaN on a row's response tokens where it cannot be scored), {remedy}"
+        )
+    response_mask = tensors["response_mask"]
+    if token_scores.shape != response_mask.shape:
+        raise ValueError(
+            f"{SCORES_KEY} must be shaped like response_mask {list(response_mask.shape)}, "
+            f"got {list(token_scores.shape)}"
+        )
+    return token_scores.detach().masked_fill(response_mask == 0, 0.0).sum(dim=-1)
+
+
+def _trained_response_mask(
+    tensors: Mapping[str, torch.Tensor], scores: torch.Tensor | None, filter_demos: float | None
+) -> torch.Tensor | None:
+    """``response_mask`` without the rows of the demonstrations the filter
+    rejects; None without a filter (verl's mask stands)."""
+    if filter_demos is None:
+        return None
+    response_mask = tensors["response_mask"]
+    # scores is set: _row_scores refuses a filter without them.
+    rejected = (tensors[EXPERT_KEY] != 0).to(response_mask.device) & ~kept_demos(scores, filter_demos)
+    return response_mask * ~rejected[:, None]
 
 
 def mix_settings(controller: Controller, mu: float) -> dict[str, Any]:
@@ -124,13 +192,17 @@ def compute_mu(batch: DataProto, controller: Controller) -> dict[str, float]:
 
     Call once per training step, after advantages are computed and before
     the actor update. Writes ``mu`` and ``sft_coef`` into ``batch.meta_info``
-    and returns ``gac/*`` metrics to merge into verl's metrics dict.
+    (with ``Config.filter_demos``, also replaces ``response_mask`` by the one
+    without the rejected demonstrations) and returns ``gac/*`` metrics to
+    merge into verl's metrics dict.
     """
     if not isinstance(batch, DataProto):
         raise TypeError(f"batch must be a verl DataProto, got {type(batch).__name__}")
     tensors = batch.batch
-    settings, metrics = observe_tensors({key: tensors[key] for key in tensors.keys()}, controller)
+    settings, metrics, trained_mask = observe_tensors({key: tensors[key] for key in tensors.keys()}, controller)
     batch.meta_info.update(settings)
+    if trained_mask is not None:
+        tensors["response_mask"] = trained_mask
     return metrics
 
 
@@ -158,7 +230,9 @@ def gac_ppo_loss(config: Any, model_output: Any, data: Any, dp_group: Any = None
     (``config.policy_loss.loss_mode``) plus its KL loss and entropy bonus, all
     over the RL rows; ``L_SFT`` is the token-weighted SFT loss over the expert
     rows. ``mu`` and ``sft_coef`` come from the micro-batch's non-tensor
-    entries, the expert flags from its ``gac_expert`` tensor.
+    entries, the expert flags from its ``gac_expert`` tensor. A demonstration
+    the driver's filter rejected arrives with an empty ``response_mask``, so
+    it takes part in no term and in no normalizer.
     """
     mu, sft_coef = _mix_settings_of(data)
     log_prob = no_padding_2_padding(model_output["log_probs"], data)

@@ -10,8 +10,12 @@ Importing this module registers, for each trainer in verl's V1 registry
 - installs ``gac_ppo_loss`` as the actor workers' loss,
 - computes ``mu`` on the driver in ``_update_actor(batch: KVBatchMeta,
   metrics)`` from the fields of the TransferQueue (the expert flag
-  ``gac_expert`` is one of them, put there by the data pipeline), hands it to
-  the workers through ``batch.extra_info`` and logs ``gac/*`` metrics,
+  ``gac_expert`` is one of them, put there by the data pipeline; the
+  verifier's scores are verl's ``rm_scores``, which verl itself reads as
+  ``token_level_scores``), hands it to the workers through
+  ``batch.extra_info`` and logs ``gac/*`` metrics; with ``gac.filter_demos``
+  it writes ``response_mask`` back without the rejected demonstrations, as
+  verl's rollout rejection sampling does (``gaccore.bindings.verl``),
 - saves the controller with every checkpoint through verl's checkpoint
   callback (``GACCheckpointCallback``, which also calls the callback named by
   ``trainer.checkpoint_callback_class``) and restores it on resume.
@@ -28,19 +32,22 @@ from typing import Any
 import torch
 import transfer_queue as tq
 from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.distillation import is_distillation_enabled
 from verl.trainer.ppo.checkpoint_callback import CheckpointCallback
 from verl.trainer.ppo.v1 import PPOTrainer, register_trainer
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 from verl.utils.config import omega_conf_to_dataclass
+from verl.workers.utils.padding import response_to_nested
 
 from gaccore import Controller
 from gaccore.bindings.common import config_from_knobs, load_controller, save_controller
-from gaccore.bindings.verl import EXPERT_KEY, STAT_FIELDS, gac_ppo_loss, observe_tensors, step_folder
+from gaccore.bindings.verl import EXPERT_KEY, SCORES_KEY, STAT_FIELDS, gac_ppo_loss, observe_tensors, step_folder
 
 __all__ = [
     "CONFIG_KEY",
+    "QUEUE_SCORES_FIELD",
     "GACCheckpointCallback",
     "GACTrainerMixin",
     "controller_from_config",
@@ -49,6 +56,7 @@ __all__ = [
 ]
 
 CONFIG_KEY = "gac"  # the section of verl's config holding the controller's knobs
+QUEUE_SCORES_FIELD = "rm_scores"  # the TransferQueue's name of verl's token_level_scores
 _PREFIX = "gac_"
 
 
@@ -133,12 +141,24 @@ class GACTrainerMixin:
                 f"the batch lacks the field {EXPERT_KEY!r}: the data pipeline must put it into the "
                 "TransferQueue (True for expert rows, False for rollouts)"
             )
+        # Asked for only where the queue has it: observe_tensors decides whether the controller needs it.
+        if batch.fields is None or QUEUE_SCORES_FIELD in batch.fields:
+            fields.append(QUEUE_SCORES_FIELD)
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        queued_mask = data["response_mask"]
         tensors = dict(data.to_padded_tensor().items())
+        if QUEUE_SCORES_FIELD in tensors:
+            tensors[SCORES_KEY] = tensors.pop(QUEUE_SCORES_FIELD)
         # Rows verl duplicated to fill the data-parallel ranks would count twice in the statistics.
         padding = torch.tensor([bool(tag.get("is_padding", False)) for tag in batch.tags])
         tensors["response_mask"] = tensors["response_mask"] * ~padding[:, None].to(tensors["response_mask"].device)
-        settings, gac_metrics = observe_tensors(tensors, self.gac)
+        settings, gac_metrics, trained_mask = observe_tensors(tensors, self.gac)
+        if trained_mask is not None:
+            # The workers read their mask from the queue; verl's padding rows have an empty one there already.
+            cleared = TensorDict(
+                {"response_mask": response_to_nested(trained_mask, queued_mask)}, batch_size=len(batch)
+            )
+            tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=cleared)
         batch.extra_info.update(settings)
         metrics.update(gac_metrics)
         return super()._update_actor(batch, metrics)  # type: ignore[misc]

@@ -1,8 +1,9 @@
 """gaccore.bindings.verl against verl's own installed functions, on CPU tensors.
 
 The batch is built as verl's driver holds it (DataProto with prompts,
-responses, masks, old/ref log-probs, GRPO advantages from verl's own
-estimator), converted with verl's own no-padding transform, and the loss runs
+responses, masks, old/ref log-probs, the reward function's
+``token_level_scores``, GRPO advantages from verl's own estimator),
+converted with verl's own no-padding transform, and the loss runs
 through ``gac_ppo_loss`` (verl's ``ppo_loss`` with the mix) -> verl's
 vanilla PPO loss, KL penalty and ``agg_loss``. Ray workers and FSDP are not started.
 """
@@ -10,6 +11,7 @@ vanilla PPO loss, KL penalty and ``agg_loss``. Ray workers and FSDP are not star
 from __future__ import annotations
 
 import json
+import math
 import runpy
 import subprocess
 import sys
@@ -46,6 +48,10 @@ PROMPT_LEN, RESPONSE_LEN = 4, 6
 UIDS = np.array(["q0", "q0", "q1", "q1", "e0", "e1"], dtype=object)
 EXPERT = torch.tensor([False, False, False, False, True, True])
 CONTROLLER = {"warmup_steps": 1, "decay_steps": 5, "cap": 0.05}
+# A verifier's scores: the four rollouts' rewards (one solved), then the two demonstrations' (one passes).
+SCORES = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+FILTER_DEMOS = 0.5
+REJECTED = torch.tensor([False, False, False, False, False, True])  # the demonstration scored below FILTER_DEMOS
 
 
 def actor_config(loss_agg_mode: str = "token-mean", **fields: object) -> FSDPActorConfig:
@@ -60,8 +66,10 @@ def actor_config(loss_agg_mode: str = "token-mean", **fields: object) -> FSDPAct
     )
 
 
-def driver_batch(seed: int, *, expert: torch.Tensor | None = EXPERT) -> DataProto:
-    """A batch as verl's driver holds it after compute_advantage."""
+def driver_batch(seed: int, *, expert: torch.Tensor | None = EXPERT, scores: torch.Tensor | None = None) -> DataProto:
+    """A batch as verl's driver holds it after compute_advantage. ``scores``:
+    each row's score (default: random 0/1), which the reward function puts on
+    the row's last response token of ``token_level_scores``."""
     gen = torch.Generator().manual_seed(seed)
     rows = len(UIDS)
     prompt_mask = torch.ones(rows, PROMPT_LEN, dtype=torch.int64)
@@ -71,8 +79,9 @@ def driver_batch(seed: int, *, expert: torch.Tensor | None = EXPERT) -> DataProt
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     prompts = torch.randint(3, 50, (rows, PROMPT_LEN), generator=gen) * prompt_mask
     responses = torch.randint(3, 50, (rows, RESPONSE_LEN), generator=gen) * response_mask
+    drawn = torch.rand(rows, generator=gen).round()
     rewards = torch.zeros(rows, RESPONSE_LEN)
-    rewards[torch.arange(rows), lengths - 1] = torch.rand(rows, generator=gen).round()
+    rewards[torch.arange(rows), lengths - 1] = drawn if scores is None else scores
     advantages, returns = compute_grpo_outcome_advantage(rewards, response_mask, UIDS)
     old_log_probs = -torch.rand(rows, RESPONSE_LEN, generator=gen) * 3 * response_mask
     tensors = {
@@ -86,6 +95,7 @@ def driver_batch(seed: int, *, expert: torch.Tensor | None = EXPERT) -> DataProt
         "ref_log_prob": (old_log_probs - 0.05 * torch.rand(rows, RESPONSE_LEN, generator=gen)) * response_mask,
         "advantages": advantages,
         "returns": returns,
+        "token_level_scores": rewards,
     }
     if expert is not None:
         tensors[gac_verl.EXPERT_KEY] = expert
@@ -95,7 +105,7 @@ def driver_batch(seed: int, *, expert: torch.Tensor | None = EXPERT) -> DataProt
 def actor_micro_batch(batch: DataProto) -> tuple[object, torch.Tensor, dict[str, torch.Tensor]]:
     """The micro-batch TensorDict and model output as verl's actor worker sees them."""
     td = left_right_2_no_padding(batch.to_tensordict())
-    tokens = int(batch.batch["response_mask"].sum())
+    tokens = int(td["loss_mask"].sum())  # what verl's engine counts its token normalizer from
     tu.assign_non_tensor(td, dp_size=1, batch_num_tokens=tokens, global_batch_size=len(UIDS))
     gen = torch.Generator().manual_seed(7)
     nnz = int(batch.batch["attention_mask"].sum())
@@ -104,11 +114,13 @@ def actor_micro_batch(batch: DataProto) -> tuple[object, torch.Tensor, dict[str,
     return td, values, {"log_probs": values}
 
 
-def test_compute_mu_reads_the_device_once(monkeypatch) -> None:
-    """mu for meta_info and the logged metrics come from one device read
-    (state kept in tensors as on a GPU; every host read of a tensor counted)."""
+@pytest.mark.parametrize("knobs", [{}, {"mode": "verified", "filter_demos": FILTER_DEMOS}])
+def test_compute_mu_reads_the_device_once(monkeypatch, knobs: dict) -> None:
+    """mu for meta_info and the logged metrics come from one device read, the
+    verifier's scores and the filter included (state kept in tensors as on a
+    GPU; every host read of a tensor counted)."""
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
-    ctrl = Controller(**CONTROLLER)
+    ctrl = Controller(**knobs, **CONTROLLER)
     gac_verl.compute_mu(driver_batch(0), ctrl)  # the state moves to the device first
     reads = []
     for name in ("item", "tolist", "__float__", "__bool__", "numpy", "cpu"):
@@ -157,12 +169,19 @@ def test_mu_reaches_every_micro_batch_through_verls_own_splits(dynamic: bool) ->
 
 
 def verl_terms(
-    batch: DataProto, log_prob: torch.Tensor, entropy: torch.Tensor, config: FSDPActorConfig, info: dict
+    batch: DataProto,
+    log_prob: torch.Tensor,
+    entropy: torch.Tensor,
+    config: FSDPActorConfig,
+    info: dict,
+    sft_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """verl's own policy loss, k3 KL, entropy and the SFT term, each over its rows."""
+    """verl's own policy loss, k3 KL, entropy and the SFT term, each over its
+    rows (the SFT term over ``sft_rows``, by default the expert rows)."""
     mask = batch.batch["response_mask"].bool()
     expert = batch.batch[gac_verl.EXPERT_KEY]
-    rl_mask, sft_mask = mask & ~expert[:, None], mask & expert[:, None]
+    sft_rows = expert if sft_rows is None else sft_rows
+    rl_mask, sft_mask = mask & ~expert[:, None], mask & sft_rows[:, None]
     mode = config.loss_agg_mode
     config.global_batch_info.update(info)
     pg, _ = get_policy_loss_fn("vanilla")(
@@ -305,6 +324,10 @@ def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="gac_expert"):
         gac_verl.compute_mu(driver_batch(6, expert=None), Controller())
     batch = driver_batch(6)
+    batch.batch[gac_verl.SCORES_KEY] = batch.batch[gac_verl.SCORES_KEY][:, :-1].contiguous()
+    with pytest.raises(ValueError, match="token_level_scores must be shaped like response_mask"):
+        gac_verl.compute_mu(batch, Controller())
+    batch = driver_batch(6)
     with pytest.raises(ValueError, match="ref_log_prob"):
         gac_verl.gac_policy_loss(
             batch.batch["old_log_probs"],
@@ -325,6 +348,93 @@ def test_bad_arguments_are_named() -> None:
             expert=EXPERT,
             mu=1.5,
         )
+
+
+def test_the_verifiers_scores_give_the_rates_the_filter_and_the_logged_metrics() -> None:
+    batch = driver_batch(40, scores=SCORES)
+    verls_mask = batch.batch["response_mask"].clone()
+    ctrl = Controller(mode="verified", filter_demos=FILTER_DEMOS, **CONTROLLER)
+    metrics = gac_verl.compute_mu(batch, ctrl)
+
+    assert metrics["gac/ema_policy_reward"] == pytest.approx(0.25)  # one of four rollouts solved
+    assert metrics["gac/ema_expert_reward"] == pytest.approx(0.5)  # the expert's rate counts the rejected one too
+    assert metrics["gac/demos_kept"] == 0.5
+    assert metrics["gac/rho"] == pytest.approx((0.5 - 0.25) / (1 - 0.25))  # the share of failures the expert fixes
+    assert batch.meta_info[gac_verl.MU_KEY] == metrics["gac/mu"]
+    stats = ctrl.metrics()
+    assert (stats["batch_n_demos"], stats["batch_n_sft"], stats["batch_n_rl"]) == (2, 1, 4)
+    # The workers' weights: the rejected demonstration's row leaves the mask, every other row keeps verl's.
+    trained = batch.batch["response_mask"]
+    assert not trained[REJECTED].any()
+    assert torch.equal(trained[~REJECTED], verls_mask[~REJECTED])
+    assert torch.equal(batch.batch[gac_verl.EXPERT_KEY], EXPERT)  # an expert row still: never an RL row
+
+
+def test_a_row_whose_scores_hold_nan_is_unscored_and_kept() -> None:
+    scores = SCORES.clone()
+    scores[REJECTED] = math.nan
+    batch = driver_batch(41, scores=scores)
+    metrics = gac_verl.compute_mu(batch, Controller(filter_demos=FILTER_DEMOS, **CONTROLLER))
+    assert metrics["gac/ema_expert_reward"] == 1.0 and metrics["gac/demos_kept"] == 1.0
+    assert batch.batch["response_mask"][REJECTED].any()
+
+
+@pytest.mark.parametrize("loss_agg_mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_a_rejected_demonstration_is_in_no_term_and_no_normalizer(loss_agg_mode: str) -> None:
+    """The loss equals verl's terms over the batch whose SFT term leaves the
+    rejected row out and whose token count (verl's engine counts it from the
+    mask the driver cleared) leaves out its tokens; seq-mean divides by verl's
+    configured rows, as for any row verl masks."""
+    batch = driver_batch(42, scores=SCORES)
+    verls_mask = batch.batch["response_mask"].clone()
+    gac_verl.compute_mu(batch, Controller(filter_demos=FILTER_DEMOS, **CONTROLLER))
+    mu = batch.meta_info[gac_verl.MU_KEY]
+
+    td, values, model_output = actor_micro_batch(batch)
+    entropy_values = torch.rand(values.shape, generator=torch.Generator().manual_seed(3)) * 2
+    model_output["entropy"] = entropy_values
+    config = actor_config(loss_agg_mode, use_kl_loss=True, entropy_coeff=0.01)
+    loss, _ = gac_verl.gac_ppo_loss(config, model_output, td)
+    loss.backward()
+
+    kept_tokens = int(verls_mask[~REJECTED].sum())
+    assert tu.get(td, "batch_num_tokens") == kept_tokens
+    info = {"dp_size": 1, "batch_num_tokens": kept_tokens, "global_batch_size": len(UIDS), "loss_scale_factor": None}
+    log_prob = no_padding_2_padding(values.detach(), td)
+    entropy = no_padding_2_padding(entropy_values, td)
+    unfiltered = driver_batch(42, scores=SCORES)
+    pg, kl, ent, sft = verl_terms(unfiltered, log_prob, entropy, config, info, sft_rows=EXPERT & ~REJECTED)
+    assert loss.item() == pytest.approx(mu * sft.item() + (1 - mu) * (pg + 0.001 * kl - 0.01 * ent).item(), rel=1e-5)
+    grad = no_padding_2_padding(values.grad, td)
+    assert not grad[REJECTED].any()
+    assert grad[EXPERT & ~REJECTED].any()
+
+
+def test_the_filtered_controller_sees_the_batch_without_the_rejected_demonstrations() -> None:
+    filtered, unfiltered = Controller(filter_demos=FILTER_DEMOS, **CONTROLLER), Controller(**CONTROLLER)
+    for seed in (43, 44):
+        gac_verl.compute_mu(driver_batch(seed, scores=SCORES), filtered)
+        gac_verl.compute_mu(driver_batch(seed, scores=SCORES).select_idxs(~REJECTED), unfiltered)
+    with_filter, without_rows = filtered.metrics(), unfiltered.metrics()
+    # The expert's success rate measures the expert, the filter's rejects included.
+    assert (with_filter.pop("ema_expert_reward"), without_rows.pop("ema_expert_reward")) == (0.5, 1.0)
+    assert (with_filter.pop("batch_expert_reward"), without_rows.pop("batch_expert_reward")) == (0.5, 1.0)
+    assert (with_filter.pop("batch_n_demos"), without_rows.pop("batch_n_demos")) == (2, 1)
+    assert (with_filter.pop("demos_kept"), without_rows.pop("demos_kept")) == (0.5, 1.0)
+    assert with_filter == pytest.approx(without_rows, nan_ok=True)
+
+
+def test_without_token_level_scores_verified_mode_and_the_filter_are_refused() -> None:
+    batch = driver_batch(45)
+    batch.batch.pop(gac_verl.SCORES_KEY)
+    for knobs, remedy in (({"mode": "verified"}, "mode='paper'"), ({"filter_demos": 0.5}, "filter_demos unset")):
+        ctrl = Controller(**knobs, **CONTROLLER)
+        with pytest.raises(ValueError, match="token_level_scores") as refused:
+            gac_verl.compute_mu(batch, ctrl)
+        assert "expert rows too" in str(refused.value) and remedy in str(refused.value)
+        assert ctrl.step_count == 0
+    metrics = gac_verl.compute_mu(batch, Controller(**CONTROLLER))  # mode "paper" runs without scores
+    assert math.isnan(metrics["gac/ema_expert_reward"]) and math.isnan(metrics["gac/ema_policy_reward"])
 
 
 def test_controller_state_round_trips_through_verls_checkpoint_layout(tmp_path: Path) -> None:

@@ -30,10 +30,11 @@ from hydra import compose, initialize_config_module  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from transfer_queue import KVBatchMeta  # noqa: E402
+from verl import DataProto  # noqa: E402
 from verl.trainer import main_ppo  # noqa: E402
 from verl.trainer.ppo.checkpoint_callback import CheckpointCallback  # noqa: E402
 from verl.trainer.ppo.v1 import PPOTrainerSync, get_trainer_cls  # noqa: E402
-from verl.workers.utils.padding import response_to_nested  # noqa: E402
+from verl.workers.utils.padding import no_padding_2_padding  # noqa: E402
 
 from gaccore import Config  # noqa: E402
 from gaccore.bindings import verl as gac_verl  # noqa: E402
@@ -41,7 +42,7 @@ from gaccore.bindings import verl_v1, verl_v1_main  # noqa: E402
 from gaccore.bindings.common import STATE_FILE  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_verl import UIDS, actor_micro_batch, driver_batch  # noqa: E402
+from test_verl import EXPERT, FILTER_DEMOS, REJECTED, SCORES, UIDS, actor_micro_batch, driver_batch  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -74,7 +75,7 @@ def test_the_readme_command_line_sets_the_controllers_knobs() -> None:
     config = verl_v1_main.prepare_config(verl_config(overrides))
     assert config.trainer.v1.trainer_mode == "gac_sync"
     ctrl = verl_v1.controller_from_config(config)
-    assert ctrl.config.cap == 0.02 and ctrl.config.kl_target == 0.05
+    assert ctrl.config.cap == 0.02 and ctrl.config.kl_target == 0.05 and ctrl.config.mode == "verified"
     assert config.actor_rollout_ref.actor.use_kl_loss  # the GRPO example's KL loss stays on
 
 
@@ -121,17 +122,27 @@ def test_the_entry_point_runs_verls_main_with_the_gac_task_runner(
 
 
 class _TransferQueue:
-    """kv_batch_get over one batch held in memory, in verl's nested response layout."""
+    """kv_batch_get/kv_batch_put over one batch held in memory, in verl's
+    nested response layout: each response as long as it was generated,
+    whatever its mask holds."""
 
-    def __init__(self, rows: TensorDict) -> None:
-        self.rows = rows
+    def __init__(self, batch: DataProto) -> None:
+        self.rows = batch.batch.clone()
+        self.rows.rename_key_("token_level_scores", "rm_scores")  # the name verl's reward loop writes
+        self.lengths = self.rows["response_mask"].sum(-1).tolist()
 
     def kv_batch_get(self, keys: list[str], partition_id: str, select_fields: list[str]) -> TensorDict:
-        padded = self.rows["response_mask"]
-        mask = torch.nested.as_nested_tensor([row[row != 0] for row in padded], layout=torch.jagged)
-        fields = {key: response_to_nested(self.rows[key], mask) for key in select_fields if self.rows[key].ndim == 2}
-        fields.update({key: self.rows[key] for key in select_fields if self.rows[key].ndim == 1})
+        fields = {key: self.rows[key] for key in select_fields}
+        for key, padded in fields.items():
+            if padded.ndim == 2:
+                rows = [row[:length] for row, length in zip(padded, self.lengths, strict=True)]
+                fields[key] = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
         return TensorDict(fields, batch_size=len(keys))
+
+    def kv_batch_put(self, keys: list[str], partition_id: str, fields: TensorDict) -> None:
+        for key, nested in fields.items():
+            for row, values in zip(self.rows[key], nested.unbind(), strict=True):
+                row[: len(values)] = values
 
 
 class _ActorWorkers:
@@ -164,7 +175,7 @@ def gac_trainer(config: DictConfig) -> PPOTrainerSync:
 
 
 def kv_batch(padding_rows: tuple[int, ...] = ()) -> KVBatchMeta:
-    fields = ["old_log_probs", "response_mask", "advantages", "ref_log_prob", gac_verl.EXPERT_KEY]
+    fields = ["old_log_probs", "response_mask", "advantages", "ref_log_prob", "rm_scores", gac_verl.EXPERT_KEY]
     tags = [{"is_padding": i in padding_rows} for i in range(len(UIDS))]
     return KVBatchMeta(keys=[f"k{i}" for i in range(len(UIDS))], tags=tags, partition_id="train", fields=fields)
 
@@ -173,7 +184,7 @@ def test_update_actor_computes_mu_on_the_queues_fields_and_the_workers_mix_with_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     driver = driver_batch(30)
-    monkeypatch.setattr(verl_v1, "tq", _TransferQueue(driver.batch))
+    monkeypatch.setattr(verl_v1, "tq", _TransferQueue(driver))
     trainer = gac_trainer(verl_config(["+gac.cap=0.05", "actor_rollout_ref.actor.use_kl_loss=true"]))
     metrics: dict = {}
     trainer._update_actor(kv_batch(padding_rows=(0,)), metrics)
@@ -197,12 +208,54 @@ def test_update_actor_computes_mu_on_the_queues_fields_and_the_workers_mix_with_
 
 
 def test_a_batch_without_expert_rows_is_refused_with_the_field_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verl_v1, "tq", _TransferQueue(driver_batch(31).batch))
+    monkeypatch.setattr(verl_v1, "tq", _TransferQueue(driver_batch(31)))
     trainer = gac_trainer(verl_config([]))
     batch = kv_batch()
     batch.fields.remove(gac_verl.EXPERT_KEY)
     with pytest.raises(ValueError, match="gac_expert"):
         trainer._update_actor(batch, {})
+
+
+def test_verified_mode_reads_the_queues_scores_and_the_workers_skip_a_rejected_demonstration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    driver = driver_batch(33, scores=SCORES)
+    queue = _TransferQueue(driver)
+    monkeypatch.setattr(verl_v1, "tq", queue)
+    trainer = gac_trainer(verl_config(["+gac.mode=verified", f"+gac.filter_demos={FILTER_DEMOS}"]))
+    metrics: dict = {}
+    trainer._update_actor(kv_batch(), metrics)
+
+    assert metrics["gac/ema_policy_reward"] == pytest.approx(0.25)
+    assert metrics["gac/ema_expert_reward"] == pytest.approx(0.5)
+    assert metrics["gac/demos_kept"] == 0.5
+    (extra_info,) = trainer.actor_rollout_wg.received
+    assert extra_info[gac_verl.MU_KEY] == metrics["gac/mu"]  # one state read for the workers and the log
+    # The queue's response mask, which the workers train on, lost the rejected demonstration's row alone.
+    assert not queue.rows["response_mask"][REJECTED].any()
+    assert torch.equal(queue.rows["response_mask"][~REJECTED], driver.batch["response_mask"][~REJECTED])
+
+    driver.batch["response_mask"] = queue.rows["response_mask"]
+    driver.meta_info.update(extra_info)
+    td, values, model_output = actor_micro_batch(driver)
+    trainer._install_gac_loss()
+    (loss_fn,) = trainer.actor_rollout_wg.loss_fns
+    loss, _ = loss_fn(model_output=model_output, data=td)
+    loss.backward()
+    grad = no_padding_2_padding(values.grad, td)
+    assert not grad[REJECTED].any() and grad[EXPERT & ~REJECTED].any()
+
+
+def test_verified_mode_without_the_queues_scores_is_refused_with_the_field_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(verl_v1, "tq", _TransferQueue(driver_batch(34)))
+    trainer = gac_trainer(verl_config(["+gac.mode=verified"]))
+    batch = kv_batch()
+    batch.fields.remove("rm_scores")
+    with pytest.raises(ValueError, match=r"'token_level_scores' \(.*'rm_scores'"):
+        trainer._update_actor(batch, {})
+    assert trainer.gac.step_count == 0 and trainer.actor_rollout_wg.received == []
 
 
 class _UserCallback(CheckpointCallback):
@@ -223,7 +276,7 @@ def test_the_controller_is_saved_and_restored_by_verls_own_checkpointing(
         f"trainer.checkpoint_callback_class={__name__}._UserCallback",
         "+gac.cap=0.05",
     ]
-    monkeypatch.setattr(verl_v1, "tq", _TransferQueue(driver_batch(32).batch))
+    monkeypatch.setattr(verl_v1, "tq", _TransferQueue(driver_batch(32)))
     trainer = gac_trainer(verl_config(overrides))
     for step in (1, 2):
         trainer._update_actor(kv_batch(), {})
