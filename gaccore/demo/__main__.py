@@ -10,33 +10,51 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gaccore.demo.runner import run_suite
+from gaccore.demo.runner import RunPlan, grid_plan, run_suite
 from gaccore.demo.task import SUITE
 from gaccore.demo.train import (
     MAIN_METHODS,
     METHODS,
-    QUICK_SUITE_METHODS,
-    QUICK_SUITE_TASKS,
-    SUITE_METHODS,
+    QUICK_METHODS,
+    QUICK_SEEDS,
+    QUICK_TASKS,
+    SCHEDULE_METHODS,
+    SCHEDULE_SEEDS,
+    SCHEDULE_TASKS,
+    SUITE_SEEDS,
+    TRACK_U,
+    TRACK_V,
     RunSettings,
     ablations,
 )
 
 USAGE = """\
-gaccore demo                       # the quick suite: 2 tasks, 5 methods, 1 seed, 1000 steps (about 3 min)
-gaccore demo --suite --full        # the full suite: every task, 3 seeds, 1000 steps
+gaccore demo                       # the quick demo: 1 task, 4 methods, 2 seeds (about 5 min on 2 cores)
+gaccore demo --suite --full        # the full suite: two tracks x 5 tasks x 5 seeds, and the schedule question
 gaccore demo --suite --full --reuse   # resume or extend it: train only the runs without a record
-gaccore demo --task carry-drop     # one task: the main methods, 1 seed, 1000 steps
-gaccore demo --task carry-drop --full   # + the GAC ablations, 2000 steps, 3 seeds
+gaccore demo --task carry-drop     # one task: the main methods, 1 seed
+gaccore demo --task carry-drop --full   # + the GAC ablations, 3 seeds
 
-Tasks (two-digit arithmetic; the expert's demonstrations are right or wrong in a known pattern):
+Every run: 2000 steps. Tasks (two-digit arithmetic; the expert's demonstrations are right or wrong in a
+known pattern; a checker with 30% false accepts and 10% false rejects scores them):
 """ + "\n".join(f"  {spec.name:14} {spec.description}" for spec in SUITE.values())
 
-# The quick suite runs the full suite's steps on fewer tasks and methods: at
-# 200 steps (five tasks, every method, three minutes) nothing had learned yet.
-SUITE_STEPS = 1000
-TASK_QUICK_STEPS, TASK_FULL_STEPS = 1000, 2000
-QUICK_SEEDS, FULL_SEEDS = 1, 3
+TASK_FULL_SEEDS = 3
+
+
+def suite_plan(full: bool, seeds: int | None) -> list[RunPlan]:
+    """The quick demo, or the full suite: track U and track V on every task,
+    then the schedule question on three tasks with fewer seeds; seed by seed,
+    so an interrupted suite holds whole seeds."""
+    if not full:
+        return grid_plan(QUICK_TASKS, QUICK_METHODS, range(seeds or QUICK_SEEDS))
+    n = seeds or SUITE_SEEDS
+    plan: list[RunPlan] = []
+    for seed in range(n):
+        plan += grid_plan(list(SUITE), TRACK_U + TRACK_V, [seed])
+        if seed < min(n, SCHEDULE_SEEDS):
+            plan += grid_plan(SCHEDULE_TASKS, SCHEDULE_METHODS, [seed])
+    return plan
 
 
 def positive_int(text: str) -> int:
@@ -65,8 +83,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--full",
         action="store_true",
-        help=f"suite: every task and suite method, {FULL_SEEDS} seeds x {SUITE_STEPS} steps; one task: {FULL_SEEDS} seeds x "
-        f"{TASK_FULL_STEPS} steps with the GAC ablations",
+        help=f"suite: both tracks on every task, {SUITE_SEEDS} seeds, and the schedule question; one task: "
+        f"{TASK_FULL_SEEDS} seeds with the GAC ablations",
     )
     demo.add_argument("--out", type=Path, default=Path("gaccore-demo"), help="output directory (default: gaccore-demo)")
     demo.add_argument("--seeds", type=positive_int, help="number of training seeds (0, 1, ...)")
@@ -102,25 +120,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.task:
-        tasks = [args.task]
-        steps = args.steps or (TASK_FULL_STEPS if args.full else TASK_QUICK_STEPS)
-    else:
-        tasks = list(SUITE) if args.full else QUICK_SUITE_TASKS
-        steps = args.steps or SUITE_STEPS
-    n_seeds = args.seeds or (FULL_SEEDS if args.full else QUICK_SEEDS)
+    steps = args.steps or RunSettings().steps
     settings = RunSettings(steps=steps, sft_coef=args.sft_coef, eval_every=max(1, min(50, steps // 10)))
-    if args.methods:
-        methods = args.methods
-    elif args.task:
-        methods = MAIN_METHODS + ablations(settings) if args.full else MAIN_METHODS
+    if args.task:
+        methods = args.methods or (MAIN_METHODS + ablations(settings) if args.full else MAIN_METHODS)
+        plan = grid_plan([args.task], methods, range(args.seeds or (TASK_FULL_SEEDS if args.full else 1)))
+    elif args.methods:
+        plan = grid_plan(list(SUITE) if args.full else QUICK_TASKS, args.methods, range(args.seeds or 1))
     else:
-        methods = SUITE_METHODS if args.full else QUICK_SUITE_METHODS
+        plan = suite_plan(args.full, args.seeds)
     command = "gaccore " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     report = run_suite(
-        tasks,
-        methods,
-        range(n_seeds),
+        plan,
         settings,
         args.out,
         command=command,
@@ -128,8 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         reuse=args.reuse,
         show_progress=not args.no_progress,
     )
-    # The verdict is printed whatever the progress display: it is the command's answer.
-    print(f"\n{report['verdict']['text']}\n\nreport: {args.out / 'report.md'} (figures and report.json beside it)")
+    # The verdicts are printed whatever the progress display: they are the command's answer.
+    for track in report["tracks"].values():
+        if "verdict" in track:
+            print(f"\n{track['title']}\n{track['verdict']['text']}")
+    print(f"\nreport: {args.out / 'report.md'} (figures and report.json beside it)")
     return 0
 
 

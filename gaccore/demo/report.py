@@ -15,7 +15,7 @@ import os
 import platform
 import subprocess
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,30 @@ import numpy.typing as npt
 import torch
 
 from gaccore.demo.task import SUITE, make_suite_task
-from gaccore.demo.train import DESCRIPTIONS, SOURCE_DIRS, TASK_SEED, RunResult, RunSettings, is_gac_method
+from gaccore.demo.train import (
+    DESCRIPTIONS,
+    METHODS,
+    SCHEDULE_METHODS,
+    SCHEDULE_OF,
+    SOURCE_DIRS,
+    SUITE_SEEDS,
+    TASK_SEED,
+    RunResult,
+    RunSettings,
+    is_gac_method,
+)
+from gaccore.demo.verdict import Comparison, compare, iqm_interval, regrets, stratified_interval, track_verdict
 
-SCHEMA = "gaccore.demo.report/2"
-# Per-step curves are stored every CURVE_STRIDE steps in report.json to keep it small.
-CURVE_STRIDE = 10
+# 3: two tracks and the schedule question, with bootstrap intervals; no curves (runs/ holds them).
+SCHEMA = "gaccore.demo.report/3"
 # Numbers that measure the machine, not the training: left out of determinism checks.
 TIMING_KEYS = ("wall_s_mean", "step_ms_mean", "controller_overhead_pct")
-# The fewest seeds on which the verdict calls one method better than another (issue 9's bar).
-MIN_SEEDS = 3
-# Accuracies are means of multiples of 1/n_test: differences below this are rounding, not a gap.
-TIE = 1e-9
+# The fewest seeds whose intervals the report calls a decision (the full suite's count).
+DECIDING_SEEDS = SUITE_SEEDS
+TRACK_NAMES = {
+    "U": "Track U: the expert cannot be checked (every rule sees the demonstrations as they are)",
+    "V": "Track V: the checker scores the demonstrations too (false accepts 30%, false rejects 10%)",
+}
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -50,169 +63,132 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), std
 
 
-# -- the accuracy table and the verdict --------------------------------------------
+def area(run: RunResult) -> float:
+    """The area under the held-out accuracy curve: the mean over the run's evaluations (how fast it learned)."""
+    return float(np.mean(run.accuracy)) if run.accuracy else math.nan
 
 
-@dataclass(frozen=True)
-class SuiteTable:
-    """Final accuracies ``[task, method, seed]`` of a full grid of runs."""
-
-    tasks: list[str]
-    methods: list[str]
-    seeds: list[int]
-    accuracy: FloatArray
-
-    @property
-    def task_means(self) -> FloatArray:
-        """``[task, method]``: mean over seeds."""
-        return self.accuracy.mean(axis=2)
-
-    @property
-    def regret(self) -> FloatArray:
-        """``[task, method]``: the task's best mean minus this method's mean."""
-        means = self.task_means
-        return means.max(axis=1, keepdims=True) - means
-
-    @property
-    def mean_accuracy(self) -> FloatArray:
-        """``[method]``: mean over tasks (and seeds)."""
-        return self.accuracy.mean(axis=(0, 2))
-
-    @property
-    def mean_accuracy_spread(self) -> FloatArray:
-        """``[method]``: std over seeds of the per-seed mean over tasks (NaN with one seed)."""
-        per_seed = self.accuracy.mean(axis=0)
-        if per_seed.shape[1] < 2:
-            return np.full(per_seed.shape[0], math.nan)
-        return per_seed.std(axis=1, ddof=1)
-
-    def index(self, method: str) -> int:
-        return self.methods.index(method)
+# -- grids and tracks ----------------------------------------------------------------
 
 
-def suite_table(runs: Sequence[RunResult]) -> SuiteTable:
-    """The final accuracies of ``runs``, which must cover every (task,
-    method, seed) of their tasks, methods and seeds exactly once."""
-    tasks = list(dict.fromkeys(r.task for r in runs))
-    methods = list(dict.fromkeys(r.method for r in runs))
-    seeds = sorted({r.seed for r in runs})
-    accuracy = np.full((len(tasks), len(methods), len(seeds)), math.nan)
-    for r in runs:
-        cell = (tasks.index(r.task), methods.index(r.method), seeds.index(r.seed))
-        if not math.isnan(accuracy[cell]):
-            raise ValueError(f"runs holds ({r.task}, {r.method}, seed {r.seed}) twice")
-        accuracy[cell] = r.final_accuracy
-    missing = np.argwhere(np.isnan(accuracy))
-    if missing.size:
-        t, m, s = missing[0]
-        raise ValueError(f"runs lacks ({tasks[t]}, {methods[m]}, seed {seeds[s]}): the suite needs a full grid")
-    return SuiteTable(tasks, methods, seeds, accuracy)
+def grid(
+    runs: Sequence[RunResult], methods: Sequence[str], score: Any
+) -> tuple[list[str], list[int], dict[str, FloatArray]]:
+    """``score(run)`` as ``[task, seed]`` per method; the runs must cover every
+    (task, method, seed) of their tasks and seeds exactly once."""
+    chosen = [r for r in runs if r.method in methods]
+    tasks = list(dict.fromkeys(r.task for r in chosen))
+    seeds = sorted({r.seed for r in chosen})
+    table = {m: np.full((len(tasks), len(seeds)), math.nan) for m in methods}
+    for r in chosen:
+        cell = (tasks.index(r.task), seeds.index(r.seed))
+        if not math.isnan(table[r.method][cell]):
+            raise ValueError(f"runs hold ({r.task}, {r.method}, seed {r.seed}) twice")
+        table[r.method][cell] = score(r)
+    for m, values in table.items():
+        missing = np.argwhere(np.isnan(values))
+        if missing.size:
+            t, k = missing[0]
+            raise ValueError(f"runs lack ({tasks[t]}, {m}, seed {seeds[k]}): a track needs a full grid")
+    return tasks, seeds, table
 
 
-@dataclass(frozen=True)
-class BarCheck:
-    """How a GAC method stands against issue 9's bar."""
-
-    method: str
-    worst_regret: float
-    # The best baseline's worst regret: the bar's first half wants worst_regret <= this.
-    worst_regret_limit: float
-    # min over baselines of (mean accuracy difference - seed spread): the second half wants > 0.
-    # With fewer than MIN_SEEDS seeds the spread is unknown and this is the bare difference.
-    accuracy_margin: float
-    closest_baseline: str
-    clears: bool | None  # None: too few seeds to decide
+def tracks_of(runs: Sequence[RunResult]) -> dict[str, list[str]]:
+    """The tracks of the methods in ``runs`` (the schedule question's aside):
+    track V holds the rules that read the checker's scores or drop the
+    demonstrations it rejects, track U every other."""
+    present = [m for m in dict.fromkeys(r.method for r in runs) if METHODS[m].schedule_scale == 1.0]
+    checked = [m for m in present if METHODS[m].reads_scores or METHODS[m].filtered]
+    tracks = {"U": [m for m in present if m not in checked], "V": checked}
+    return {name: methods for name, methods in tracks.items() if methods}
 
 
-@dataclass(frozen=True)
-class Verdict:
-    text: str
-    decided: bool  # enough seeds to call a difference
-    best_gac: str | None
-    bar: list[BarCheck]
-
-
-def verdict(table: SuiteTable) -> Verdict:
-    """The best GAC-family method (highest mean accuracy over tasks) against
-    every baseline, and every GAC method against issue 9's bar: a worst
-    regret no larger than the best baseline's worst regret, and a mean
-    accuracy above every baseline's by more than the seed spread (the larger
-    of the two methods' spreads), on at least ``MIN_SEEDS`` seeds."""
-    gac = [m for m in table.methods if is_gac_method(m)]
-    baselines = [m for m in table.methods if not is_gac_method(m)]
-    if not gac or not baselines:
-        return Verdict(
-            f"No verdict: it compares GAC methods with baselines, and this run has "
-            f"{'no GAC method' if not gac else 'no baseline'} ({', '.join(table.methods)}).",
-            decided=False,
-            best_gac=None,
-            bar=[],
-        )
-    n_seeds = len(table.seeds)
-    decided = n_seeds >= MIN_SEEDS
-    accuracy, spread = table.mean_accuracy, table.mean_accuracy_spread
-    worst = table.regret.max(axis=0)
-
-    def acc(m: str) -> str:
-        i = table.index(m)
-        return f"{accuracy[i]:.3f}" + ("" if math.isnan(spread[i]) else f" ± {spread[i]:.3f}")
-
-    def pair_spread(a: str, b: str) -> float:
-        return max(spread[table.index(a)], spread[table.index(b)])
-
-    best_gac = max(gac, key=lambda m: accuracy[table.index(m)])
-    # Markdown: paragraphs apart, list items under them.
-    lines = []
-    if not decided:
-        lines += [
-            f"Cannot decide: {n_seeds} seed(s). A claim that one method beats another needs at least "
-            f"{MIN_SEEDS} seeds and a difference of means larger than the seed spread; the numbers below "
-            "describe these runs only.",
-            "",
-        ]
-    lines.append(
-        f"Best GAC method: {best_gac}, mean accuracy over {len(table.tasks)} task(s) {acc(best_gac)}, "
-        f"worst regret {worst[table.index(best_gac)]:.3f}."
-    )
-    for b in baselines:
-        difference = accuracy[table.index(best_gac)] - accuracy[table.index(b)]
-        versus = f"{acc(best_gac)} vs {acc(b)}, difference {difference:+.3f}"
-        if not decided:
-            lines.append(f"- {best_gac} vs {b}: {versus} (undecided).")
-        elif difference > pair_spread(best_gac, b) + TIE:
-            lines.append(f"- {best_gac} beats {b}: {versus}, seed spread {pair_spread(best_gac, b):.3f}.")
-        elif -difference > pair_spread(best_gac, b) + TIE:
-            lines.append(f"- {b} beats {best_gac}: {versus}, seed spread {pair_spread(best_gac, b):.3f}.")
-        else:
-            lines.append(f"- {best_gac} vs {b}: {versus}, within the seed spread {pair_spread(best_gac, b):.3f}.")
-
-    limit_owner = min(baselines, key=lambda m: worst[table.index(m)])
-    limit = float(worst[table.index(limit_owner)])
-    lines += [
-        "",
-        f"The bar (issue 9): worst regret over the tasks no larger than the best baseline's ({limit_owner}, "
-        f"{limit:.3f}), and mean accuracy above every baseline's by more than the seed spread, on at least "
-        f"{MIN_SEEDS} seeds.",
-    ]
-    checks = []
-    for g in gac:
-        i = table.index(g)
-        margins = {
-            b: accuracy[i] - accuracy[table.index(b)] - (pair_spread(g, b) if decided else 0.0) for b in baselines
+def _track_report(name: str, runs: Sequence[RunResult], methods: list[str]) -> dict[str, Any]:
+    tasks, seeds, final = grid(runs, methods, lambda r: r.final_accuracy)
+    _, _, curve_area = grid(runs, methods, area)
+    regret = regrets(final)
+    summary = {
+        m: {
+            "final_mean": asdict(stratified_interval(final[m])),
+            "final_iqm": asdict(iqm_interval(final[m])),
+            "area_mean": asdict(stratified_interval(curve_area[m])),
+            "mean_regret": float(regret[m].mean()),
+            "worst_regret": float(regret[m].max()),
+            "worst_task": tasks[int(regret[m].argmax())],
+            "final_by_task": dict(zip(tasks, final[m].mean(axis=1).tolist(), strict=True)),
         }
-        closest = min(margins, key=lambda b: margins[b])
-        regret_ok = bool(worst[i] <= limit + TIE)
-        clears = bool(regret_ok and margins[closest] > TIE) if decided else None
-        checks.append(BarCheck(g, float(worst[i]), limit, float(margins[closest]), closest, clears))
-        regret_part = f"worst regret {worst[i]:.3f} ({'within' if regret_ok else 'over'} the limit by {abs(limit - worst[i]):.3f})"
-        if decided:
-            accuracy_part = f"accuracy margin over {closest} after the seed spread {margins[closest]:+.3f}"
-            outcome = "clears the bar" if clears else "does not clear the bar"
-        else:
-            accuracy_part = f"mean accuracy {margins[closest]:+.3f} against the closest baseline, {closest}"
-            outcome = "cannot decide"
-        lines.append(f"- {g}: {outcome}: {regret_part}; {accuracy_part}.")
-    return Verdict("\n".join(lines), decided, best_gac, checks)
+        for m in methods
+    }
+    candidates = [m for m in methods if is_gac_method(m)]
+    baselines = [m for m in methods if not is_gac_method(m)]
+    report: dict[str, Any] = {"title": TRACK_NAMES[name], "tasks": tasks, "seeds": seeds, "methods": summary}
+    if candidates and baselines:
+        judged = track_verdict(name, final, curve_area, candidates, baselines)
+        text = judged.text
+        if len(seeds) < 2:
+            text = f"Cannot decide: {len(seeds)} seed, so no interval. {text}"
+        elif len(seeds) < DECIDING_SEEDS:
+            text = (
+                f"{text}\n\nThese {len(seeds)} seeds on {len(tasks)} task(s) describe these runs: a bootstrap of so "
+                f"few seeds gives intervals too narrow to trust. The full suite ({DECIDING_SEEDS} seeds on five "
+                "tasks, `gaccore demo --suite --full`) decides."
+            )
+        report["verdict"] = {
+            "text": text,
+            "recommended": judged.recommended if len(seeds) >= 2 else None,
+            "checks": [
+                {
+                    "method": check.method,
+                    "clears": check.clears if len(seeds) >= 2 else None,
+                    "worst_regret": check.worst_regret,
+                    "regret_limit": check.regret_limit,
+                    "final": {b: _comparison(c) for b, c in check.final.items()},
+                    "area": {b: _comparison(c) for b, c in check.area.items()},
+                }
+                for check in judged.checks
+            ],
+        }
+    return report
+
+
+def _comparison(comparison: Comparison) -> dict[str, Any]:
+    return {
+        "difference": asdict(comparison.difference),
+        "probability_of_improvement": asdict(comparison.probability_of_improvement),
+        "word": comparison.word(),
+    }
+
+
+def _schedule_report(runs: Sequence[RunResult]) -> dict[str, Any] | None:
+    """Each schedule planned for half and for twice the run against the same
+    method planned right, on the tasks and seeds both ran; then GAC's loss
+    from a misplanned prior against CHORD's from a misplanned schedule."""
+    present = {r.method for r in runs}
+    variants = [v for v in SCHEDULE_METHODS if v in present and SCHEDULE_OF[v] in present]
+    if not variants:
+        return None
+    rows = {}
+    losses: dict[str, FloatArray] = {}
+    for variant in variants:
+        planned = SCHEDULE_OF[variant]
+        keys = {(r.task, r.seed) for r in runs if r.method == variant}
+        both = [r for r in runs if (r.task, r.seed) in keys and r.method in (variant, planned)]
+        tasks, seeds, final = grid(both, [variant, planned], lambda r: r.final_accuracy)
+        losses[variant] = final[variant] - final[planned]
+        rows[variant] = {
+            "planned": planned,
+            "tasks": tasks,
+            "seeds": seeds,
+            "final_mean": asdict(stratified_interval(final[variant])),
+            "versus_planned": _comparison(compare(final[variant], final[planned])),
+        }
+    against_chord = {}
+    for variant in variants:
+        if variant.startswith("gac"):
+            chord = "chord-" + variant.rsplit("-", 1)[1]
+            if chord in losses and losses[chord].shape == losses[variant].shape:
+                against_chord[variant] = _comparison(compare(losses[variant], losses[chord]))
+    return {"variants": rows, "gac_loss_against_chord_loss": against_chord}
 
 
 # -- summaries -------------------------------------------------------------------
@@ -226,6 +202,7 @@ def summarize(runs: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
     for method, records in by_method.items():
         accuracy_mean, accuracy_std = _mean_std([r.final_accuracy for r in records])
+        area_of_curve_mean, area_of_curve_std = _mean_std([area(r) for r in records])
         hard_mean, hard_std = _mean_std([r.accuracy_carry[-1] for r in records])
         area_mean, area_std = _mean_std([r.kl_drift_area for r in records])
         summary[method] = {
@@ -233,6 +210,8 @@ def summarize(runs: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
             "final_accuracy": [r.final_accuracy for r in records],
             "final_accuracy_mean": accuracy_mean,
             "final_accuracy_std": accuracy_std,
+            "area_mean": area_of_curve_mean,
+            "area_std": area_of_curve_std,
             "best_accuracy_mean": float(np.mean([max(r.accuracy) for r in records])),
             "carry_accuracy_mean": hard_mean,
             "carry_accuracy_std": hard_std,
@@ -299,58 +278,33 @@ def build_report(
     jobs: int = 1,
     reused: int = 0,
 ) -> dict[str, Any]:
-    table = suite_table(runs)
-    judged = verdict(table)
-    regret, worst = table.regret, table.regret.max(axis=0)
+    tracks = {name: _track_report(name, runs, methods) for name, methods in tracks_of(runs).items()}
     tasks = {}
-    for t, name in enumerate(table.tasks):
+    for name in dict.fromkeys(r.task for r in runs):
         spec, task = SUITE[name], make_suite_task(name, TASK_SEED)
-        methods = summarize([r for r in runs if r.task == name])
-        for method, summary in methods.items():
-            summary["regret"] = float(regret[t, table.index(method)])
+        accepted = task.train_demo_score.astype(bool)
+        right = task.train_demo_reward.astype(bool)
         tasks[name] = {
             **asdict(spec),
             "n_train": int(task.train_prompts.shape[0]),
             "n_test": int(task.test_prompts.shape[0]),
             "demo_error_rate": task.demo_error_rate,
-            "methods": methods,
+            "accepted_share": float(accepted.mean()),
+            "accepted_wrong_share": float((accepted & ~right).sum() / max(1, accepted.sum())),
+            "methods": summarize([r for r in runs if r.task == name]),
         }
-    spread = table.mean_accuracy_spread
-    aggregate = {
-        method: {
-            "mean_accuracy": float(table.mean_accuracy[m]),
-            "mean_accuracy_std": float(spread[m]),
-            "mean_regret": float(regret[:, m].mean()),
-            "worst_regret": float(worst[m]),
-            "worst_task": table.tasks[int(regret[:, m].argmax())],
-        }
-        for m, method in enumerate(table.methods)
-    }
     return {
         "schema": SCHEMA,
         "command": command,
         "total_wall_s": total_wall_s,
         "runs_reused": reused,
+        "n_runs": len(runs),
         "environment": _environment(settings, jobs),
-        "settings": {
-            **asdict(settings),
-            "warmup_steps": settings.warmup_steps,
-            "decay_steps": settings.decay_steps,
-        },
-        "seeds": table.seeds,
-        "verdict": asdict(judged),
-        "aggregate": aggregate,
+        "settings": {**asdict(settings), "warmup_steps": settings.warmup_steps, "decay_steps": settings.decay_steps},
+        "tracks": tracks,
+        "schedule": _schedule_report(runs),
         "tasks": tasks,
-        "runs": [_stored_run(run) for run in runs],
     }
-
-
-def _stored_run(run: RunResult) -> dict[str, Any]:
-    record = run.to_dict()
-    for key in ("mu", "kl", "train_reward"):
-        record[key] = record[key][::CURVE_STRIDE]
-    record["proxies"] = {k: v[::CURVE_STRIDE] for k, v in record["proxies"].items()}
-    return record
 
 
 def deterministic_view(report: dict[str, Any]) -> dict[str, Any]:
@@ -361,10 +315,7 @@ def deterministic_view(report: dict[str, Any]) -> dict[str, Any]:
         | {"methods": {m: {k: v for k, v in s.items() if k not in TIMING_KEYS} for m, s in task["methods"].items()}}
         for name, task in report["tasks"].items()
     }
-    runs = [{k: v for k, v in r.items() if k not in ("wall_s", "step_s", "controller_s")} for r in report["runs"]]
-    return _finite_or_none(
-        {"tasks": tasks, "aggregate": report["aggregate"], "runs": runs, "verdict": report["verdict"]}
-    )
+    return _finite_or_none({"tasks": tasks, "tracks": report["tracks"], "schedule": report["schedule"]})
 
 
 # -- report.md ---------------------------------------------------------------------
@@ -375,9 +326,22 @@ def _pm(mean: float, std: float | None) -> str:
     return f"{mean:.3f}" if std is None or math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
+def _ci(interval: dict[str, float]) -> str:
+    low, high = interval["low"], interval["high"]
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return f"{interval['estimate']:.3f}"
+    return f"{interval['estimate']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _signed(interval: dict[str, float]) -> str:
+    low, high = interval["low"], interval["high"]
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return f"{interval['estimate']:+.3f}"
+    return f"{interval['estimate']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     settings, env = report["settings"], report["environment"]
-    seeds = report["seeds"]
     lines = [
         "# gaccore demo: hybrid SFT + RL under five kinds of expert",
         "",
@@ -385,72 +349,119 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "",
         f"Machine: {env['platform']}, {env['cpu']} ({env['cpu_count']} CPUs), Python {env['python']}, "
         f"torch {env['torch']} with {env['torch_threads']} thread(s) per run, {env['jobs']} run(s) at a time; "
-        f"git commit {env['git_commit'] or 'unknown'}; wall time {report['total_wall_s']:.0f} s"
+        f"git commit {env['git_commit'] or 'unknown'}; {report['n_runs']} runs, wall time "
+        f"{report['total_wall_s']:.0f} s"
         + (f" ({report['runs_reused']} run(s) loaded from earlier records)." if report["runs_reused"] else "."),
         "",
         f"Every method: {settings['steps']} steps of {settings['prompts_per_step']} prompts x "
         f"{settings['group_size']} rollouts plus their {settings['prompts_per_step']} demonstrations; AdamW lr "
         f"{settings['lr']}; SFT token weighting `{settings['sft_coef']}`; KL target {settings['kl_target']}; "
-        f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); the same settings on every task, no per-task tuning.",
+        f"evaluated every {settings['eval_every']} steps; the same settings on every task, no per-task tuning. "
+        "The same seed gives every method the same initial weights and the same prompt order.",
         "",
-        "## Verdict",
-        "",
-        report["verdict"]["text"],
-        "",
-        "## Over the tasks",
-        "",
-        "| method | mean accuracy | mean regret | worst regret | worst task |",
-        "|---|---|---|---|---|",
+        "Two numbers per run: the final held-out accuracy, and the area under the accuracy curve (the mean over "
+        "the evaluations: how fast it learned). Intervals are 95% stratified bootstrap intervals over seeds "
+        "(each task's seeds resampled on their own); a comparison is paired by seed, and a method *beats* "
+        "another only when the interval of the mean paired difference lies above zero.",
     ]
-    for method, a in report["aggregate"].items():
-        lines.append(
-            f"| {method} | {_pm(a['mean_accuracy'], a['mean_accuracy_std'])} | {a['mean_regret']:.3f} "
-            f"| {a['worst_regret']:.3f} | {a['worst_task']} |"
-        )
-    lines += [
-        "",
-        "Mean accuracy: over tasks, ± the std over seeds of each seed's mean over tasks. Regret on a task: the "
-        "best method's mean final accuracy on that task minus this method's.",
-        "",
-        "## Per task",
-    ]
-    for name, task in report["tasks"].items():
+    for track in report["tracks"].values():
+        lines += ["", f"## {track['title']}", ""]
+        lines += [
+            f"Tasks: {', '.join(track['tasks'])}; seeds: {', '.join(map(str, track['seeds']))}.",
+            "",
+            "| method | final accuracy, mean | final, IQM | curve area, mean | mean regret | worst regret (task) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, m in track["methods"].items():
+            lines.append(
+                f"| {method} | {_ci(m['final_mean'])} | {_ci(m['final_iqm'])} | {_ci(m['area_mean'])} "
+                f"| {m['mean_regret']:.3f} | {m['worst_regret']:.3f} ({m['worst_task']}) |"
+            )
+        if "verdict" in track:
+            verdict = track["verdict"]
+            lines += [
+                "",
+                "| candidate vs baseline | final: paired difference | P(improvement) | area: paired difference |",
+                "|---|---|---|---|",
+            ]
+            for check in verdict["checks"]:
+                for baseline, comparison in check["final"].items():
+                    lines.append(
+                        f"| {check['method']} vs {baseline} | {_signed(comparison['difference'])} "
+                        f"({comparison['word']}) | {_ci(comparison['probability_of_improvement'])} "
+                        f"| {_signed(check['area'][baseline]['difference'])} |"
+                    )
+            lines += ["", verdict["text"]]
+            recommended = verdict["recommended"]
+            lines += [
+                "",
+                f"Recommended for this track: {recommended}."
+                if recommended
+                else "No gaccore mode clears this track's bar: the suite recommends none for it.",
+            ]
+    schedule = report["schedule"]
+    if schedule:
         lines += [
             "",
+            "## A schedule planned for the wrong run length",
+            "",
+            "CHORD's schedule and GAC's prior are set from the run's length, which a user does not know in "
+            "advance. Each variant below plans its schedule for half or for twice the actual run; the difference "
+            "is its final accuracy minus that of the same method planned right, paired by seed.",
+            "",
+            "| variant | final accuracy | against the right plan |",
+            "|---|---|---|",
+        ]
+        for variant, row in schedule["variants"].items():
+            comparison = row["versus_planned"]
+            lines.append(
+                f"| {variant} (vs {row['planned']}) | {_ci(row['final_mean'])} "
+                f"| {_signed(comparison['difference'])} ({comparison['word']}) |"
+            )
+        if schedule["gac_loss_against_chord_loss"]:
+            lines += ["", "GAC's change from a misplanned prior against CHORD's from the same misplanning:", ""]
+            for variant, comparison in schedule["gac_loss_against_chord_loss"].items():
+                lines.append(
+                    f"- {variant}: {_signed(comparison['difference'])}: GAC {comparison['word']} CHORD "
+                    "(above zero: GAC holds its accuracy better)."
+                )
+    lines += ["", "## Per task", ""]
+    for name, task in report["tasks"].items():
+        lines += [
             f"### {name}: {task['description']}",
             "",
             f"{task['n_train']} training pairs ({100 * task['demo_error_rate']:.1f}% of the expert's demonstrations "
-            f"wrong), {task['n_test']} held out. Figures: `accuracy-{name}.png`.",
+            f"wrong; the checker accepts {100 * task['accepted_share']:.1f}% of them, of which "
+            f"{100 * task['accepted_wrong_share']:.1f}% are wrong), {task['n_test']} held out.",
             "",
-            "| method | final accuracy | regret | hard-pair accuracy | best accuracy | KL-drift area | large shifts "
-            "| mean mu | step (ms) | controller overhead |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| method | final accuracy | curve area | hard-pair accuracy | KL-drift area | mean mu | step (ms) "
+            "| controller overhead |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for method, s in task["methods"].items():
             lines.append(
-                f"| {method} | {_pm(s['final_accuracy_mean'], s['final_accuracy_std'])} | {s['regret']:.3f} "
-                f"| {s['carry_accuracy_mean']:.3f} | {s['best_accuracy_mean']:.3f} "
-                f"| {_pm(s['kl_drift_area_mean'], s['kl_drift_area_std'])} | {s['large_shifts_mean']:.0f} "
-                f"| {s['mean_mu']:.2f} | {s['step_ms_mean']:.1f} | {s['controller_overhead_pct']:.2f}% |"
+                f"| {method} | {_pm(s['final_accuracy_mean'], s['final_accuracy_std'])} "
+                f"| {_pm(s['area_mean'], s['area_std'])} | {s['carry_accuracy_mean']:.3f} "
+                f"| {_pm(s['kl_drift_area_mean'], s['kl_drift_area_std'])} | {s['mean_mu']:.2f} "
+                f"| {s['step_ms_mean']:.1f} | {s['controller_overhead_pct']:.2f}% |"
             )
-    methods = list(report["aggregate"])
+        lines.append("")
+    methods = list(dict.fromkeys(m for task in report["tasks"].values() for m in task["methods"]))
     lines += [
-        "",
         "## Methods",
         "",
         "Every one with the same model, data, steps, batch and learning rate; no per-method tuning.",
         "",
         *[f"- `{m}`: {DESCRIPTIONS[m]}" for m in methods],
         "",
-        "Columns: accuracy is greedy exact match on the held-out pairs at the last step, mean ± sample std over "
-        "seeds (hard pairs: those that need a carry or a borrow; best: the best evaluation of the run); "
-        "KL-drift area = sum over steps of max(0, KL - target), KL being the k3 KL of the rollouts to an EMA "
-        "of the policy's weights; large shifts = steps where the rule's raw estimate (GAC: the clipped closed "
-        "form mu^, before EMA, prior and cap; baselines: their output) moved by more than 0.02; controller "
-        "overhead = time in the rule's `update` as a share of the training step, evaluation excluded.",
+        "Columns: accuracy is greedy exact match on the held-out pairs (hard pairs: those that need a carry or "
+        "a borrow); regret on a task: the best method's mean final accuracy there minus this method's; "
+        "KL-drift area = sum over steps of max(0, KL - target), KL being the k3 KL of the rollouts to an EMA of "
+        "the policy's weights; controller overhead = time in the rule's `update` as a share of the training step "
+        "(the machine is shared by the runs, so step times do not compare methods' speed).",
         "",
-        "Figures: `mu.png` (mu per method, one panel per task), `accuracy-<task>.png`, `gac_proxies.png` "
-        "(GAC's proxies and rho, one row per task), `kl.png`.",
+        "Figures: `accuracy-<task>.png` (held-out accuracy, mean over seeds), `mu.png`, `kl.png`, `gac_proxies.png`. "
+        "Each run's curves are in `runs/`.",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -505,7 +516,7 @@ def write_figures(runs: Sequence[RunResult], out: Path) -> list[Path]:
     for attribute, name, ylabel, title in figures:
         fig, axes = panels(rows, cols, 5.0, 3.6)
         for ax, task in zip(axes.flat, tasks, strict=False):
-            for m in methods:
+            for m in (m for m in methods if of(task, m)):  # the schedule question runs on some tasks only
                 # HPT's per-prompt share and the KL are noisy step to step: a moving average shows the trend.
                 smoothing = window if attribute == "kl" or m == "hpt" else 1
                 curve = _smooth(_curves(of(task, m), attribute).mean(axis=0), smoothing)
@@ -525,7 +536,7 @@ def write_figures(runs: Sequence[RunResult], out: Path) -> list[Path]:
 
     for task in tasks:
         fig, axes = panels(1, 2, 5.0, 4.2, sharey=True)
-        for m in methods:
+        for m in (m for m in methods if of(task, m)):
             eval_steps = of(task, m)[0].eval_steps
             for ax, attribute in zip(axes.flat, ("accuracy", "accuracy_carry"), strict=True):
                 plot(ax, eval_steps, _curves(of(task, m), attribute).mean(axis=0), m)

@@ -16,6 +16,7 @@ they run (``python -m gaccore.demo`` names its module ``__main__``).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import multiprocessing
@@ -34,18 +35,34 @@ from gaccore.demo.report import build_report, write_outputs
 from gaccore.demo.task import SUITE
 from gaccore.demo.train import METHODS, RunResult, RunSettings, method_sources, train_one
 
-RECORD_SCHEMA = "gaccore.demo.run/1"
+# 2: keyed by the code of the sources (code_of), not their text.
+RECORD_SCHEMA = "gaccore.demo.run/2"
 # Workers report progress every this many steps (one message per step would cost more than it shows).
 PROGRESS_EVERY = 10
 
 RunPlan = tuple[str, str, int]  # (task, method, seed)
 
 
+def code_of(source: str) -> str:
+    """A module's code without what cannot change a number: its syntax tree
+    with every docstring dropped (comments are not in the tree), dumped
+    without line numbers. An edit of a docstring or a comment, or a
+    reformatting, leaves it unchanged."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                if isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
 def sources_digest(method: str) -> str:
-    """SHA-256 over the names and contents of ``method``'s source files."""
+    """SHA-256 over the names and the code (``code_of``) of ``method``'s source files."""
     digest = hashlib.sha256()
     for name, path in method_sources(method).items():
-        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(name.encode() + b"\0" + code_of(path.read_text()).encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -92,10 +109,14 @@ def load_record(path: Path, identity: dict[str, Any]) -> RunResult | None:
     return RunResult(**record["result"])
 
 
+def grid_plan(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[RunPlan]:
+    """Every (task, method, seed), seed by seed: an interrupted suite holds
+    whole seeds of every method, the paired comparisons' unit."""
+    return [(task, method, seed) for seed in seeds for task in tasks for method in dict.fromkeys(methods)]
+
+
 def run_suite(
-    tasks: Sequence[str],
-    methods: Sequence[str],
-    seeds: Sequence[int],
+    plan: Sequence[RunPlan],
     settings: RunSettings,
     out: Path,
     *,
@@ -104,23 +125,27 @@ def run_suite(
     reuse: bool = False,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or, with ``reuse``, load) every (task, method, seed), write
-    the report (``report.md``, ``report.json``, figures) into ``out``, and
-    return it.
+    """Train (or, with ``reuse``, load) every (task, method, seed) of
+    ``plan``, write the report (``report.md``, ``report.json``, figures)
+    into ``out``, and return it.
 
     ``jobs > 1`` trains that many runs at once in worker processes. Results
     do not depend on it: every run builds its task and seeds itself, and
-    uses ``settings.threads`` torch threads wherever it runs.
+    uses ``settings.threads`` torch threads wherever it runs. Each run's
+    record is written as soon as it finishes, so ``reuse`` resumes an
+    interrupted suite where it stopped.
     """
-    for name, values, known in (("task", tasks, SUITE), ("method", methods, METHODS)):
-        unknown = [value for value in values if value not in known]
-        if unknown or not values:
-            raise ValueError(f"{name}s must be a non-empty list from {sorted(known)}, got {list(values)}")
-    if not seeds:
-        raise ValueError("seeds must not be empty")
-    methods = list(dict.fromkeys(methods))  # a method named twice runs once
+    if not plan:
+        raise ValueError("plan must name at least one (task, method, seed)")
+    for name, values, known in (
+        ("task", [p[0] for p in plan], SUITE),
+        ("method", [p[1] for p in plan], METHODS),
+    ):
+        unknown = sorted({value for value in values if value not in known})
+        if unknown:
+            raise ValueError(f"unknown {name}(s) {unknown}; choose from {sorted(known)}")
+    plan = list(dict.fromkeys(plan))  # a run named twice trains once
     started = time.perf_counter()
-    plan: list[RunPlan] = [(task, method, seed) for task in tasks for seed in seeds for method in methods]
     identities = [run_identity(task, method, seed, settings) for task, method, seed in plan]
     paths = [record_path(out, identity) for identity in identities]
     results: dict[int, RunResult] = {}

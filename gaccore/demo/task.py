@@ -28,6 +28,15 @@ Expert error patterns (``expert_error``, applied to a fixed random share
   systematic error on most inputs when ``error_rate`` is high.
 
 ``SUITE`` names the five regimes of expert quality the suite compares on.
+
+The checker of the demonstrations (``train_demo_score``) is imperfect, as a
+real one is: it accepts a wrong demonstration with probability
+``false_accept`` (a right answer reached the wrong way, a lenient parser)
+and rejects a right one with probability ``false_reject`` (a right answer in
+an unexpected form). Its verdicts are fixed per demonstration, drawn from a
+stream of the task seed of their own, so the demonstrations themselves do
+not depend on the checker's rates. The rollouts' reward stays exact: it is
+the training reward every rule sees.
 """
 
 from __future__ import annotations
@@ -47,6 +56,9 @@ ANSWER_LEN = 2  # s1 s0
 OPERAND_LIMIT = 50  # addition operands; subtraction uses a >= b in [0, 100)
 OPERATIONS = ("add", "sub")
 EXPERT_ERRORS = ("none", "random", "drop-carry", "units-off")
+# The demonstration checker's error rates, fixed before the suite's runs.
+FALSE_ACCEPT = 0.3
+FALSE_REJECT = 0.1
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,7 @@ class ArithmeticTask:
     train_answers: IntArray
     train_demos: IntArray
     train_carry: npt.NDArray[np.bool_]
+    train_demo_score: npt.NDArray[np.float64]  # the imperfect checker: 1.0 accepts a demonstration, 0.0 rejects it
     test_prompts: IntArray
     test_answers: IntArray
     test_carry: npt.NDArray[np.bool_]
@@ -145,6 +158,8 @@ def make_task(
     operation: str = "add",
     expert_error: str = "drop-carry",
     error_rate: float = 0.75,
+    false_accept: float = FALSE_ACCEPT,
+    false_reject: float = FALSE_REJECT,
 ) -> ArithmeticTask:
     """Draw distinct operand pairs for the splits and the expert's demos.
 
@@ -155,8 +170,9 @@ def make_task(
         raise ValueError(f"operation must be one of {OPERATIONS}, got {operation!r}")
     if expert_error not in EXPERT_ERRORS:
         raise ValueError(f"expert_error must be one of {EXPERT_ERRORS}, got {expert_error!r}")
-    if not 0.0 <= error_rate <= 1.0:
-        raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
+    for name, rate in (("error_rate", error_rate), ("false_accept", false_accept), ("false_reject", false_reject)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {rate}")
     rng = np.random.default_rng(seed)
     a, b = _operand_pairs(operation, n_train + n_test, rng)
     if operation == "add":
@@ -176,11 +192,15 @@ def make_task(
         shift = rng.integers(1, 100, n_train)  # a non-zero shift mod 100: always a wrong answer
         values = 10 * demos[:, 0] + demos[:, 1]
         demos[chosen] = digits((values[chosen] + shift[chosen]) % 100)
+    right = reward(demos, answers[train]).astype(bool)
+    draw = np.random.default_rng([seed, 1]).random(n_train)  # the checker's own stream
+    accepted = np.where(right, draw >= false_reject, draw < false_accept)
     return ArithmeticTask(
         train_prompts=prompts[train],
         train_answers=answers[train],
         train_demos=demos,
         train_carry=carry[train],
+        train_demo_score=accepted.astype(np.float64),
         test_prompts=prompts[test],
         test_answers=answers[test],
         test_carry=carry[test],

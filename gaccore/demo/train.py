@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaccore import Config, Controller
+from gaccore import Config, Controller, kept_demos
 from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
 from gaccore.bindings.losses import mix, sft_loss
 from gaccore.demo.model import TinyTransformer
@@ -59,7 +59,7 @@ class RunSettings:
     """Everything a run depends on besides the method and the seed; the
     same for every method of a comparison."""
 
-    steps: int = 600
+    steps: int = 2000
     prompts_per_step: int = 16
     group_size: int = 8
     lr: float = 1e-3
@@ -79,12 +79,17 @@ class RunSettings:
     @property
     def warmup_steps(self) -> int:
         """Warmup of the schedule prior (GAC) and of CHORD's schedule: 10% of the run."""
-        return self.steps // 10
+        return self.schedule_phases(1.0)[0]
 
     @property
     def decay_steps(self) -> int:
         """Cosine decay of both schedules: the next 60% of the run, then the valley."""
-        return (6 * self.steps) // 10
+        return self.schedule_phases(1.0)[1]
+
+    def schedule_phases(self, scale: float) -> tuple[int, int]:
+        """Warmup and decay steps of a schedule planned for ``scale`` times the run."""
+        planned = round(scale * self.steps)
+        return planned // 10, (6 * planned) // 10
 
 
 @dataclass
@@ -117,16 +122,18 @@ class RunResult:
 
 # -- the methods ---------------------------------------------------------------
 
-RuleFactory = Callable[[RunSettings], Any]
+RuleFactory = Callable[[RunSettings, float], Any]
 
 
-def _gac(settings: RunSettings, **overrides: Any) -> Controller:
-    """GAC with the library defaults, the schedule prior scaled to the run
-    length, the demo's KL target, and the statistic matching the SFT loss."""
+def _gac(settings: RunSettings, schedule_scale: float, **overrides: Any) -> Controller:
+    """GAC with the library defaults, the schedule prior planned for
+    ``schedule_scale`` times the run's length, the demo's KL target, and the
+    statistic matching the SFT loss."""
     prior_off = overrides.pop("prior_off", False)
+    warmup, decay = settings.schedule_phases(schedule_scale)
     fields: dict[str, Any] = {
-        "warmup_steps": settings.warmup_steps,
-        "decay_steps": settings.decay_steps,
+        "warmup_steps": warmup,
+        "decay_steps": decay,
         "kl_target": settings.kl_target,
         "sft_coef": settings.sft_coef,
         "large_shift": LARGE_SHIFT,
@@ -137,59 +144,152 @@ def _gac(settings: RunSettings, **overrides: Any) -> Controller:
     return Controller(config)
 
 
+def _chord(settings: RunSettings, schedule_scale: float) -> ScheduleMu:
+    warmup, decay = settings.schedule_phases(schedule_scale)
+    return ScheduleMu(warmup, decay, mu_peak=0.85, mu_valley=0.15, mu_start=0.0)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training rule of the demo and what it may read.
+
+    ``reads_scores``: the rule gets the checker's score of every
+    demonstration of the step with the rollouts' rewards (``Controller``:
+    ``scores=``). ``filtered``: a demonstration the checker rejects adds
+    nothing to the SFT loss (and, for GAC, to its SFT statistics).
+    ``schedule_scale``: the schedule (CHORD's, or GAC's prior) is planned
+    for this multiple of the run's length, as a user who guessed the run's
+    length wrong would plan it.
+    """
+
+    rule: RuleFactory
+    description: str
+    reads_scores: bool = False
+    filtered: bool = False
+    schedule_scale: float = 1.0
+
+
+FILTER_THRESHOLD = 0.5  # the checker scores 1 (accept) or 0 (reject)
+_VERIFIED = {"mode": "verified"}
+_FILTERED = {"mode": "verified", "filter_demos": FILTER_THRESHOLD}
+
 # Each baseline gets its knob from the shared settings by a rule written down
 # before any run (no per-method tuning): the KL rule gives mu = 0.5 at the KL
 # target; the reward-variance rule gives mu = 0.5 at half the largest
 # within-group variance of a 0/1 reward (0.25 / 2).
-METHODS: dict[str, RuleFactory] = {
-    "gac": _gac,
-    "chord": lambda s: ScheduleMu(s.warmup_steps, s.decay_steps, mu_peak=0.85, mu_valley=0.15, mu_start=0.0),
-    "fixed-0.5": lambda s: FixedMu(0.5),
-    "kl-ctrl": lambda s: KLProportional(0.5 / s.kl_target),
-    "rewvar-ctrl": lambda s: RewardVariance(0.5 * 0.125),
-    "hpt": lambda s: HPTGate(success_reward=1.0),
-    "pure-rl": lambda s: FixedMu(0.0),
-    "pure-sft": lambda s: FixedMu(1.0),
-    "gac-no-cap": lambda s: _gac(s, cap=1.0),
-    "gac-no-ema": lambda s: _gac(s, ema_beta=0.0),
-    "gac-no-prior": lambda s: _gac(s, prior_off=True),
+METHODS: dict[str, Method] = {
+    "gac": Method(
+        _gac,
+        "gaccore.Controller, library defaults (Eq. 3 + EMA + prior blend + cap, KL-controlled rho); prior "
+        "0.85 -> 0.15 over the same phases as chord",
+    ),
+    "chord": Method(_chord, "CHORD's global schedule alone: warmup-cosine 0 -> 0.85 -> 0.15"),
+    "fixed-0.5": Method(lambda s, k: FixedMu(0.5), "constant mu = 0.5"),
+    "kl-ctrl": Method(
+        lambda s, k: KLProportional(0.5 / s.kl_target), "mu = clip(gain * KL EMA, 0.05, 0.9), gain = 0.5 / KL target"
+    ),
+    "rewvar-ctrl": Method(
+        lambda s, k: RewardVariance(0.5 * 0.125), "mu = clip(0.0625 / within-group reward variance EMA, 0.05, 0.9)"
+    ),
+    "hpt": Method(
+        lambda s, k: HPTGate(success_reward=1.0),
+        "per prompt: SFT on its demo if none of its rollouts succeeded, else RL (mu = gated share)",
+    ),
+    "pure-rl": Method(lambda s, k: FixedMu(0.0), "mu = 0 (GRPO only)"),
+    "pure-sft": Method(lambda s, k: FixedMu(1.0), "mu = 1 (imitation only)"),
+    "gac-no-cap": Method(lambda s, k: _gac(s, k, cap=1.0), "GAC with cap = 1 (no per-step limit)"),
+    "gac-no-ema": Method(lambda s, k: _gac(s, k, ema_beta=0.0), "GAC with ema_beta = 0 (no smoothing of the estimate)"),
+    "gac-no-prior": Method(lambda s, k: _gac(s, k, prior_off=True), "GAC with prior = None (no schedule blend)"),
     # GAC trained (and measured) with the other SFT loss than the comparison's.
-    "gac-phi": lambda s: _gac(s, sft_coef="phi"),
-    "gac-nll": lambda s: _gac(s, sft_coef="nll"),
-    "gac-verified": lambda s: _gac(s, mode="verified"),
-    "gac-verified-no-prior": lambda s: _gac(s, mode="verified", prior_off=True),
+    "gac-phi": Method(
+        lambda s, k: _gac(s, k, sft_coef="phi"),
+        "GAC trained with CHORD's token-weighted SFT loss phi = p(1-p) (statistic sft_coef='phi')",
+    ),
+    "gac-nll": Method(
+        lambda s, k: _gac(s, k, sft_coef="nll"),
+        "GAC trained with the plain NLL SFT loss (statistic sft_coef='nll')",
+    ),
+    # The checker's scores: the verified mode reads them; the filtered rules drop the rejected demonstrations.
+    "gac-verified": Method(
+        lambda s, k: _gac(s, k, **_VERIFIED),
+        "GAC, mode='verified': rho from the checker's rate of the demonstrations against the rollouts' success",
+        reads_scores=True,
+    ),
+    "gac-verified-filtered": Method(
+        lambda s, k: _gac(s, k, **_FILTERED),
+        "gac-verified over the accepted demonstrations only (filter_demos = 0.5)",
+        reads_scores=True,
+        filtered=True,
+    ),
+    "gac-verified-no-prior": Method(
+        lambda s, k: _gac(s, k, **_VERIFIED, prior_off=True),
+        "GAC, mode='verified', prior = None",
+        reads_scores=True,
+    ),
+    "sft-filtered": Method(lambda s, k: FixedMu(1.0), "mu = 1 over the accepted demonstrations", filtered=True),
+    "chord-filtered": Method(_chord, "chord over the accepted demonstrations", filtered=True),
+    "fixed-0.5-filtered": Method(
+        lambda s, k: FixedMu(0.5), "constant mu = 0.5 over the accepted demonstrations", filtered=True
+    ),
+    "hpt-filtered": Method(
+        lambda s, k: HPTGate(success_reward=1.0),
+        "hpt, imitating a prompt's demonstration only when the checker accepts it",
+        filtered=True,
+    ),
+    # The schedule planned for half and for twice the actual run.
+    "chord-half": Method(_chord, "chord, its schedule planned for half the run", schedule_scale=0.5),
+    "chord-double": Method(_chord, "chord, its schedule planned for twice the run", schedule_scale=2.0),
+    "gac-half": Method(_gac, "gac, its prior planned for half the run", schedule_scale=0.5),
+    "gac-double": Method(_gac, "gac, its prior planned for twice the run", schedule_scale=2.0),
+    "gac-verified-half": Method(
+        lambda s, k: _gac(s, k, **_VERIFIED),
+        "gac-verified, its prior planned for half the run",
+        reads_scores=True,
+        schedule_scale=0.5,
+    ),
+    "gac-verified-double": Method(
+        lambda s, k: _gac(s, k, **_VERIFIED),
+        "gac-verified, its prior planned for twice the run",
+        reads_scores=True,
+        schedule_scale=2.0,
+    ),
 }
-DESCRIPTIONS = {
-    "gac": "gaccore.Controller, library defaults (Eq. 3 + EMA + prior blend + cap, KL-controlled rho); "
-    "prior 0.85 -> 0.15 over the same phases as chord",
-    "chord": "CHORD's global schedule alone: warmup-cosine 0 -> 0.85 -> 0.15",
-    "fixed-0.5": "constant mu = 0.5",
-    "kl-ctrl": "mu = clip(gain * KL EMA, 0.05, 0.9), gain = 0.5 / KL target",
-    "rewvar-ctrl": "mu = clip(0.0625 / within-group reward variance EMA, 0.05, 0.9)",
-    "hpt": "per prompt: SFT on its demo if none of its rollouts succeeded, else RL (mu = gated share)",
-    "pure-rl": "mu = 0 (GRPO only)",
-    "pure-sft": "mu = 1 (imitation only)",
-    "gac-no-cap": "GAC with cap = 1 (no per-step limit)",
-    "gac-no-ema": "GAC with ema_beta = 0 (no smoothing of the estimate)",
-    "gac-no-prior": "GAC with prior = None (no schedule blend)",
-    "gac-phi": "GAC trained with CHORD's token-weighted SFT loss phi = p(1-p) (statistic sft_coef='phi')",
-    "gac-nll": "GAC trained with the plain NLL SFT loss (statistic sft_coef='nll')",
-    "gac-verified": "GAC, mode='verified': rho = the verifier's measure of the expert's advantage over the policy",
-    "gac-verified-no-prior": "GAC, mode='verified', prior = None",
-}
+DESCRIPTIONS = {name: method.description for name, method in METHODS.items()}
 MAIN_METHODS = ["gac", "chord", "fixed-0.5", "kl-ctrl", "rewvar-ctrl", "hpt", "pure-rl", "pure-sft"]
-# What ``gaccore demo --suite`` compares on every task: the paper-faithful GAC,
-# the GAC mode under study, and the baselines (pure SFT and pure RL are the
-# natural winners of the perfect-expert and mostly-wrong regimes). kl-ctrl and
-# rewvar-ctrl, the weakest adaptive rules of the single-task comparison, are
-# left out to fit the full suite in about an hour on two cores
-# (``--methods`` adds them).
-SUITE_METHODS = ["gac", "gac-verified", "chord", "hpt", "fixed-0.5", "pure-sft", "pure-rl"]
-# The quick suite: the two regimes where the expert is wrong systematically,
-# the strongest rules of the full suite, one seed, the full suite's steps (so
-# its runs are the full suite's seed 0).
-QUICK_SUITE_TASKS = ["carry-drop", "mostly-wrong"]
-QUICK_SUITE_METHODS = ["gac", "gac-verified", "chord", "hpt", "pure-sft"]
+
+# The suite's two tracks and its schedule question (settings fixed before any
+# of its runs). Pure RL is in neither track: on every regime it learns nothing
+# (held-out accuracy about 0.02 at 2000 steps, whatever the expert, since it
+# never reads a demonstration), and five seeds of it on five regimes would
+# cost a sixth of the suite to confirm that.
+TRACK_U = ["gac", "chord", "fixed-0.5", "hpt", "pure-sft"]
+TRACK_V = [
+    "gac-verified",
+    "gac-verified-filtered",
+    "sft-filtered",
+    "chord-filtered",
+    "fixed-0.5-filtered",
+    "hpt-filtered",
+]
+SCHEDULE_METHODS = ["chord-half", "chord-double", "gac-half", "gac-double", "gac-verified-half", "gac-verified-double"]
+SCHEDULE_TASKS = ["random-errors", "carry-drop", "sub-borrow"]
+# The misplanned variants and the well-planned method each is compared with.
+SCHEDULE_OF = {
+    "chord-half": "chord",
+    "chord-double": "chord",
+    "gac-half": "gac",
+    "gac-double": "gac",
+    "gac-verified-half": "gac-verified",
+    "gac-verified-double": "gac-verified",
+}
+SUITE_SEEDS, SCHEDULE_SEEDS = 5, 3
+# The quick demo: the regime where the expert drops carries, the paper GAC
+# against the constant mu = 0.5 and the verifier's two ways (filtered SFT
+# alone, and the filtered verified mode), two seeds: about 5 minutes on two
+# cores, and runs that are the full suite's own (same settings and seeds).
+QUICK_TASKS = ["carry-drop"]
+QUICK_METHODS = ["gac", "fixed-0.5", "sft-filtered", "gac-verified-filtered"]
+QUICK_SEEDS = 2
 OTHER_SFT_COEF = {"nll": "gac-phi", "phi": "gac-nll"}
 
 
@@ -221,7 +321,9 @@ SOURCE_DIRS: dict[str, Path] = {
 SFT_LOSS_SOURCE = ("gaccore.bindings", "losses.py")
 # Demo files that plan, store and report runs but never touch one's numbers
 # (the settings they pass on are in the key): editing them retrains nothing.
-DEMO_REPORTING_SOURCES = [("gaccore", f"demo/{name}") for name in ("__main__.py", "runner.py", "report.py")]
+DEMO_REPORTING_SOURCES = [
+    ("gaccore", f"demo/{name}") for name in ("__main__.py", "runner.py", "report.py", "verdict.py")
+]
 # What a baseline's numbers can depend on beyond the demo itself: the rules
 # with what they import, and gaccore.stats, whose k3 is the KL every run logs
 # and feeds to its rule. Left out on purpose: gaccore.validation (checks, no
@@ -236,12 +338,19 @@ BASELINE_SOURCES = [
 ]
 
 
+# The torch side's modules a demo run never executes: it trains on CPU
+# tensors, where statistics come from the twin (not the Triton kernel), with
+# no process group and no compiled step. Editing them retrains nothing.
+KERNELS_NOT_RUN = ("fused.py", "distributed.py", "graphs.py")
+
+
 def method_sources(method: str) -> dict[str, Path]:
     """The source files whose edits can change ``method``'s numbers, named
     independently of where the packages live: for a baseline, the demo's
     task, model and loop, the baseline rules with what they import, and the
     torch SFT loss; for GAC, every file of the core (the demo's included)
-    and of the kernels, and the SFT loss; never ``DEMO_REPORTING_SOURCES``."""
+    and of the torch side but ``KERNELS_NOT_RUN``, and the SFT loss; never
+    ``DEMO_REPORTING_SOURCES``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     core, kernels = SOURCE_DIRS["gaccore"], SOURCE_DIRS["gaccore.kernels"]
@@ -250,7 +359,11 @@ def method_sources(method: str) -> dict[str, Path]:
         subpackages = [SOURCE_DIRS[package] for package in SOURCE_DIRS if package != "gaccore"]
         core_files = [p for p in core.rglob("*.py") if not any(p.is_relative_to(sub) for sub in subpackages)]
         files = [("gaccore", p.relative_to(core).as_posix()) for p in core_files]
-        files += [("gaccore.kernels", p.relative_to(kernels).as_posix()) for p in kernels.rglob("*.py")]
+        files += [
+            ("gaccore.kernels", p.relative_to(kernels).as_posix())
+            for p in kernels.rglob("*.py")
+            if p.name not in KERNELS_NOT_RUN
+        ]
         files.append(SFT_LOSS_SOURCE)
     else:
         files = [("gaccore", p.relative_to(core).as_posix()) for p in core.glob("demo/*.py")] + BASELINE_SOURCES
@@ -293,12 +406,16 @@ def evaluate(policy: TinyTransformer, task: ArithmeticTask) -> tuple[float, floa
     return float(correct.mean()), float(correct[carry].mean()), float(correct[~carry].mean())
 
 
-def hybrid_loss(rule: Any, mu: float, logp_demos: torch.Tensor, rl_loss: torch.Tensor, sft_coef: str) -> torch.Tensor:
-    """``mu * L_SFT + (1 - mu) * L_RL`` for a scalar rule; for HPT's per-prompt
-    gate, SFT on the demonstrations of the gated prompts (weighted by their
-    share, ``mu``) plus the RL loss of all groups, where the gated ones (all
-    rollouts failed) have zero advantages and so contribute nothing."""
-    demo_tokens = torch.ones_like(logp_demos, dtype=torch.bool)
+def hybrid_loss(
+    rule: Any, mu: float, logp_demos: torch.Tensor, rl_loss: torch.Tensor, sft_coef: str, kept: torch.Tensor
+) -> torch.Tensor:
+    """``mu * L_SFT + (1 - mu) * L_RL`` for a scalar rule, the SFT loss over
+    the ``kept`` demonstrations only (a rejected one adds nothing); for HPT's
+    per-prompt gate, SFT on the kept demonstrations of the gated prompts
+    (weighted by their share, ``mu``) plus the RL loss of all groups, where
+    the gated ones (all rollouts failed) have zero advantages and so
+    contribute nothing."""
+    demo_tokens = kept.unsqueeze(-1).expand_as(logp_demos)
     if isinstance(rule, HPTGate):
         gated = torch.from_numpy(rule.sft_weights > 0).unsqueeze(-1) & demo_tokens
         return mu * sft_loss(logp_demos, gated, sft_coef=sft_coef) + rl_loss
@@ -324,7 +441,8 @@ class Trainer:
         self.policy = TinyTransformer(settings.width, settings.layers, settings.heads)
         self.reference = copy.deepcopy(self.policy).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=settings.lr)
-        self.rule = METHODS[method](settings)
+        self.method = METHODS[method]
+        self.rule = self.method.rule(settings, self.method.schedule_scale)
         self.sft_coef = sft_coef_of(method, settings)
         self.sampler = torch.Generator().manual_seed(seed)
         self.prompt_rng = np.random.default_rng(seed)
@@ -355,8 +473,14 @@ class Trainer:
         # with gaccore.kernels (on CPU, the plain-torch twin of the Triton kernel).
         adv_rows = torch.cat([advantages.reshape(-1), torch.zeros(P)])
         args = (logp.detach(), self.mask, adv_rows, self.expert)
-        demo_rewards = task.train_demo_reward[chosen]
-        kwargs = {"kl": kl, **_extra_inputs(self.rule, rewards_np, demo_rewards)}
+        demo_scores = torch.from_numpy(task.train_demo_score[chosen])
+        kept = kept_demos(demo_scores, FILTER_THRESHOLD if self.method.filtered else None)
+        kwargs: dict[str, Any] = {"kl": kl}
+        if isinstance(self.rule, Controller):
+            if self.method.reads_scores:
+                kwargs["scores"] = torch.cat([torch.from_numpy(rewards_np).reshape(-1), demo_scores])
+        else:
+            kwargs["rewards"] = rewards_np
         self.last_rule_inputs = (args, kwargs)
         controller_started = time.perf_counter()
         mu = float(self.rule.update(*args, **kwargs))
@@ -364,7 +488,7 @@ class Trainer:
 
         # On-policy GRPO: one update per batch, so the PPO ratio is 1 and its gradient is adv * grad log p.
         rl_loss = -(advantages.reshape(-1) * logp[: P * G].mean(dim=-1)).mean()
-        loss = hybrid_loss(self.rule, mu, logp[P * G :], rl_loss, self.sft_coef)
+        loss = hybrid_loss(self.rule, mu, logp[P * G :], rl_loss, self.sft_coef, kept)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), self.settings.grad_clip)
@@ -420,15 +544,6 @@ def train_one(
             progress(1)
     result.wall_s = time.perf_counter() - started
     return result
-
-
-def _extra_inputs(rule: Any, rewards: np.ndarray, demo_rewards: np.ndarray) -> dict[str, Any]:
-    """What each rule reads besides the token tensors: the baselines the
-    rollouts' rewards; the ``Controller`` the verifier's success rates of the
-    step's demonstrations and rollouts (``mode="verified"`` steers by them)."""
-    if isinstance(rule, Controller):
-        return {"expert_reward": float(demo_rewards.mean()), "policy_reward": float(rewards.mean())}
-    return {"rewards": rewards}
 
 
 def _raw_estimate(rule: Any, mu: float) -> float | None:
