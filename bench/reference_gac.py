@@ -12,6 +12,10 @@ times gaccore against, in the same run.
 
 It multiplies by the mask (``m * x``) as such code usually does, so padding
 must be finite: the benchmark pads with zeros for both sides.
+
+Advantages may be one per row [B] or per token [B, T]; per token, a row's
+advantage (for the RL variance) is their masked mean, as gaccore defines it,
+so the two sides compute the same statistics.
 """
 
 from __future__ import annotations
@@ -56,16 +60,22 @@ class ReferenceMuController:
         kept = nll[k : n - k]
         var_sft = kept.var().item() if kept.numel() >= 2 else math.nan
 
-        # RL advantage variance from moments (what an all-reduce would sum).
-        rl_adv = adv.float()[rl_rows]
-        moments = torch.stack([torch.tensor(float(rl_adv.numel())), rl_adv.sum(), (rl_adv * rl_adv).sum()])
+        adv = adv.float()
+        per_token = adv.ndim == 2
+        seq_adv = (adv * mask).sum(dim=1) / lengths if per_token else adv
+
+        # RL advantage variance from moments (what an all-reduce would sum);
+        # the count joins them on their device, as it would for the all-reduce.
+        rl_adv = seq_adv[rl_rows]
+        count = torch.tensor(float(rl_adv.numel()), device=rl_adv.device)
+        moments = torch.stack([count, rl_adv.sum(), (rl_adv * rl_adv).sum()])
         count, total, total_sq = moments.tolist()
         var_rl = (total_sq - total * total / count) / (count - 1) if count >= 2 else math.nan
 
         # Disagreement of the z-scored coefficients over RL tokens.
         token_mask = mask[rl_rows]
         n_tok = token_mask.sum()
-        a = adv.float()[rl_rows][:, None].expand_as(token_mask)
+        a = adv[rl_rows] if per_token else adv[rl_rows][:, None].expand_as(token_mask)
         p = torch.exp(logp[rl_rows])
         w = p * (1.0 - p)
         mean_a = (a * token_mask).sum() / n_tok
