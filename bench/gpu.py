@@ -7,19 +7,19 @@ For each (B, T) and logp dtype it times, per call: the fused Triton kernel
 (its device time from CUDA-graph replays of 20 back-to-back calls, and one
 call timed with CUDA events, host launch cost included), the kernel with its
 finalize, the torch twin (eager), ``torch.compile`` of the twin (at the
-issue's shapes only), and a naive baseline written the way per-statistic
+target shapes only), and a naive baseline written the way per-statistic
 implementations usually are (separate torch ops with boolean indexing and
 ``.item()`` per statistic) and the public reference's statistics path
 (``bench/reference_gac.py``: its ``update_stats``, mu update included, against
-a whole eager ``update``, both as host wall time per call). It reports the kernel's GB/s (every input byte
-once plus its outputs), that as a percentage of a device-to-device copy
+a whole eager ``update``, both as host wall time per call). It reports the
+kernel's GB/s (every input byte once plus its outputs), that as a percentage of a device-to-device copy
 measured in the same run, the host syncs of one ``Controller.update`` and of
 one naive call, the time of a whole ``update`` (device time between events,
 host wall time per call when many run back to back, and the summed duration
 of the GPU work it causes beyond the statistics kernel, from
 ``torch.profiler``), the same for ``Controller(compile_step=True)`` (finalize
 + advance through inductor) and ``compile_step="reduce-overhead"`` (that
-replayed from CUDA graphs) at the issue's shapes (64, 1024) and
+replayed from CUDA graphs) at the target shapes (64, 1024) and
 (256, 4096), and the cost of ``update`` relative to computing the log-probs
 it reads: an LM-head matmul plus log-softmax gather over a 150k vocabulary
 for the same tokens (one chunk of tokens is timed and scaled linearly). A
@@ -202,9 +202,15 @@ def naive_stats(logp, mask, adv, expert, ref_logp, trim=0.1):
 
 class SyncCounter:
     """Host syncs of a call: CUDA's sync debug mode on a GPU (it sees
-    boolean indexing too); on CPU, calls of the host-reading Tensor methods."""
+    boolean indexing too); on CPU, calls of the host-reading Tensor methods
+    from code outside torch. torch.compile's guards read 0-d CPU tensors'
+    values (18 reads an update with compile_step); on a GPU the same state
+    is in CUDA tensors, which guards do not read, and the debug mode counts
+    no sync there, so counting them would make the CPU proxy disagree with
+    what it stands for."""
 
     SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+    TORCH_DIR = os.path.dirname(torch.__file__)
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
@@ -226,7 +232,10 @@ class SyncCounter:
         def counting(original):
             def method(self, *args, **kwargs):
                 nonlocal calls
-                calls += 1
+                caller = sys._getframe(1).f_code.co_filename
+                # Generated code ("<string>": guards) and torch's own files are torch's machinery.
+                if not (caller.startswith("<") or caller.startswith(SyncCounter.TORCH_DIR)):
+                    calls += 1
                 return original(self, *args, **kwargs)
 
             return method
@@ -262,6 +271,7 @@ def copy_bandwidth_gbs(timer: Timer, nbytes: int, device: torch.device) -> float
     """Device-to-device copy: bytes read plus bytes written per second."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
+    dst.copy_(src)  # first touch of dst's pages outside the timing
     seconds = timer.median_s(lambda: dst.copy_(src))
     return 2 * src.numel() * 4 / seconds / 1e9
 
@@ -340,6 +350,7 @@ def measure_shape(
     row["twin_s"] = timer.median_s(lambda: finalize(reference.twin_row_results(**batch)))
     if compiled is not None and (rows, tokens) in compile_step_shapes(args):
         try:
+            compiled(**batch)  # compiles outside the timing, whatever the timer's warm-up
             row["compiled_s"] = timer.median_s(lambda: finalize(compiled(**batch)))
         except Exception as exc:  # report, keep measuring the rest
             row["compiled_s"] = math.nan
@@ -359,9 +370,9 @@ def measure_shape(
     # Both sides as host wall time per call: the reference waits for the GPU
     # at each .item(), the update never does, so only the wall clock charges
     # each for what it makes the host wait.
-    reference = ReferenceMuController()
+    public = ReferenceMuController()
     ref_args = (batch["logp"], batch["mask"], batch["adv"], batch["expert"])
-    row["reference_wall_s"] = timer.wall_per_call_s(lambda: reference.update_stats(*ref_args), calls)
+    row["reference_wall_s"] = timer.wall_per_call_s(lambda: public.update_stats(*ref_args), calls)
     row["speedup_vs_reference"] = row["reference_wall_s"] / row["update_wall_s"]
     record_busy(row, "update", lambda: ctrl.update(**batch, kl=kl), timer)
     if not args.no_compile and (rows, tokens) in compile_step_shapes(args):
@@ -429,13 +440,52 @@ def measure_split(rows: int, tokens: int, args: argparse.Namespace, timer: Timer
     return row
 
 
-# Kernel launch settings tried at two shapes, bf16: (block_t, chunks); the
-# defaults are block_size(T) and chunk_count(B, T).
+# Kernel launch settings tried at two shapes, bf16: (block_t, chunks, warps);
+# None takes the launcher's default (block_size(T), chunk_count(B, T),
+# fused.warps(block_t)). The default comes first, then 8 warps per 1024-token
+# block: with per-lane accumulators the kernel needs 184 registers a thread
+# at 4 warps, 99 at 8 (bench/kernel_ops.py), so 8 warps keep twice the warps
+# on an SM. Fewer tokens a thread (more warps, smaller blocks) is the
+# direction the register count points; more than 8 tokens a thread is not
+# tried, as it already needs the most registers.
 SWEEP = {
-    (1024, 32768): [(1024, 1), (2048, 1), (4096, 1), (2048, 4), (4096, 4)],
-    (256, 4096): [(1024, 1), (2048, 1), (4096, 1), (1024, 4)],
+    (1024, 32768): [
+        (None, None, None),
+        (1024, 1, 8),
+        (1024, 1, 16),
+        (2048, 1, 16),
+        (2048, 1, 8),
+        (512, 1, 4),
+        (1024, 4, 8),
+    ],
+    (256, 4096): [(None, None, None), (1024, 1, 8), (1024, 1, 16), (512, 1, 4), (2048, 1, 8)],
 }
-QUICK_SWEEP = {(4, 300): [(16, 1), (64, 2)]}
+QUICK_SWEEP = {(4, 256): [(None, None, None), (64, 1, 4), (64, 2, None)]}
+
+
+@contextlib.contextmanager
+def launch_warps(count: int | None):
+    """Launches inside use ``count`` warps per program. The launcher has no
+    such argument; it asks ``fused.warps(block)`` at each launch, so that is
+    what is replaced, and a launcher that no longer asks it is an error
+    rather than a sweep that silently times the default."""
+    if count is None:
+        yield
+        return
+    asked = []
+    original = fused.warps
+
+    def forced(block: int) -> int:
+        asked.append(block)
+        return count
+
+    fused.warps = forced
+    try:
+        yield
+    finally:
+        fused.warps = original
+    if not asked:
+        raise RuntimeError("kernel_row_results did not ask fused.warps: the warp count was not applied")
 
 
 def measure_sweep(args: argparse.Namespace, timer: Timer, copy_gbs: float) -> list[dict[str, Any]]:
@@ -446,15 +496,25 @@ def measure_sweep(args: argparse.Namespace, timer: Timer, copy_gbs: float) -> li
         batch = make_inputs(rows, tokens, torch.bfloat16, device)
         nbytes = kernel_bytes(batch)
         out = fused.empty_out(rows, device)
-        for block_t, chunks in settings:
-            row: dict[str, Any] = {"B": rows, "T": tokens, "block_t": block_t, "chunks": chunks}
-            row["default"] = (
-                "yes" if (block_t, chunks) == (fused.block_size(tokens), fused.chunk_count(rows, tokens)) else ""
+        for block_t, chunks, warps in settings:
+            block_t = block_t or fused.block_size(tokens)
+            chunks = chunks or fused.chunk_count(rows, tokens)
+            warps = warps or fused.warps(block_t)
+            default = (block_t, chunks, warps) == (
+                fused.block_size(tokens),
+                fused.chunk_count(rows, tokens),
+                fused.warps(fused.block_size(tokens)),
             )
+            row: dict[str, Any] = {"B": rows, "T": tokens, "block_t": block_t, "chunks": chunks, "warps": warps}
+            row["default"] = "yes" if default else ""
             launch = functools.partial(fused.kernel_row_results, **batch, out=out, block_t=block_t, chunks=chunks)
-            seconds = graph_time_s(launch, timer)
-            row["kernel_s"], row["GBps"] = seconds, nbytes / seconds / 1e9
-            row["pct_copy"] = 100 * row["GBps"] / copy_gbs
+            try:
+                with launch_warps(None if default else warps):
+                    seconds = graph_time_s(launch, timer)
+                row["kernel_s"], row["GBps"] = seconds, nbytes / seconds / 1e9
+                row["pct_copy"] = 100 * row["GBps"] / copy_gbs
+            except Exception as exc:  # one setting may not fit the GPU; time the rest
+                row["error"] = f"{type(exc).__name__}: {exc}"[:200]
             rows_out.append(row)
             print_row(row, SWEEP_COLUMNS, first=len(rows_out) == 1)
     return rows_out
@@ -468,7 +528,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     # not the host scalars CPU tensors get by default.
     TORCH_BACKEND.host_on_cpu = False
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
-    timer = Timer(device, reps=3 if args.quick else 20, warmup=1 if args.quick else 3)
+    # Quick: one call per timing, since on CPU each is an interpreted kernel.
+    timer = Timer(device, reps=1 if args.quick else 20, warmup=0 if args.quick else 3)
     syncs = SyncCounter(device)
     copy_gbs = copy_bandwidth_gbs(timer, (1 << 20) if args.quick else (1 << 30), device)
     compiled = None
@@ -478,8 +539,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "copy_GBps": copy_gbs,
+        "quick": args.quick,
+        "target_shapes": QUICK_TARGET_SHAPES if args.quick else TARGET_SHAPES,
+        "sweep": [],
         "rows": [],
     }
+    results["sweep"] = measure_sweep(args, timer, copy_gbs)
+    save(results, args.out)
     for rows, tokens in shapes:
         for dtype in (torch.bfloat16, torch.float32):
             row = measure_shape(rows, tokens, dtype, args, timer, syncs, copy_gbs, compiled)
@@ -494,8 +560,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         results["split"].append(row)
         print_row(row, SPLIT_COLUMNS, first=len(results["split"]) == 1)
         save(results, args.out)
-    results["sweep"] = measure_sweep(args, timer, copy_gbs)
-    save(results, args.out)
     return results
 
 
@@ -521,6 +585,8 @@ COLUMNS = [
     ("naive_s", "naive us", 10, 1),
     ("speedup_vs_naive", "x naive", 8, 1),
     ("naive_syncs", "naive syncs", 11, None),
+    ("reference_wall_s", "ref wall us", 11, 1),
+    ("speedup_vs_reference", "x ref", 6, 2),
     ("update_syncs", "upd syncs", 9, None),
     ("update_s", "upd us", 8, 1),
     ("update_wall_s", "upd wall us", 11, 1),
@@ -539,7 +605,7 @@ COLUMNS = [
     ("update_pct_logprob", "%logprob", 9, 4),
 ]
 SPLIT_SHAPES = [(8, 131072), (4, 524288)]
-QUICK_SPLIT_SHAPES = [(2, 20000)]
+QUICK_SPLIT_SHAPES = [(1, 16400)]  # 3 chunks: the fewest tokens that split
 SPLIT_COLUMNS = [
     ("B", "B", 5, None),
     ("T", "T", 7, None),
@@ -559,6 +625,7 @@ SWEEP_COLUMNS = [
     ("T", "T", 7, None),
     ("block_t", "block_t", 7, None),
     ("chunks", "chunks", 6, None),
+    ("warps", "warps", 5, None),
     ("default", "default", 7, None),
     ("kernel_s", "kernel us", 10, 1),
     ("GBps", "GB/s", 7, 0),
@@ -590,6 +657,9 @@ def main() -> None:
     for row in results["rows"]:
         for key in [k for k in row if k.endswith("error")]:
             print(f"{key} at B={row['B']} T={row['T']} {row['logp']}: {row[key]}")
+    for row in results["sweep"]:
+        if "error" in row:
+            print(f"sweep at B={row['B']} T={row['T']} block_t={row['block_t']} warps={row['warps']}: {row['error']}")
     if ARGS.out:
         save(results, ARGS.out)
         print(f"wrote {ARGS.out}")
