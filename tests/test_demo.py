@@ -237,7 +237,7 @@ def test_a_run_is_keyed_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.
 def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["demo", "--task", "carry-drop", "--steps", "4", "--methods", "pure-rl", "gac", "--out", str(tmp_path)]
     assert cli.main([*argv, "--no-progress"]) == 0
-    assert "does not clear the bar" in capsys.readouterr().out  # printed even without progress display
+    assert "falls short of the bar" in capsys.readouterr().out  # printed even without progress display
     stored = json.loads((tmp_path / "report.json").read_text())
     assert stored["settings"]["steps"] == 4 and list(stored["tasks"]) == ["carry-drop"]
     for option in ("--steps", "--seeds", "--jobs"):
@@ -356,3 +356,11 @@ def test_a_rejected_demonstration_adds_nothing_to_the_sft_loss_of_any_rule() -> 
     gate = HPTGate()
     mu = gate.update(rewards=np.zeros((4, 2)))  # every prompt gated
     assert torch.allclose(hybrid_loss(gate, mu, logp, rl_loss, "nll", kept), mu * -logp[kept].sum() / 6 + rl_loss)
+
+
+def test_too_few_seeds_decide_nothing_even_when_the_runs_look_clear() -> None:
+    final = {name: scores[:, :2] for name, scores in _tracked(0.9, 0.5).items()}
+    judged = track_verdict("U", final, final, ["gac"], ["chord", "pure-sft"])
+    assert judged.checks[0].clears and not judged.decided and judged.recommended is None
+    assert judged.text.startswith("Cannot decide: 2 seed(s)") and "on these runs would clear the bar" in judged.text
+    assert " gac: clears the bar" not in judged.text

@@ -123,23 +123,15 @@ def _track_report(name: str, runs: Sequence[RunResult], methods: list[str]) -> d
     baselines = [m for m in methods if not is_gac_method(m)]
     report: dict[str, Any] = {"title": TRACK_NAMES[name], "tasks": tasks, "seeds": seeds, "methods": summary}
     if candidates and baselines:
-        judged = track_verdict(name, final, curve_area, candidates, baselines)
-        text = judged.text
-        if len(seeds) < 2:
-            text = f"Cannot decide: {len(seeds)} seed, so no interval. {text}"
-        elif len(seeds) < DECIDING_SEEDS:
-            text = (
-                f"{text}\n\nThese {len(seeds)} seeds on {len(tasks)} task(s) describe these runs: a bootstrap of so "
-                f"few seeds gives intervals too narrow to trust. The full suite ({DECIDING_SEEDS} seeds on five "
-                "tasks, `gaccore demo --suite --full`) decides."
-            )
+        judged = track_verdict(name, final, curve_area, candidates, baselines, deciding_seeds=DECIDING_SEEDS)
         report["verdict"] = {
-            "text": text,
-            "recommended": judged.recommended if len(seeds) >= 2 else None,
+            "text": judged.text,
+            "decided": judged.decided,
+            "recommended": judged.recommended,
             "checks": [
                 {
                     "method": check.method,
-                    "clears": check.clears if len(seeds) >= 2 else None,
+                    "clears": check.clears if judged.decided else None,
                     "worst_regret": check.worst_regret,
                     "regret_limit": check.regret_limit,
                     "final": {b: _comparison(c) for b, c in check.final.items()},
@@ -393,12 +385,13 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                     )
             lines += ["", verdict["text"]]
             recommended = verdict["recommended"]
-            lines += [
-                "",
-                f"Recommended for this track: {recommended}."
-                if recommended
-                else "No gaccore mode clears this track's bar: the suite recommends none for it.",
-            ]
+            if recommended:
+                conclusion = f"Recommended for this track: {recommended}."
+            elif verdict["decided"]:
+                conclusion = "No gaccore mode clears this track's bar: the suite recommends none for it."
+            else:
+                conclusion = "These runs cannot decide the bar, so they recommend nothing."
+            lines += ["", conclusion]
     schedule = report["schedule"]
     if schedule:
         lines += [

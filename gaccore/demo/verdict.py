@@ -145,12 +145,14 @@ class TrackVerdict:
     track: str
     checks: list[CandidateCheck]
     text: str
+    decided: bool  # enough seeds for the intervals to decide
 
     @property
     def recommended(self) -> str | None:
-        """The candidate that clears the bar with the highest mean final score (None if none clears)."""
+        """The candidate that clears the bar with the highest mean final
+        score; None if none clears, or if the seeds cannot decide."""
         cleared = [c for c in self.checks if c.clears]
-        return cleared[0].method if cleared else None
+        return cleared[0].method if cleared and self.decided else None
 
 
 def track_verdict(
@@ -159,11 +161,15 @@ def track_verdict(
     area: Mapping[str, FloatArray],
     candidates: Sequence[str],
     baselines: Sequence[str],
+    *,
+    deciding_seeds: int = 5,
 ) -> TrackVerdict:
     """Each candidate against every baseline of its track. The bar: it beats
     every baseline on final accuracy (the interval of the paired difference
     above zero), is not worse on curve area (no interval below zero), and
-    its worst regret over the tasks is no larger than the best baseline's."""
+    its worst regret over the tasks is no larger than the best baseline's.
+    With fewer than ``deciding_seeds`` seeds the intervals describe the runs
+    and decide nothing: the text says so and nothing is recommended."""
     if not candidates or not baselines:
         raise ValueError("a track verdict needs candidates and baselines")
     regret = regrets(final)
@@ -181,7 +187,17 @@ def track_verdict(
     ]
     checks.sort(key=lambda check: -float(np.mean(final[check.method])))
     n_tasks, n_seeds = np.asarray(final[candidates[0]]).shape
-    lines = [
+    decided = n_seeds >= deciding_seeds
+    lines = (
+        []
+        if decided
+        else [
+            f"Cannot decide: {n_seeds} seed(s) on {n_tasks} task(s). A bootstrap of so few seeds gives intervals "
+            f"too narrow to trust; the words below describe these runs, and {deciding_seeds} seeds decide.",
+            "",
+        ]
+    )
+    lines += [
         f"The bar for track {track}: beat every baseline on final accuracy (the 95% interval of the mean "
         f"paired difference above zero, {n_tasks} task(s) x {n_seeds} seed(s)), be no worse on the area under "
         f"the accuracy curve (no interval below zero), and have a worst regret over the tasks no larger than the "
@@ -190,6 +206,10 @@ def track_verdict(
     ]
     for check in checks:
         outcome = "clears the bar" if check.clears else "does not clear the bar"
+        if not decided:
+            outcome = "on these runs " + outcome.replace("clears", "would clear").replace(
+                "does not clear", "falls short of"
+            )
         failing = [b for b, comparison in check.final.items() if not comparison.beats]
         reasons = []
         if failing:
@@ -200,4 +220,4 @@ def track_verdict(
         if not check.regret_ok:
             reasons.append(f"worst regret {check.worst_regret:.3f} above {check.regret_limit:.3f}")
         lines.append(f"- {check.method}: {outcome}" + (f": {'; '.join(reasons)}." if reasons else "."))
-    return TrackVerdict(track, checks, "\n".join(lines))
+    return TrackVerdict(track, checks, "\n".join(lines), decided)
