@@ -485,7 +485,12 @@ class Controller:
         if stats is None:
             return self._finish_step(self._backend, self._device, observations)
         backend = backend_for(stats.var_sft)
-        return self._finish_step(backend, backend.device_of(stats.var_sft), observations, batch=stats)
+        self._scored = _carries_rates(stats)
+        try:
+            return self._finish_step(backend, backend.device_of(stats.var_sft), observations, batch=stats)
+        except BaseException:
+            self._scored = False
+            raise
 
     def _finish_step(
         self,
@@ -635,6 +640,16 @@ class Controller:
         self._pending = None
         self._scored = False
         self._last_batch = None
+
+
+def _carries_rates(stats: BatchStats[Any, Any]) -> bool:
+    """Whether statistics computed elsewhere bring the verifier's two rates:
+    host values are checked; device tensors are taken to (reading them would
+    synchronize), as a trainer that scores its rows passes them on."""
+    rates = (stats.expert_reward, stats.policy_reward)
+    if all(isinstance(rate, numbers.Real) for rate in rates):
+        return all(math.isfinite(rate) for rate in rates)
+    return True
 
 
 def _check_observations(**observations: Any) -> dict[str, Any]:

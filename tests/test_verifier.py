@@ -195,3 +195,18 @@ def test_a_rejected_demonstration_adds_nothing_to_the_sft_loss() -> None:
     assert kept.tolist() == [True, False, True, True, False, True]
     filtered = sft_loss(logp, mask * kept[:, None])
     assert filtered == sft_loss(logp[kept], mask[kept])
+
+
+def test_statistics_computed_elsewhere_bring_their_rates() -> None:
+    batch = numpy_batch(0)
+    scored = batch_stats(**batch, scores=np.ones(12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ctrl = Controller(mode="verified", verified_patience=2)
+        for _ in range(4):
+            ctrl.update_stats(scored)  # rates from the scores: no warning
+    assert ctrl.metrics()["ema_expert_reward"] == 1.0
+    unscored = Controller(mode="verified", verified_patience=2)
+    unscored.update_stats(batch_stats(**batch))
+    with pytest.warns(RuntimeWarning, match="no verifier success rates for 2 steps"):
+        unscored.update_stats(batch_stats(**batch))
