@@ -29,7 +29,7 @@ from gaccore.demo.train import (
 )
 
 USAGE = """\
-gaccore demo                       # the quick demo: 1 task, 4 methods, 2 seeds (about 5 min on 2 cores)
+gaccore demo                       # the quick demo: 1 task, 4 methods, 2 seeds (about 6 min on 2 cores)
 gaccore demo --suite --full        # the full suite: two tracks x 5 tasks x 5 seeds, and the schedule question
 gaccore demo --suite --full --reuse   # resume or extend it: train only the runs without a record
 gaccore demo --task carry-drop     # one task: the main methods, 1 seed
