@@ -144,6 +144,8 @@ def test_tiny_suite_writes_every_output(tiny_suite: tuple[dict, Path]) -> None:
     assert len(records) == len(TINY_PLAN)
     stored = json.loads((out / "report.json").read_text())
     assert stored["schema"] == SCHEMA and "runs" not in stored  # the curves live in runs/ only
+    run_times = [json.loads(p.read_text())["result"]["wall_s"] for p in records]
+    assert stored["runs_wall_s"] == pytest.approx(sum(run_times))  # the suite's cost, whatever the sittings
     assert list(stored["tasks"]) == TINY_TASKS
     assert stored["environment"]["torch_threads"] == TINY.threads
     assert list(stored["tracks"]) == ["U", "V"]

@@ -289,6 +289,8 @@ def build_report(
         "schema": SCHEMA,
         "command": command,
         "total_wall_s": total_wall_s,
+        # What the whole suite costs, however many sittings it took: the runs' own times.
+        "runs_wall_s": float(sum(r.wall_s for r in runs)),
         "runs_reused": reused,
         "n_runs": len(runs),
         "environment": _environment(settings, jobs),
@@ -343,7 +345,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"torch {env['torch']} with {env['torch_threads']} thread(s) per run, {env['jobs']} run(s) at a time; "
         f"git commit {env['git_commit'] or 'unknown'}; {report['n_runs']} runs, wall time "
         f"{report['total_wall_s']:.0f} s"
-        + (f" ({report['runs_reused']} run(s) loaded from earlier records)." if report["runs_reused"] else "."),
+        + (f" ({report['runs_reused']} run(s) loaded from earlier records)" if report["runs_reused"] else "")
+        + f"; the runs' own times sum to {report['runs_wall_s'] / 3600:.1f} hours of one core, about "
+        f"{report['runs_wall_s'] / 3600 / env['jobs']:.1f} hours at {env['jobs']} at a time.",
         "",
         f"Every method: {settings['steps']} steps of {settings['prompts_per_step']} prompts x "
         f"{settings['group_size']} rollouts plus their {settings['prompts_per_step']} demonstrations; AdamW lr "
