@@ -1,0 +1,329 @@
+"""gaccore.kernels.close_step: finalize + advance in one Triton launch,
+against the float64 numpy path and the torch ``close_step`` it replaces."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import numpy as np  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from gaccore._array import FLOAT_MAX  # noqa: E402
+from gaccore.backend import NUMPY_BACKEND  # noqa: E402
+from gaccore.config import Config  # noqa: E402
+from gaccore.controller import ControllerState, close_step  # noqa: E402
+from gaccore.kernels import TorchBackend  # noqa: E402
+from gaccore.kernels import close_step as kernel  # noqa: E402
+from gaccore.rows import BatchStats, RowResults  # noqa: E402
+
+CPU = torch.device("cpu")
+PLAIN = TorchBackend("torch", host_on_cpu=False)  # the torch close_step, state as 0-d tensors
+OBSERVATIONS = ("kl", "expert_reward", "policy_reward")
+
+
+# -- random inputs ------------------------------------------------------------------
+
+
+def random_rows(rng: np.random.Generator, n_rows: int, *, expert: bool, scored: float, hostile: bool, ties: bool):
+    """Row results as the statistics paths leave them (roles and scores
+    joined), float64 numpy. Invalid rows hold garbage (NaN, inf, huge
+    values: the unspecified values finalize must never read); ``hostile``
+    puts NaN and inf in valid rows too."""
+    n_tokens = np.where(rng.random(n_rows) < 0.15, 0.0, rng.integers(1, 30, n_rows).astype(np.float64))
+    valid = ((n_tokens > 0) & (rng.random(n_rows) > 0.15)).astype(np.float64)
+    demo = valid * (rng.random(n_rows) < 0.4) if expert else valid * 0.0
+    rl, sft = (valid - demo, demo) if expert else (valid, valid)
+    nll = rng.choice([0.5, 1.0, 1.0, 2.0, -0.0, 0.0], n_rows) if ties else rng.gamma(2.0, 0.5, n_rows)
+    min_a, max_a = np.sort(rng.normal(size=(2, n_rows)), axis=0)
+    min_w, max_w = np.sort(rng.uniform(0.0, 0.25, size=(2, n_rows)), axis=0)
+    if ties:  # a degenerate coefficient: every RL row's advantage the same
+        min_a = max_a = np.full(n_rows, 0.5)
+    score = np.where(rng.random(n_rows) < scored, rng.choice([0.0, 0.25, 1.0], n_rows), math.nan)
+    columns = {
+        "n_tokens": n_tokens,
+        "valid": valid,
+        "rl": rl,
+        "sft": sft,
+        "nll": nll,
+        "seq_adv": rng.normal(size=n_rows),
+        "mean_a": rng.normal(size=n_rows),
+        "mean_w": rng.uniform(0.0, 0.25, n_rows),
+        "m2_a": rng.gamma(1.0, 1.0, n_rows) * n_tokens,
+        "m2_w": rng.gamma(1.0, 0.01, n_rows) * n_tokens,
+        "c_aw": rng.normal(0.0, 0.05, n_rows) * n_tokens,
+        "min_a": min_a,
+        "max_a": max_a,
+        "min_w": min_w,
+        "max_w": max_w,
+        "kl_sum": rng.gamma(1.0, 0.01, n_rows) * n_tokens,
+        "demo": demo,
+        "score": np.where(rng.random(n_rows) < 0.1, math.inf, score) if hostile else score,
+    }
+    for name in kernel.ROW_FIELDS:
+        if name in ("n_tokens", "valid", "rl", "sft", "demo", "score"):
+            continue
+        column = np.where(valid == 0, rng.choice([math.nan, math.inf, -math.inf, 1e308, -1e308], n_rows), columns[name])
+        if hostile:  # no huge finite values here: whether 1e308 + 1e308 - inf is NaN depends on the order of the sum
+            column = np.where(rng.random(n_rows) < 0.1, rng.choice([math.nan, math.inf, -math.inf], n_rows), column)
+        columns[name] = column
+    return RowResults(**columns)
+
+
+def random_state(rng: np.random.Generator, config: Config, kind: str) -> dict[str, float | bool]:
+    """A state ``load_state_dict`` accepts: the initial one, random values,
+    or accumulators and EMAs at the largest float64 (saturation)."""
+    host = ControllerState.initial(config)
+    if kind == "initial":
+        return host
+    for name in host:
+        if ControllerState.is_flag(name):
+            host[name] = bool(rng.random() < 0.7)
+        elif name in ("mu",):
+            host[name] = float(rng.uniform(config.mu_min, config.mu_max))
+        elif name == "rho":
+            host[name] = float(rng.uniform(config.rho_min, config.rho_max))
+        elif name in ("mu_bar", "estimate"):
+            host[name] = float(rng.uniform(0.0, 1.0))
+        elif kind == "saturated":
+            host[name] = float(rng.choice([FLOAT_MAX, -FLOAT_MAX, FLOAT_MAX * 0.75]))
+        else:
+            host[name] = float(rng.normal() * 0.1 if name.startswith("ema") else rng.integers(0, 5))
+    return host
+
+
+OBSERVATION_KINDS = ["none", "host", "host_nan", "host_inf", "tensor", "tensor_nan", "tensor_f32", "tensor_int", "huge"]
+
+
+def observation(kind: str, value: float):
+    return {
+        "none": None,
+        "host": value,
+        "host_nan": math.nan,
+        "host_inf": -math.inf,
+        "tensor": torch.tensor(value, dtype=torch.float64),
+        "tensor_nan": torch.tensor(math.nan, dtype=torch.float64),
+        "tensor_f32": torch.tensor(value, dtype=torch.float32),
+        "tensor_int": torch.tensor(1, dtype=torch.int64),
+        "huge": FLOAT_MAX,
+    }[kind]
+
+
+# -- the three paths ------------------------------------------------------------
+
+
+def numpy_close(host_state, config, observations, prior, rows):
+    """gaccore.rows.finalize + gaccore.controller.advance on numpy float64."""
+    state = ControllerState.place(host_state, NUMPY_BACKEND, None)
+    placed = {k: None if v is None else NUMPY_BACKEND.scalar(v, None) for k, v in observations.items()}
+    prior = None if prior is None else NUMPY_BACKEND.scalar(prior, None)
+    return close_step(NUMPY_BACKEND, None, state, config, placed, prior, rows, None)
+
+
+def torch_rows(rows: RowResults | None) -> RowResults | None:
+    return (
+        None if rows is None else RowResults(**{f.name: torch.from_numpy(getattr(rows, f.name)) for f in fields(rows)})
+    )
+
+
+def torch_close(host_state, config, observations, prior, rows):
+    """The multi-op path the kernel replaces: close_step on 0-d tensors."""
+    state = ControllerState.place(host_state, PLAIN, CPU)
+    placed = {k: None if v is None else PLAIN.scalar(v, CPU) for k, v in observations.items()}
+    prior = None if prior is None else PLAIN.scalar(prior, CPU)
+    return close_step(PLAIN, CPU, state, config, placed, prior, torch_rows(rows), None)
+
+
+def kernel_close(host_state, config, observations, prior, rows, *, poison=math.nan):
+    """The fused kernel, its outputs poisoned first so an unwritten one shows."""
+    state = ControllerState.place(host_state, PLAIN, CPU)
+    out, out_flags = kernel.empty_outputs(CPU, has_rows=rows is not None)
+    out.fill_(poison)
+    out_flags.view(torch.uint8).fill_(2)  # neither False nor True
+    got = kernel.kernel_close_step(
+        kernel.pack_state(state), config, observations, prior, torch_rows(rows), out, out_flags
+    )
+    assert int(out_flags.view(torch.uint8).max()) <= 1, "the kernel left a flag unwritten"
+    return got, out, out_flags
+
+
+def _values(state: ControllerState, batch: BatchStats | None) -> dict[str, float]:
+    named = {f.name: getattr(state, f.name) for f in fields(state)}
+    if batch is not None:
+        named.update({f"batch_{f.name}": getattr(batch, f.name) for f in fields(batch)})
+    return {name: float(value) for name, value in named.items()}
+
+
+def assert_same(got, want, *, exact: bool, rtol: float = 1e-9, atol: float = 1e-12) -> None:
+    """Every state field and batch field: NaN where the reference has NaN,
+    flags and counts equal, floats equal (``exact``) or within tolerance.
+    The message names the first field that differs."""
+    got_values, want_values = _values(*got), _values(*want)
+    assert got_values.keys() == want_values.keys()
+    for name, w in want_values.items():
+        g = got_values[name]
+        if math.isnan(w):
+            assert math.isnan(g), f"{name}: got {g!r}, want NaN"
+        elif exact or ControllerState.is_flag(name) or name.startswith(("batch_n_", "n_skipped", "n_large")):
+            assert g == w, f"{name}: got {g!r}, want {w!r}"
+        else:
+            assert g == w or abs(g - w) <= rtol * abs(w) + atol, f"{name}: got {g!r}, want {w!r}"
+
+
+CONFIGS = {
+    "default": {},
+    "verified": {"mode": "verified"},
+    "per_mean": {"per_mean": True, "trim": 0.25},
+    "filtered": {"mode": "verified", "filter_demos": 0.5, "trim": 0.0},
+    "odd": {"scale": (2.0, 0.5, 3.0), "trim": 0.49, "kl_band": 0.0, "cap": 1.0, "blend": 1, "large_shift": 0.0},
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_rows=st.one_of(st.none(), st.integers(0, 3), st.integers(2, 20).map(lambda k: 2 * k + 1)),
+    seed=st.integers(0, 2**32 - 1),
+    config=st.sampled_from(sorted(CONFIGS)),
+    expert=st.booleans(),
+    scored=st.sampled_from([0.0, 0.5, 1.0]),
+    hostile=st.booleans(),
+    ties=st.booleans(),
+    state=st.sampled_from(["initial", "random", "saturated"]),
+    kinds=st.tuples(*[st.sampled_from(OBSERVATION_KINDS)] * 3),
+    prior=st.sampled_from([None, 0.3, math.nan, math.inf]),
+)
+def test_kernel_matches_numpy_and_torch(n_rows, seed, config, expert, scored, hostile, ties, state, kinds, prior):
+    """Any rows (none: a step without statistics), config, state and
+    observation layout: the kernel's state and batch equal the torch
+    close_step's, exactly where no sum over more than two rows is involved
+    (element-wise float64 arithmetic in the same order), and both equal the
+    float64 numpy path's."""
+    rng = np.random.default_rng(seed)
+    config = Config(**CONFIGS[config])
+    rows = None
+    if n_rows is not None:
+        rows = random_rows(rng, n_rows, expert=expert, scored=scored, hostile=hostile, ties=ties)
+    host_state = random_state(rng, config, state)
+    observations = {
+        name: observation(kind, v) for name, kind, v in zip(OBSERVATIONS, kinds, (0.03, 0.9, 0.4), strict=True)
+    }
+
+    got, _, _ = kernel_close(host_state, config, observations, prior, rows)
+    assert all(math.isfinite(v) for v in _values(got[0], None).values()), "the state must stay finite"
+    exact = n_rows is None or n_rows <= 2
+    assert_same(got, torch_close(host_state, config, observations, prior, rows), exact=exact)
+    assert_same(got, numpy_close(host_state, config, observations, prior, rows), exact=False)
+
+
+def test_kernel_writes_every_output_and_is_bit_identical():
+    """Outputs poisoned with NaN, then with a finite sentinel: both runs give
+    the same bits, so no output was left unwritten, and repeats agree."""
+    rng = np.random.default_rng(7)
+    config = Config(mode="verified", filter_demos=0.5)
+    rows = random_rows(rng, 37, expert=True, scored=0.5, hostile=True, ties=False)
+    host_state = random_state(rng, config, "random")
+    observations = {"kl": torch.tensor(0.05), "expert_reward": 0.7, "policy_reward": None}
+    runs = [kernel_close(host_state, config, observations, 0.4, rows, poison=p) for p in (math.nan, 1234.5, math.nan)]
+    for _, out, out_flags in runs[1:]:
+        assert torch.equal(out.view(torch.int64), runs[0][1].view(torch.int64))
+        assert torch.equal(out_flags, runs[0][2])
+
+
+def test_no_rows_and_observations_as_none_or_nan():
+    """Where advance tells None from NaN the kernel does too: a NaN kl on a
+    step without statistics folds nothing but still clips kl_drift_area (a
+    loaded state may hold a negative one), a None kl leaves it alone; None
+    and NaN rewards and priors are the same step."""
+    config = Config()
+    host_state = {**ControllerState.initial(config), "kl_drift_area": -2.0, "has_kl": True, "ema_kl": 0.5}
+    nan_kl = {"kl": math.nan, "expert_reward": None, "policy_reward": None}
+    no_kl = {"kl": None, "expert_reward": math.nan, "policy_reward": torch.tensor(math.nan)}
+    for observations in (nan_kl, no_kl):
+        for prior in (None, math.nan, 0.2):
+            got, _, _ = kernel_close(host_state, config, observations, prior, None)
+            assert_same(got, torch_close(host_state, config, observations, prior, None), exact=True)
+    assert float(kernel_close(host_state, config, nan_kl, None, None)[0][0].kl_drift_area) == 0.0
+    assert float(kernel_close(host_state, config, no_kl, None, None)[0][0].kl_drift_area) == -2.0
+
+
+def test_trimmed_variance_sorts_nan_after_inf():
+    """SFT values NaN, 1, +inf, 1, 3, -0, 2 and two non-SFT rows (padded to
+    +inf) sort as -0, 1, 1, 2, 3, +inf, +inf, +inf, NaN (torch.sort): trim
+    0.3 keeps positions [2, 5), so 1, 2, 3 and a variance of exactly 1;
+    smaller trims reach an +inf, so NaN."""
+    n = 9
+    nll = np.array([math.nan, 1.0, math.inf, 1.0, 3.0, -0.0, 0.0, 2.0, 5.0])
+    sft = np.array([1, 1, 1, 1, 1, 1, 0, 1, 0], dtype=np.float64)
+    rows = random_rows(np.random.default_rng(0), n, expert=True, scored=0.0, hostile=False, ties=False)
+    rows = RowResults(**{**vars(rows), "nll": nll, "sft": sft, "demo": sft, "rl": 1.0 - sft, "valid": np.ones(n)})
+    for trim, var_sft in ((0.0, math.nan), (0.1, math.nan), (0.15, math.nan), (0.3, 1.0)):
+        config = Config(trim=trim)
+        host_state = ControllerState.initial(config)
+        observations = dict.fromkeys(OBSERVATIONS)
+        got, _, _ = kernel_close(host_state, config, observations, None, rows)
+        assert_same(got, torch_close(host_state, config, observations, None, rows), exact=True)
+        assert float(got[1].var_sft) == var_sft or (math.isnan(var_sft) and math.isnan(float(got[1].var_sft)))
+
+
+def test_more_than_max_rows_is_refused():
+    rows = torch_rows(random_rows(np.random.default_rng(1), 5, expert=True, scored=0.0, hostile=False, ties=False))
+    config = Config()
+    state = ControllerState.place(ControllerState.initial(config), PLAIN, CPU)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernel, "MAX_ROWS", 4)
+        with pytest.raises(ValueError, match="at most MAX_ROWS = 4 rows, got 5"):
+            kernel.kernel_close_step(
+                kernel.pack_state(state),
+                config,
+                dict.fromkeys(OBSERVATIONS),
+                None,
+                rows,
+                *kernel.empty_outputs(CPU, has_rows=True),
+            )
+        assert kernel.CloseStepKernel()(CPU, state, config, dict.fromkeys(OBSERVATIONS), None, rows) is None
+
+
+COMPILE_FOR_A_GPU = r"""
+import re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from gaccore.config import Config
+from gaccore.kernels import close_step as cs
+
+fn = cs._close_step_kernel
+scalars = {"n_rows": "i32", "kl_value": "fp64", "expert_reward_value": "fp64", "policy_reward_value": "fp64",
+           "prior_value": "fp64", "p_flags": "*i1", "p_out_flags": "*i1", "p_kl": "*fp32"}
+signature = {p.name: "constexpr" if p.is_constexpr else scalars.get(p.name, "*fp64") for p in fn.params}
+variants = [
+    (Config(mode="verified", filter_demos=0.5, per_mean=True), dict(HAS_ROWS=True, KL_FROM=2, EXPERT_REWARD_FROM=2, POLICY_REWARD_FROM=1, BLOCK_B=2048, CHUNK_B=4)),
+    (Config(), dict(HAS_ROWS=False, KL_FROM=1, EXPERT_REWARD_FROM=0, POLICY_REWARD_FROM=0, BLOCK_B=1, CHUNK_B=1)),
+    (Config(), dict(HAS_ROWS=False, KL_FROM=0, EXPERT_REWARD_FROM=1, POLICY_REWARD_FROM=2, BLOCK_B=1, CHUNK_B=1)),
+]
+for config, layout in variants:
+    source = ASTSource(fn=fn, signature=signature, constexprs={**cs._constants(config), **layout})
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "enable_fp_fusion": False}).asm["ptx"]
+    assert not re.search(r"\bfma\.\w+\.f64", ptx), "a product and a sum fused into an fma"
+    assert not re.search(r"\b0f[0-9A-F]{8}\b", ptx), "an fp32 constant"
+    assert not re.search(r"\b(div|sqrt|rcp)\.approx", ptx), "an approximate division or square root"
+print("compiled", len(variants))
+"""
+
+
+def test_kernel_compiles_for_a_gpu_in_float64():
+    """The interpreter runs the kernel as numpy code; this compiles it for
+    sm_90 as a GPU would (no GPU needed), in a process without
+    TRITON_INTERPRET: three variants covering every constexpr branch, with
+    no fp32 constant, no fused multiply-add and no approximate division."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_A_GPU], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiled 3" in done.stdout
