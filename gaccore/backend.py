@@ -91,6 +91,14 @@ class TorchSide(StatsBackend, Protocol):
         """``close_step`` through ``torch.compile`` (``True``) or replayed
         from CUDA graphs (``"reduce-overhead"``)."""
 
+    def fused_close_step(self) -> Callable[..., Any]:
+        """One controller's eager ``close_step`` for state on a device, fused
+        into one kernel launch: called as ``(device, state, config,
+        observations, prior_value, rows, batch)`` with the observations and
+        the prior as the caller gave them (not placed), it returns the new
+        state and the placed batch, or ``None`` where the kernel does not
+        apply (the controller then runs ``close_step``)."""
+
 
 class NumpyBackend:
     """float64 numpy statistics; state as numpy float64 / bool scalars."""

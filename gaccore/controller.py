@@ -315,9 +315,11 @@ class Controller:
     runs the device-side rest of each step (``close_step``: finalize and
     ``advance``, the same code) through ``torch.compile`` (``True``), and
     ``"reduce-overhead"`` also replays it from a CUDA graph recorded per
-    layout of the step's arguments; the default ``False`` is eager. It
-    applies where the state lives on a device (the first compile of each
-    shape takes seconds). Without a KL
+    layout of the step's arguments; the default ``False`` is eager, and
+    runs that rest as one fused kernel where the torch side has one for the
+    state's device (``gaccore.kernels.close_step``). It applies where the
+    state lives on a device (the first compile of each shape takes
+    seconds). Without a KL
     source (``kl=`` or ``ref_logp=``) rho stays at ``rho_init``. On a step
     whose ``observe`` was never called, no statistics are folded.
     """
@@ -358,6 +360,7 @@ class Controller:
         self._compiled_close = (
             None if compile_step is False else torch_backend().compile_close_step(close_step, compile_step)
         )
+        self._fused_close: Any = None  # the torch side's fused close_step, made at the first device step
         self._step = 0
         self._backend: StatsBackend = NUMPY_BACKEND
         self._device: Any = None
@@ -511,14 +514,17 @@ class Controller:
             }
         prior_value = self._prior_value()
         state = self._state_on(backend, device)
-        # Host values become state scalars here, outside close_step, so a
-        # compiled close_step sees tensors whose values change, never new constants.
-        placed = {
-            name: None if value is None else backend.scalar(value, device) for name, value in observations.items()
-        }
-        placed_prior = None if prior_value is None else backend.scalar(prior_value, device)
-        close = close_step if device is None or self._compiled_close is None else self._compiled_close
-        new_state, batch = close(backend, device, state, self.config, placed, placed_prior, rows, batch)
+        closed = self._fused_close_step(device, state, observations, prior_value, rows, batch)
+        if closed is None:
+            # Host values become state scalars here, outside close_step, so a
+            # compiled close_step sees tensors whose values change, never new constants.
+            placed = {
+                name: None if value is None else backend.scalar(value, device) for name, value in observations.items()
+            }
+            placed_prior = None if prior_value is None else backend.scalar(prior_value, device)
+            close = close_step if device is None or self._compiled_close is None else self._compiled_close
+            closed = close(backend, device, state, self.config, placed, placed_prior, rows, batch)
+        new_state, batch = closed
         # Commit only once everything above succeeded: a rejected call leaves no trace.
         self._state, self._backend, self._device = new_state, backend, device
         self._pending = None
@@ -528,6 +534,25 @@ class Controller:
         self._count_rate_sources(self._scored or rates_given)
         self._scored = False
         return backend.output(new_state.mu)
+
+    def _fused_close_step(
+        self,
+        device: Any,
+        state: ControllerState[Any],
+        observations: dict[str, Any],
+        prior_value: float | None,
+        rows: Any,
+        batch: BatchStats[Any, Any] | None,
+    ) -> tuple[ControllerState[Any], BatchStats[Any, Any] | None] | None:
+        """The eager step of a state on a device in one kernel launch, where
+        the torch side has one for it (``TorchSide.fused_close_step``):
+        ``close_step`` launches some 300 tiny kernels. ``None`` for a host
+        state, with ``compile_step``, or where the kernel does not apply."""
+        if device is None or self._compiled_close is not None:
+            return None
+        if self._fused_close is None:
+            self._fused_close = torch_backend().fused_close_step()
+        return self._fused_close(device, state, self.config, observations, prior_value, rows, batch)
 
     def _count_rate_sources(self, had_rates: bool) -> None:
         """Warn once when ``mode="verified"`` goes ``verified_patience`` steps

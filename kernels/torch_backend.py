@@ -33,6 +33,12 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {STATS_METHODS}, got {method!r}")
 
 
+def uses_triton(method: str, device: torch.device) -> bool:
+    """Whether ``method`` runs the Triton kernels on ``device``: "triton"
+    everywhere, "auto" on CUDA."""
+    return method == "triton" or (method == "auto" and device.type == "cuda")
+
+
 def row_results(
     logp: torch.Tensor,
     mask: torch.Tensor,
@@ -54,12 +60,12 @@ def row_results(
     """
     _check_method(method)
     check_inputs(logp, mask, adv, expert, ref_logp, sft_coef, scores)
-    if method == "torch" or (method == "auto" and logp.device.type != "cuda"):
-        rows = reference.twin_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
-    else:
+    if uses_triton(method, logp.device):
         from gaccore.kernels import fused  # lazy: triton is imported only when the kernel runs
 
         rows = fused.kernel_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, checked=True)
+    else:
+        rows = reference.twin_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
     return with_scores(rows, None if scores is None else scores.detach())
 
 
@@ -103,6 +109,12 @@ class TorchBackend:
     in tensors too, exactly as on a GPU (tests use it to run the device path
     on CPU). ``update`` returns a 0-d float32 tensor on the inputs' device
     either way.
+
+    Where the state lives on a device, the eager rest of each step (finalize
+    and ``advance``) runs as one Triton launch (``fused_close_step``)
+    wherever ``method`` runs the statistics kernel ("auto" on CUDA, "triton"
+    everywhere, on CPU in the interpreter); "torch" keeps every step in
+    plain torch operations, so nothing needs triton.
     """
 
     name = "torch"
@@ -153,6 +165,34 @@ class TorchBackend:
         from gaccore.kernels.graphs import CloseStepGraphs  # lazy: imports the controller's state type
 
         return CloseStepGraphs(compiled)
+
+    def fused_close_step(self) -> Callable[..., Any]:
+        """One controller's eager ``close_step`` as one launch of
+        ``gaccore.kernels.close_step`` where this backend's ``method`` runs
+        the Triton kernels on the state's device; ``None`` (the plain
+        ``close_step``) for statistics given as a batch (``update_stats``),
+        where the method is the torch twin's, and above ``MAX_ROWS`` rows."""
+        kernel: Any = None
+
+        def close(
+            device: torch.device,
+            state: Any,
+            config: Any,
+            observations: dict[str, Any],
+            prior_value: float | None,
+            rows: RowResults | None,
+            batch: BatchStats[Any, Any] | None,
+        ) -> Any:
+            nonlocal kernel
+            if batch is not None or not uses_triton(self.method, device):
+                return None
+            if kernel is None:
+                from gaccore.kernels.close_step import CloseStepKernel  # lazy: imports triton
+
+                kernel = CloseStepKernel()
+            return kernel(device, state, config, observations, prior_value, rows)
+
+        return close
 
     def finalize(self, rows: RowResults, *, trim: float, filter_demos: float | None) -> BatchStats[Any, Any]:
         if self._host(rows.n_tokens.device):

@@ -1,5 +1,6 @@
 """gaccore.kernels.close_step: finalize + advance in one Triton launch,
-against the float64 numpy path and the torch ``close_step`` it replaces."""
+against the float64 numpy path and the torch ``close_step`` it replaces, and
+as the eager update of a controller whose state lives on a device."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import fields
 
 import pytest
@@ -16,12 +18,14 @@ torch = pytest.importorskip("torch")
 import numpy as np  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from kernel_cases import make_batch  # noqa: E402
 
+import gaccore  # noqa: E402
 from gaccore._array import FLOAT_MAX  # noqa: E402
 from gaccore.backend import NUMPY_BACKEND  # noqa: E402
 from gaccore.config import Config  # noqa: E402
 from gaccore.controller import ControllerState, close_step  # noqa: E402
-from gaccore.kernels import TorchBackend  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND, TorchBackend  # noqa: E402
 from gaccore.kernels import close_step as kernel  # noqa: E402
 from gaccore.rows import BatchStats, RowResults  # noqa: E402
 
@@ -327,3 +331,201 @@ def test_kernel_compiles_for_a_gpu_in_float64():
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_A_GPU], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "compiled 3" in done.stdout
+
+
+# -- the kernel as the controller's eager step ------------------------------------------
+
+CONFIG = {"update_every": 2, "warmup_steps": 3, "decay_steps": 20, "stat_beta": 0.5, "kl_target": 1e-3}
+
+
+@pytest.fixture
+def kernel_state(monkeypatch):
+    """CPU tensors handled as on a GPU with the Triton kernels (interpreted):
+    state in 0-d tensors, statistics from the kernel, the fused close step."""
+    monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
+    monkeypatch.setattr(TORCH_BACKEND, "method", "triton")
+
+
+def plain(ctrl: gaccore.Controller) -> gaccore.Controller:
+    """The same controller with the plain close_step: its fused step declines every call."""
+    ctrl._fused_close = lambda *args: None
+    return ctrl
+
+
+def _schedule(n_steps: int):
+    """Steps of every layout: with and without statistics (update_every 2),
+    two batch sizes, micro-batches, per-row scores, a kl tensor or number,
+    verifier rates, statistics given to update_stats (the plain step), and a
+    state loaded mid-run (the kernel reads a state it did not write)."""
+    for t in range(n_steps):
+        batch = make_batch(5 if t % 4 < 2 else 9, 7, seed=t, adv_per_token=t % 3 == 0)
+        scores = torch.linspace(0.0, 1.0, batch["logp"].shape[0]) if t % 3 else None
+        kl = (torch.tensor(0.002 * t, dtype=torch.float64), 0.004, None)[t % 3]
+        rewards = {"expert_reward": 0.8, "policy_reward": torch.tensor(0.1 + 0.02 * t)} if t % 5 == 1 else {}
+        if t == 6:
+            yield "update_stats", (gaccore.kernels.batch_stats(**batch, method="torch"),), {"kl": kl, **rewards}
+        elif t == 8:
+            yield "observe+step", (batch, make_batch(4, 7, seed=100 + t)), {"kl": kl, **rewards}
+        elif t == 9:
+            yield "reload", (), {}
+        else:
+            yield "update", (), {**batch, "scores": scores, "kl": kl, **rewards}
+
+
+def _take(ctrl: gaccore.Controller, method: str, args, kwargs) -> float:
+    """One step of ``_schedule``; mu as a Python float (torch or numpy inputs)."""
+    if method == "observe+step":
+        for batch in args:
+            ctrl.observe(**batch)
+        return float(ctrl.step(**kwargs))
+    if method == "reload":
+        ctrl.load_state_dict(ctrl.state_dict(), device=None if ctrl._device is None else "cpu")
+        return ctrl.mu
+    return float(getattr(ctrl, method)(*args, **kwargs))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"mode": "verified"}, {"mode": "verified", "filter_demos": 0.5, "per_mean": True, "update_every": 1}],
+    ids=["paper", "verified", "filtered"],
+)
+def test_trajectories_equal_the_plain_step(kernel_state, config):
+    """14 steps of every layout: the fused controller's mu and metrics equal
+    the plain close_step's on the same row statistics (to the last bits of a
+    sum over rows), and the float64 numpy controller's (fp32 statistics)."""
+    config = {**CONFIG, **config}
+    fused, reference = gaccore.Controller(**config), plain(gaccore.Controller(**config))
+    steps = list(_schedule(14))
+    got = [_take(fused, *step) for step in steps]
+    want = [_take(reference, *step) for step in steps]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert fused.metrics() == pytest.approx(reference.metrics(), rel=1e-12, nan_ok=True)
+    assert fused._state.mu._base is not None, "the last step ran the kernel"
+    host = gaccore.Controller(**config)
+    numpy_mus = []
+    for method, args, kwargs in steps:
+        if method == "update_stats":
+            (stats,) = args
+            args = (gaccore.BatchStats(**{f.name: getattr(stats, f.name).item() for f in fields(stats)}),)
+        kwargs = {k: v.detach().numpy() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        args = tuple(
+            {k: None if v is None else v.numpy() for k, v in a.items()} if isinstance(a, dict) else a for a in args
+        )
+        numpy_mus.append(_take(host, method, args, kwargs))
+    np.testing.assert_allclose(got, numpy_mus, rtol=1e-6)
+
+
+class _FailingLaunch:
+    """A kernel whose launch fails, as a real one may (out of memory, a compile error)."""
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            raise RuntimeError("launch failed")
+
+        return launch
+
+
+def test_a_failed_launch_leaves_the_controller_unchanged(kernel_state, monkeypatch):
+    """Steps 3 and 5 fail inside the fused step: the state is what it was,
+    and the controller then takes the steps of one that never failed."""
+    steps = [step for step in _schedule(8) if step[0] == "update"]
+    whole = gaccore.Controller(**CONFIG)
+    want = [_take(whole, *step) for step in steps]
+    ctrl = gaccore.Controller(**CONFIG)
+    got = []
+    for t, step in enumerate(steps):
+        if t in (3, 5):
+            before = ctrl.state_dict()
+            with monkeypatch.context() as failing:
+                failing.setattr(kernel, "_close_step_kernel", _FailingLaunch())
+                with pytest.raises(RuntimeError, match="launch failed"):
+                    _take(ctrl, *step)
+            assert ctrl.state_dict() == before and ctrl.step_count == before["step"]
+        got.append(_take(ctrl, *step))
+    assert got == want
+    assert ctrl.metrics() == pytest.approx(whole.metrics(), rel=0, abs=0, nan_ok=True)
+
+
+@pytest.mark.parametrize(
+    "method, host_on_cpu, max_rows, runs",
+    [
+        ("triton", False, 2048, True),
+        ("torch", False, 2048, False),
+        ("auto", False, 2048, False),
+        ("triton", True, 2048, False),
+        ("triton", False, 4, False),
+    ],
+)
+def test_which_steps_run_the_kernel(monkeypatch, method, host_on_cpu, max_rows, runs):
+    """The kernel runs where the method runs Triton's kernels and the state
+    lives on a device (CUDA with "auto"; CPU with "triton", interpreted), for
+    at most MAX_ROWS rows; elsewhere the plain close_step gives the same mu."""
+    monkeypatch.setattr(TORCH_BACKEND, "method", method)
+    monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", host_on_cpu)
+    monkeypatch.setattr(kernel, "MAX_ROWS", max_rows)
+    calls = []
+    launch = kernel.kernel_close_step
+    monkeypatch.setattr(kernel, "kernel_close_step", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    batch = make_batch(6, 9, seed=3)
+    ctrl, reference = gaccore.Controller(update_every=1), plain(gaccore.Controller(update_every=1))
+    for _ in range(2):
+        assert ctrl.update(**batch, kl=0.01).item() == pytest.approx(
+            reference.update(**batch, kl=0.01).item(), rel=1e-12
+        )
+    assert len(calls) == (2 if runs else 0)
+
+
+class _Dispatches(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten ops a call dispatches and the Triton kernels it launches, in
+    order (the interpreter's own tensor work inside a launch is not counted)."""
+
+    def __init__(self, monkeypatch) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+        self._muted = False
+        from triton.runtime.interpreter import InterpretedFunction
+
+        run = InterpretedFunction.run
+
+        def counted(fn, *args, **kwargs):
+            self.ops.append(f"triton:{fn.fn.__name__}")
+            self._muted = True
+            try:
+                return run(fn, *args, **kwargs)
+            finally:
+                self._muted = False
+
+        monkeypatch.setattr(InterpretedFunction, "run", counted)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self._muted:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+# aten ops that only allocate or make views on the host: no device work.
+HOST_ONLY = {"empty", "view", "detach", "unbind", "alias"}
+
+
+def test_an_eager_device_update_is_a_handful_of_launches(kernel_state, monkeypatch):
+    """One update with expert rows, ref_logp and a kl tensor, state on the
+    device: 15 dispatches, 7 of them device work. Observing the batch is 9
+    (an allocation, a view of the bool mask, the statistics kernel, the
+    views of its rows, and with_roles' four element-wise ops); closing the
+    step is 6: two allocations, the close-step kernel, the views that
+    become the state and the batch, and mu as float32. The plain close_step
+    dispatches hundreds of 0-d ops for the same step."""
+    batch, kl = make_batch(6, 11, seed=0), torch.tensor(0.01)
+    ctrl = gaccore.Controller()
+    ctrl.update(**batch, kl=kl)  # the state onto the device
+    with _Dispatches(monkeypatch) as dispatched:
+        ctrl.update(**batch, kl=kl)
+    launches = [op for op in dispatched.ops if op not in HOST_ONLY]
+    assert len(dispatched.ops) <= 15 and len(launches) <= 7, Counter(dispatched.ops)
+    assert launches.count("triton:_close_step_kernel") == 1 and launches.count("triton:_row_stats_kernel") == 1
+
+    reference = plain(gaccore.Controller())
+    reference.update(**batch, kl=kl)
+    with _Dispatches(monkeypatch) as dispatched_plain:
+        reference.update(**batch, kl=kl)
+    assert len(dispatched_plain.ops) > 100, Counter(dispatched_plain.ops)
