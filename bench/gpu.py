@@ -16,8 +16,10 @@ kernel's GB/s (every input byte once plus its outputs), that as a percentage of 
 measured in the same run, the host syncs of one ``Controller.update`` and of
 one naive call, the time of a whole ``update`` (device time between events,
 host wall time per call when many run back to back, and the summed duration
-of the GPU work it causes beyond the statistics kernel, from
-``torch.profiler``), the same for ``Controller(compile_step=True)`` (finalize
+of the GPU work it causes beyond the statistics kernel and the number of GPU
+kernels and copies it launches, from ``torch.profiler``; eager, the step
+after the statistics is one launch of ``gaccore.kernels.close_step``), the
+same for ``Controller(compile_step=True)`` (finalize
 + advance through inductor) and ``compile_step="reduce-overhead"`` (that
 replayed from CUDA graphs) at the target shapes (64, 1024) and
 (256, 4096), and the cost of ``update`` relative to computing the log-probs
@@ -297,9 +299,9 @@ def graph_time_s(fn: Callable[[], Any], timer: Timer, calls: int = 20) -> float:
 STATS_KERNELS = ("_row_stats_kernel", "_merge_chunks_kernel")
 
 
-def device_busy_s(fn: Callable[[], Any], calls: int = 10) -> tuple[float, float]:
+def device_busy_s(fn: Callable[[], Any], calls: int = 10) -> tuple[float, float, float]:
     """Per call: the summed durations of every GPU kernel and copy it causes,
-    and of the statistics kernels among them (``torch.profiler``/CUPTI)."""
+    of the statistics kernels among them, and their number (``torch.profiler``/CUPTI)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -312,16 +314,17 @@ def device_busy_s(fn: Callable[[], Any], calls: int = 10) -> tuple[float, float]
     on_device = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
     total = sum(e.time_range.elapsed_us() for e in on_device)
     stats = sum(e.time_range.elapsed_us() for e in on_device if any(k in e.name for k in STATS_KERNELS))
-    return total / 1e6 / calls, stats / 1e6 / calls
+    return total / 1e6 / calls, stats / 1e6 / calls, len(on_device) / calls
 
 
 def record_busy(row: dict[str, Any], name: str, fn: Callable[[], Any], timer: Timer) -> None:
-    """``{name}_busy_s`` and ``{name}_busy_beyond_kernel_s`` on a GPU."""
+    """``{name}_busy_s``, ``{name}_busy_beyond_kernel_s`` and ``{name}_launches`` on a GPU."""
     if not timer.cuda:
         return
     try:
-        total, stats = device_busy_s(fn)
+        total, stats, launches = device_busy_s(fn)
         row[f"{name}_busy_s"], row[f"{name}_busy_beyond_kernel_s"] = total, total - stats
+        row[f"{name}_launches"] = launches
     except Exception as exc:  # report, keep measuring the rest
         row[f"{name}_busy_error"] = f"{type(exc).__name__}: {exc}"[:200]
 
@@ -525,8 +528,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu --quick for a smoke test")
     # The smoke test runs the GPU code path: controller state in 0-d tensors,
-    # not the host scalars CPU tensors get by default.
+    # not the host scalars CPU tensors get by default, and the Triton kernels
+    # (interpreted) for the statistics and the closing step, not the twin.
     TORCH_BACKEND.host_on_cpu = False
+    TORCH_BACKEND.method = "triton"
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     # Quick: one call per timing, since on CPU each is an interpreted kernel.
     timer = Timer(device, reps=1 if args.quick else 20, warmup=0 if args.quick else 3)
@@ -592,6 +597,7 @@ COLUMNS = [
     ("update_wall_s", "upd wall us", 11, 1),
     ("update_beyond_kernel_s", "upd-k us", 9, 1),
     ("update_busy_beyond_kernel_s", "upd busy-k", 10, 1),
+    ("update_launches", "upd launches", 12, 1),
     ("update_compiled_s", "cmp us", 8, 1),
     ("update_compiled_wall_s", "cmp wall", 9, 1),
     ("update_compiled_beyond_kernel_s", "cmp-k us", 9, 1),

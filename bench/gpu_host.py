@@ -7,9 +7,10 @@ At (256, 4096), bf16 logp, a quarter expert rows, per-row adv, ref_logp and
 a kl tensor, it times each piece of the update path as host time per call
 (many calls back to back, then one sync): an empty 0-d tensor op (the cost
 of one launch), input validation, the statistics kernel with its output
-views, the rows' roles, one graph replay of the closing step, and the
-whole update in each ``compile_step`` mode; then ``cProfile``'s top
-functions over the update replayed from graphs.
+views, the rows' roles, the closing step as one kernel (what the eager
+update runs), one graph replay of the closing step, and the whole update in
+each ``compile_step`` mode; then ``cProfile``'s top functions over the
+update replayed from graphs.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu import Timer, make_inputs  # noqa: E402
 
 import gaccore  # noqa: E402
-from gaccore.kernels import TORCH_BACKEND, fused  # noqa: E402
+from gaccore.controller import ControllerState  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND, close_step, fused  # noqa: E402
 from gaccore.kernels.tensors import check_inputs  # noqa: E402
 from gaccore.rows import with_roles  # noqa: E402
 
@@ -47,6 +49,7 @@ from gaccore.rows import with_roles  # noqa: E402
 def main() -> None:
     device = torch.device(ARGS.device)
     TORCH_BACKEND.host_on_cpu = False
+    TORCH_BACKEND.method = "triton"  # what "auto" is on CUDA; on CPU, interpreted
     rows, tokens = (8, 64) if ARGS.quick else (256, 4096)
     calls = 5 if ARGS.quick else 300
     batch = make_inputs(rows, tokens, torch.bfloat16, device)
@@ -62,6 +65,13 @@ def main() -> None:
         "kernel_row_results (checked)": lambda: fused.kernel_row_results(**batch, out=out, checked=True),
         "with_roles": lambda: with_roles(row_results, batch["expert"]),
     }
+    config = gaccore.Config()
+    state = ControllerState.place(ControllerState.initial(config), TORCH_BACKEND, device)
+    packed, outputs = close_step.pack_state(state), close_step.empty_outputs(device, has_rows=True)
+    observations = {"kl": kl, "expert_reward": None, "policy_reward": None}
+    pieces["kernel_close_step"] = lambda: close_step.kernel_close_step(
+        packed, config, observations, 0.5, row_results, *outputs
+    )
     controllers = {
         mode: gaccore.Controller(compile_step=mode, update_every=1) for mode in (False, True, "reduce-overhead")
     }
