@@ -20,13 +20,25 @@ batch's are 0-d views of those two buffers. ``CloseStepKernel`` remembers
 the buffers of the state it returned, so the next step reads that state
 where it was written instead of stacking 23 scalars first.
 
+Variants. The config's numbers, its mode, ``per_mean`` and the filter, and
+the step's layout (rows or none, where each observation comes from,
+``BLOCK_B``) are constexprs: Triton compiles the kernel once for each
+combination a run meets, on its first step of that layout (a few seconds
+on a GPU host), much as the statistics kernel compiles once per class of T.
+Host numbers (a ``kl`` passed as a float, the prior of the step) are
+float64 arguments, so a new value compiles nothing and copies nothing to
+the device.
+
 The same numbers as the plain path. Every operation of ``finalize`` and
 ``advance`` appears here in the same order on the same float64 values, with
 float64 constants (``tl.full``, never a Python float that Triton could
 round to fp32) and no contraction of a product and a sum into an fma, so
-each element-wise result is bit for bit the plain path's. Only the sums
-over rows run in another order (a tree, not torch's), which moves the last
-bits of a statistic. Where ``advance`` tells ``None`` from a non-finite
+each element-wise result is bit for bit the plain path's (``** 0.5`` is a
+correctly rounded square root in both; ``mu_star``'s ``- cov`` with
+``cov = 0`` is left out, as subtracting 0.0 changes no float64). Only the
+sums over rows run in another order (a tree, not torch's), which moves the
+last bits of a statistic; the tests hold the kernel to the plain path
+exactly where no sum has more than two terms. Where ``advance`` tells ``None`` from a non-finite
 value, so does the kernel, and where they are provably the same they share
 one variant: a prior of ``None`` blends like a NaN prior, and a reward of
 ``None`` folds like a NaN one (a non-finite value leaves its EMA and flag
