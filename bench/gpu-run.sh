@@ -19,7 +19,9 @@
 # about twice its estimate:
 #   part      estimate  limit (env)
 #   card          10 s    20 s (CARD_LIMIT_S)
-#   tests         70 s   140 s (TEST_LIMIT_S)   the tests' Triton compiles dominate
+#   tests         70 s   140 s (TEST_LIMIT_S)   the tests' Triton compiles dominate (since
+#                                               then test_close_step's CUDA cases: 8 more
+#                                               compiles of a small kernel, not yet timed)
 #   bench        110 s   190 s (BENCH_LIMIT_S)  77 s last time; now 12 sweep settings
 #                                               (9 then), 7 of them a fresh Triton
 #                                               compile of a few seconds on that
@@ -82,7 +84,7 @@ part card "${CARD_LIMIT_S:-20}" bash -c card
 parts=" ${PARTS:-tests bench host cpu} "
 if [[ $parts == *" tests "* ]]; then
   part tests "${TEST_LIMIT_S:-140}" "$python" -P -m pytest -q -p no:cacheprovider -rs \
-    tests/test_kernels.py tests/test_controller_torch.py -k cuda
+    tests/test_kernels.py tests/test_controller_torch.py tests/test_close_step.py -k cuda
 fi
 if [[ $parts == *" bench "* ]]; then
   # shellcheck disable=SC2086 # GPU_ARGS is a list of arguments

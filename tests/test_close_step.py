@@ -132,28 +132,28 @@ def numpy_close(host_state, config, observations, prior, rows):
     return close_step(NUMPY_BACKEND, None, state, config, placed, prior, rows, None)
 
 
-def torch_rows(rows: RowResults | None) -> RowResults | None:
-    return (
-        None if rows is None else RowResults(**{f.name: torch.from_numpy(getattr(rows, f.name)) for f in fields(rows)})
-    )
+def torch_rows(rows: RowResults | None, device: torch.device = CPU) -> RowResults | None:
+    if rows is None:
+        return None
+    return RowResults(**{f.name: torch.from_numpy(getattr(rows, f.name)).to(device) for f in fields(rows)})
 
 
-def torch_close(host_state, config, observations, prior, rows):
+def torch_close(host_state, config, observations, prior, rows, device=CPU):
     """The multi-op path the kernel replaces: close_step on 0-d tensors."""
-    state = ControllerState.place(host_state, PLAIN, CPU)
-    placed = {k: None if v is None else PLAIN.scalar(v, CPU) for k, v in observations.items()}
-    prior = None if prior is None else PLAIN.scalar(prior, CPU)
-    return close_step(PLAIN, CPU, state, config, placed, prior, torch_rows(rows), None)
+    state = ControllerState.place(host_state, PLAIN, device)
+    placed = {k: None if v is None else PLAIN.scalar(v, device) for k, v in observations.items()}
+    prior = None if prior is None else PLAIN.scalar(prior, device)
+    return close_step(PLAIN, device, state, config, placed, prior, torch_rows(rows, device), None)
 
 
-def kernel_close(host_state, config, observations, prior, rows, *, poison=math.nan):
+def kernel_close(host_state, config, observations, prior, rows, *, poison=math.nan, device=CPU):
     """The fused kernel, its outputs poisoned first so an unwritten one shows."""
-    state = ControllerState.place(host_state, PLAIN, CPU)
-    out, out_flags = kernel.empty_outputs(CPU, has_rows=rows is not None)
+    state = ControllerState.place(host_state, PLAIN, device)
+    out, out_flags = kernel.empty_outputs(device, has_rows=rows is not None)
     out.fill_(poison)
     out_flags.view(torch.uint8).fill_(2)  # neither False nor True
     got = kernel.kernel_close_step(
-        kernel.pack_state(state), config, observations, prior, torch_rows(rows), out, out_flags
+        kernel.pack_state(state), config, observations, prior, torch_rows(rows, device), out, out_flags
     )
     assert int(out_flags.view(torch.uint8).max()) <= 1, "the kernel left a flag unwritten"
     return got, out, out_flags
@@ -331,6 +331,47 @@ def test_kernel_compiles_for_a_gpu_in_float64():
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_A_GPU], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "compiled 3" in done.stdout
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("n_rows", [None, 2, 37, 2048])
+@pytest.mark.parametrize("config", ["default", "filtered"])
+def test_cuda_kernel_matches_the_plain_step(n_rows, config):
+    """On a GPU (compiled, not interpreted): the torch close_step's state and
+    batch (exactly without sums of more than two terms), every output
+    written, bit-identical repeats, and no host synchronization."""
+    rng = np.random.default_rng(n_rows or 0)
+    config = Config(**CONFIGS[config])
+    rows = None if n_rows is None else random_rows(rng, n_rows, expert=True, scored=0.5, hostile=True, ties=False)
+    host_state = random_state(rng, config, "random")
+    cuda_device = torch.device("cuda")
+    observations = {
+        "kl": torch.tensor(0.03, device=cuda_device),
+        "expert_reward": 0.9,
+        "policy_reward": torch.tensor(math.nan, dtype=torch.float64, device=cuda_device),
+    }
+    state = kernel.pack_state(ControllerState.place(host_state, PLAIN, cuda_device))
+    on_gpu = torch_rows(rows, cuda_device)
+    buffers = [kernel.empty_outputs(cuda_device, has_rows=rows is not None) for _ in range(3)]
+    for (out, out_flags), poison in zip(buffers, (math.nan, 1234.5, math.nan), strict=True):
+        out.fill_(poison)
+        out_flags.view(torch.uint8).fill_(2)
+    kernel.kernel_close_step(state, config, observations, 0.3, on_gpu, *buffers[0])  # compiles outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        runs = [kernel.kernel_close_step(state, config, observations, 0.3, on_gpu, *b) for b in buffers[1:]]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    (out_a, flags_a), (out_b, flags_b) = buffers[1:]
+    assert torch.equal(out_a.view(torch.int64), out_b.view(torch.int64)) and torch.equal(flags_a, flags_b)
+    assert int(flags_a.view(torch.uint8).max()) <= 1
+    want = torch_close(host_state, config, observations, 0.3, rows, device=cuda_device)
+    assert_same(runs[0], want, exact=n_rows is None or n_rows <= 2)
+    assert_same(runs[0], numpy_close(host_state, config, observations, 0.3, rows), exact=False)
 
 
 # -- the kernel as the controller's eager step ------------------------------------------
