@@ -90,17 +90,15 @@ class RowResults:
         return RowResults(**{f.name: _concat(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
 
 
-# The fields that ``with_roles`` fills: every statistics path computes the rest.
-ROLE_FIELDS = ("rl", "sft", "demo", "score")
-
-
 def with_roles(rows: RowResults, expert: Any) -> RowResults:
     """Fill ``rl``/``sft``/``demo`` from ``valid`` and the expert flags (SPEC
     §2), with every row unscored (``with_scores`` adds the verifier's scores).
 
     Without ``expert`` every valid row is an RL row and the SFT statistic is
     taken over the same rows (the documented fallback); no row is a
-    demonstration then."""
+    demonstration then. The numpy statistics and the torch twin join the
+    roles here; the fused kernel writes the same flags in its epilogue
+    (``gaccore.kernels.fused``), which saves a GPU these launches."""
     unscored = rows.valid * math.nan
     if expert is None:
         return dataclasses.replace(rows, rl=rows.valid, sft=rows.valid, demo=rows.valid * 0.0, score=unscored)

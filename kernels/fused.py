@@ -26,8 +26,10 @@ Few long rows would leave most of a GPU idle, so rows are split into
 ``chunk_count(B, T)`` chunks of whole blocks (a function of the shape only):
 each (row, chunk) program stores its chunk's running statistics, and a small
 second kernel merges a row's chunks in chunk order with the same Chan
-updates. The row results are stored as float64 and finalized by
-``gaccore.rows.finalize``, shared with every other path. There are no
+updates. The row results are stored as float64, the rows' roles with them
+(SPEC §2: which rows are RL, SFT and demonstration rows, from the row's
+validity and its expert flag), and finalized by ``gaccore.rows.finalize``,
+shared with every other path. There are no
 atomics: every output is written by one program, and merges run in a fixed
 order, so results are bit-identical from run to run.
 
@@ -46,32 +48,20 @@ half an ulp, 4e-6 relative in k3 at x = 100, as it always was.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import torch
 import triton
 import triton.language as tl
 
 from gaccore.kernels.tensors import ROW_DTYPE, check_inputs
-from gaccore.rows import RowResults, with_roles
+from gaccore.rows import RowResults
 
-# The row results the kernel writes, in the order of its stores (rl and sft
-# come from `valid` and the expert flags afterwards, see rows.with_roles).
-KERNEL_FIELDS = (
-    "n_tokens",
-    "valid",
-    "nll",
-    "seq_adv",
-    "mean_a",
-    "mean_w",
-    "m2_a",
-    "m2_w",
-    "c_aw",
-    "min_a",
-    "max_a",
-    "min_w",
-    "max_w",
-    "kl_sum",
-)
+# The row results the kernel writes, every field of RowResults in its order:
+# the roles (SPEC §2's rule, as gaccore.rows.with_roles applies it for the
+# other paths) and the unscored NaN come from the kernel's epilogue, so no
+# element-wise op follows the launch.
+KERNEL_FIELDS = tuple(f.name for f in fields(RowResults))
 # 1024-token blocks: 8 tokens a thread at 4 warps (a 16-byte load of bf16),
 # each of those 8 lanes holding a dozen running statistics in registers. The
 # loop costs the same per token at 2048 (8 warps); 1024 halves the lane merge
@@ -87,6 +77,9 @@ MIN_CHUNK_TOKENS = 8192
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # padding for min/max of no tokens
 INF = tl.constexpr(float("inf"))
+# NaN by its bits: a NaN constexpr never equals itself, which Triton's check of a
+# global's value between compilations rejects.
+NAN_BITS = tl.constexpr(0x7FF8000000000000)
 # Taylor coefficients 2 / (j + 2)! of Q (see _exp_series_tail): Horner's
 # rule on them is one fma a term, with no division left to the compiler.
 Q1 = tl.constexpr(2.0 / math.factorial(3))
@@ -107,6 +100,12 @@ K3_FP32_MAX_X = tl.constexpr(64.0)
 @triton.jit
 def _is_finite(x):
     return tl.abs(x) < INF  # false for NaN and +-inf
+
+
+@triton.jit
+def _nan():
+    """A float64 NaN."""
+    return tl.full([], NAN_BITS, tl.int64).to(tl.float64, bitcast=True)
 
 
 @triton.jit
@@ -200,6 +199,8 @@ def _store_row(
     i_b,
     p_adv,
     s_adv_b,
+    p_expert,
+    s_expert_b,
     b_n,
     b_bad,
     b_lsum,
@@ -214,8 +215,13 @@ def _store_row(
     b_maxw,
     b_kl,
     ADV_PER_TOKEN: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    HAS_EXPERT: tl.constexpr,
 ):
-    """A row's running statistics as its row results, in KERNEL_FIELDS order."""
+    """A row's running statistics as its row results, in KERNEL_FIELDS order,
+    with the row's roles (``gaccore.rows.with_roles``: a valid expert row is
+    an SFT row and a demonstration, a valid other row an RL row; without
+    ``expert`` every valid row is both RL and SFT) and no verifier score."""
     b_valid = (b_n > 0.0) & (b_bad == 0)
     if ADV_PER_TOKEN:
         b_mina64 = b_mina.to(tl.float64)
@@ -226,22 +232,39 @@ def _store_row(
         b_valid = b_valid & _is_finite(b_ma)
         b_mina64 = tl.where(b_n > 0.0, b_ma, FLT_MAX)
         b_maxa64 = tl.where(b_n > 0.0, b_ma, -FLT_MAX)
+    b_valid64 = b_valid.to(tl.float64)
+    if HAS_EXPERT:
+        b_demo = (b_valid & (tl.load(p_expert + i_b * s_expert_b) != 0)).to(tl.float64)
+        b_rl = b_valid64 - b_demo
+        b_sft = b_demo
+    else:
+        b_demo = tl.zeros((), tl.float64)
+        b_rl = b_valid64
+        b_sft = b_valid64
+    b_nan = _nan()
 
     p_row = p_out + i_b
     tl.store(p_row + 0 * s_out_f, b_n)
-    tl.store(p_row + 1 * s_out_f, b_valid.to(tl.float64))
-    tl.store(p_row + 2 * s_out_f, -b_lsum / tl.maximum(b_n, 1.0))
-    tl.store(p_row + 3 * s_out_f, b_ma)  # the row's sequence advantage (Eq. 8)
-    tl.store(p_row + 4 * s_out_f, b_ma)
-    tl.store(p_row + 5 * s_out_f, b_mw)
-    tl.store(p_row + 6 * s_out_f, b_m2a)
-    tl.store(p_row + 7 * s_out_f, b_m2w)
-    tl.store(p_row + 8 * s_out_f, b_caw)
-    tl.store(p_row + 9 * s_out_f, b_mina64)
-    tl.store(p_row + 10 * s_out_f, b_maxa64)
-    tl.store(p_row + 11 * s_out_f, b_minw.to(tl.float64))
-    tl.store(p_row + 12 * s_out_f, b_maxw.to(tl.float64))
-    tl.store(p_row + 13 * s_out_f, b_kl)
+    tl.store(p_row + 1 * s_out_f, b_valid64)
+    tl.store(p_row + 2 * s_out_f, b_rl)
+    tl.store(p_row + 3 * s_out_f, b_sft)
+    tl.store(p_row + 4 * s_out_f, -b_lsum / tl.maximum(b_n, 1.0))
+    tl.store(p_row + 5 * s_out_f, b_ma)  # the row's sequence advantage (Eq. 8)
+    tl.store(p_row + 6 * s_out_f, b_ma)
+    tl.store(p_row + 7 * s_out_f, b_mw)
+    tl.store(p_row + 8 * s_out_f, b_m2a)
+    tl.store(p_row + 9 * s_out_f, b_m2w)
+    tl.store(p_row + 10 * s_out_f, b_caw)
+    tl.store(p_row + 11 * s_out_f, b_mina64)
+    tl.store(p_row + 12 * s_out_f, b_maxa64)
+    tl.store(p_row + 13 * s_out_f, b_minw.to(tl.float64))
+    tl.store(p_row + 14 * s_out_f, b_maxw.to(tl.float64))
+    if HAS_REF:
+        tl.store(p_row + 15 * s_out_f, b_kl)
+    else:
+        tl.store(p_row + 15 * s_out_f, b_nan)  # no ref_logp: no KL
+    tl.store(p_row + 16 * s_out_f, b_demo)
+    tl.store(p_row + 17 * s_out_f, b_nan)  # unscored: with_scores joins a verifier's scores
 
 
 # T is specialized: Triton compiles at most three variants of an integer
@@ -253,6 +276,7 @@ def _row_stats_kernel(
     p_mask,
     p_adv,
     p_ref,
+    p_expert,
     p_out,
     T,
     chunk_len,
@@ -264,9 +288,11 @@ def _row_stats_kernel(
     s_adv_t,
     s_ref_b,
     s_ref_t,
+    s_expert_b,
     s_out_f,
     ADV_PER_TOKEN: tl.constexpr,
     HAS_REF: tl.constexpr,
+    HAS_EXPERT: tl.constexpr,
     SFT_COEF_PHI: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -397,6 +423,8 @@ def _row_stats_kernel(
             i_b,
             p_adv,
             s_adv_b,
+            p_expert,
+            s_expert_b,
             b_n,
             b_bad,
             b_lsum,
@@ -411,6 +439,8 @@ def _row_stats_kernel(
             b_maxw,
             b_kl,
             ADV_PER_TOKEN,
+            HAS_REF,
+            HAS_EXPERT,
         )
 
 
@@ -421,12 +451,16 @@ CHUNK_FIELDS = 13  # what a split program stores, in the order of its stores
 def _merge_chunks_kernel(
     p_chunks,
     p_adv,
+    p_expert,
     p_out,
     n_chunks,
     s_chunk_f,
     s_adv_b,
+    s_expert_b,
     s_out_f,
     ADV_PER_TOKEN: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    HAS_EXPERT: tl.constexpr,
 ):
     """One program per row: Chan merges of the row's chunks, in chunk order
     (a fixed order, so results are bit-identical run to run), then the row
@@ -473,6 +507,8 @@ def _merge_chunks_kernel(
         i_b,
         p_adv,
         s_adv_b,
+        p_expert,
+        s_expert_b,
         b_n,
         b_bad,
         b_lsum,
@@ -487,6 +523,8 @@ def _merge_chunks_kernel(
         b_maxw,
         b_kl,
         ADV_PER_TOKEN,
+        HAS_REF,
+        HAS_EXPERT,
     )
 
 
@@ -534,7 +572,9 @@ def kernel_row_results(
     backend.row_results``) already did.
 
     ``out``, a contiguous float64 ``[len(KERNEL_FIELDS), B]`` tensor on the
-    inputs' device, receives the row results (tests poison it with NaN).
+    inputs' device, receives the row results, roles included (tests poison
+    it); the fields returned are views of it, so one launch (two for split
+    rows) is the whole device work.
     ``block_t`` (a power of two) overrides ``block_size(T)`` and ``chunks``
     overrides ``chunk_count(B, T)``, so tests can cover many blocks and
     chunks per row with short rows. Chunks hold whole blocks, so a row may
@@ -545,9 +585,13 @@ def kernel_row_results(
         out = empty_out(rows, logp.device)
     elif out.shape != (len(KERNEL_FIELDS), rows) or out.dtype != ROW_DTYPE or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous float64 tensor of shape [{len(KERNEL_FIELDS)}, {rows}]")
+    # bool as its bytes: the same values, without relying on i1 pointer loads
     if mask.dtype == torch.bool:
-        mask = mask.view(torch.uint8)  # same bytes; avoids relying on i1 pointer loads
+        mask = mask.view(torch.uint8)
+    if expert is not None and expert.dtype == torch.bool:
+        expert = expert.view(torch.uint8)
     ref = logp if ref_logp is None else ref_logp  # never read without HAS_REF
+    flags = logp if expert is None else expert  # never read without HAS_EXPERT
     block = block_size(tokens) if block_t is None else block_t
     wanted = chunk_count(rows, tokens) if chunks is None else chunks
     chunk_len = triton.cdiv(triton.cdiv(max(tokens, 1), wanted), block) * block
@@ -560,6 +604,7 @@ def kernel_row_results(
             mask,
             adv,
             ref,
+            flags,
             target,
             tokens,
             chunk_len,
@@ -571,9 +616,11 @@ def kernel_row_results(
             adv.stride(1) if adv.ndim == 2 else 0,
             ref.stride(0),
             ref.stride(1),
+            flags.stride(0),
             target.stride(0),
             ADV_PER_TOKEN=adv.ndim == 2,
             HAS_REF=ref_logp is not None,
+            HAS_EXPERT=expert is not None,
             SFT_COEF_PHI=sft_coef == "phi",
             SPLIT=split,
             BLOCK_T=block,
@@ -583,16 +630,16 @@ def kernel_row_results(
             _merge_chunks_kernel[(rows,)](
                 target,
                 adv,
+                flags,
                 out,
                 n_chunks,
                 target.stride(0),
                 adv.stride(0),
+                flags.stride(0),
                 out.stride(0),
                 ADV_PER_TOKEN=adv.ndim == 2,
+                HAS_REF=ref_logp is not None,
+                HAS_EXPERT=expert is not None,
                 num_warps=1,
             )
-    fields = dict(zip(KERNEL_FIELDS, out.unbind(0), strict=False))
-    if ref_logp is None:
-        fields["kl_sum"] = torch.full((rows,), math.nan, dtype=ROW_DTYPE, device=logp.device)
-    placeholder = fields["valid"]  # rl and sft are set from valid by with_roles
-    return with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), expert)
+    return RowResults(**dict(zip(KERNEL_FIELDS, out.unbind(0), strict=True)))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st  # noqa: E402
 from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # noqa: E402
 
 from gaccore.kernels import batch_stats, fused, reference  # noqa: E402
-from gaccore.rows import ROLE_FIELDS, RowResults, finalize  # noqa: E402
+from gaccore.rows import RowResults, finalize  # noqa: E402
 
 FORCED_METHODS = ["torch", "triton"]
 SHAPES = [(1, 1), (3, 5), (7, 33), (37, 129)]
@@ -152,16 +152,27 @@ def test_kernel_property(rows, tokens, seed, adv_per_token, mask_rate, block_t, 
     assert_stats_close(finalize(rows_out), numpy_stats(batch), RTOL[torch.float32])
 
 
-def test_kernel_writes_every_output_and_is_bit_identical():
-    """Outputs poisoned with NaN before launch; two runs agree bit for bit."""
-    batch = make_batch(9, 129, seed=13, adv_per_token=True)
+def poisoned_runs(batch, rows, device="cpu", **options):
+    """The kernel's output buffer after runs into a buffer poisoned with NaN,
+    then with a finite sentinel, then NaN again: equal bits show that every
+    output was written (the unscored ``score`` is NaN by design) and that
+    repeats are bit-identical."""
     runs = []
-    for _ in range(2):
-        out = torch.full((len(fused.KERNEL_FIELDS), 9), math.nan, dtype=torch.float64)
-        rows = fused.kernel_row_results(**batch, out=out, block_t=32)
-        assert not torch.isnan(out).any(), "the kernel left an output unwritten"
+    for poison in (math.nan, 1234.5, math.nan):
+        out = torch.full((len(fused.KERNEL_FIELDS), rows), poison, dtype=torch.float64, device=device)
+        last = fused.kernel_row_results(**batch, out=out, **options)
         runs.append(out.clone())
-    assert torch.equal(runs[0], runs[1])
+    for run in runs[1:]:
+        assert torch.equal(run.view(torch.int64), runs[0].view(torch.int64)), (
+            "an output left unwritten, or a repeat differs"
+        )
+    return last
+
+
+def test_kernel_writes_every_output_and_is_bit_identical():
+    """Outputs poisoned before launch; runs agree bit for bit."""
+    batch = make_batch(9, 129, seed=13, adv_per_token=True)
+    rows = poisoned_runs(batch, 9, block_t=32)
     assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
 
 
@@ -174,13 +185,7 @@ def test_kernel_split_rows(rows, tokens, adv_per_token):
     batch = make_batch(rows, tokens, seed=rows + tokens, adv_per_token=adv_per_token, adv_offset=1e3, mask_rate=0.2)
     chunk_len = math.ceil(math.ceil(tokens / 3) / 16) * 16
     assert math.ceil(tokens / chunk_len) == 3, "the shape must really split in 3"
-    runs = []
-    for _ in range(2):
-        out = torch.full((len(fused.KERNEL_FIELDS), rows), math.nan, dtype=torch.float64)
-        split = fused.kernel_row_results(**batch, out=out, block_t=16, chunks=3)
-        assert not torch.isnan(out).any(), "the kernel left an output unwritten"
-        runs.append(out.clone())
-    assert torch.equal(runs[0], runs[1])
+    split = poisoned_runs(batch, rows, block_t=16, chunks=3)
     assert_stats_close(finalize(split), numpy_stats(batch), RTOL[torch.float32])
 
 
@@ -204,11 +209,17 @@ def test_kernel_out_is_checked():
         fused.kernel_row_results(**batch, out=torch.zeros(len(fused.KERNEL_FIELDS), 3))
 
 
-def test_kernel_field_order_matches_row_results():
+@pytest.mark.parametrize("expert", ["bool", "int", "none"])
+@pytest.mark.parametrize("ref", [True, False])
+def test_kernel_field_order_matches_row_results(expert, ref):
     """KERNEL_FIELDS lists RowResults' fields in order, and the kernel stores
-    each field in its slot: every field of every row equals the twin's."""
-    assert fused.KERNEL_FIELDS == tuple(f for f in RowResults.__dataclass_fields__ if f not in ROLE_FIELDS)
-    batch = make_batch(7, 40, seed=17, adv_per_token=True)
+    each field in its slot: every field of every row equals the twin's, the
+    roles the epilogue writes (bool, integer and no expert flags) and the
+    NaN of an unscored row or of a batch without ref_logp included."""
+    assert fused.KERNEL_FIELDS == tuple(RowResults.__dataclass_fields__)
+    batch = make_batch(7, 40, seed=17, adv_per_token=True, expert=expert != "none", ref=ref)
+    if expert == "int":
+        batch["expert"] = batch["expert"].to(torch.int32) * 3
     got, want = fused.kernel_row_results(**batch), reference.twin_row_results(**batch)
     rows = want.n_tokens > 0  # the extremes of token-less rows are fill values of each path's float type
     for name in RowResults.__dataclass_fields__:
@@ -217,7 +228,7 @@ def test_kernel_field_order_matches_row_results():
             getattr(want, name)[rows],
             rtol=1e-5,
             atol=1e-6,
-            equal_nan=name == "score",  # no row is scored here
+            equal_nan=name in ("score", "kl_sum"),  # no row is scored here; no KL without ref_logp
             msg=lambda m, name=name: f"{name}: {m}",
         )
 
@@ -312,13 +323,7 @@ def test_cuda_matches_numpy(method, dtype, rows, tokens, adv_per_token):
 @cuda
 def test_cuda_kernel_poisoned_and_bit_identical():
     batch = {k: None if v is None else v.cuda() for k, v in make_batch(513, 5000, seed=21, adv_per_token=True).items()}
-    runs = []
-    for _ in range(2):
-        out = torch.full((len(fused.KERNEL_FIELDS), 513), math.nan, dtype=torch.float64, device="cuda")
-        fused.kernel_row_results(**batch, out=out)
-        runs.append(out.clone())
-        assert not torch.isnan(out).any()
-    assert torch.equal(runs[0], runs[1])
+    poisoned_runs(batch, 513, device="cuda")
 
 
 @pytest.mark.parametrize("method", FORCED_METHODS)
