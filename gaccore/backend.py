@@ -96,8 +96,9 @@ class TorchSide(StatsBackend, Protocol):
         into one kernel launch: called as ``(device, state, config,
         observations, prior_value, rows, batch)`` with the observations and
         the prior as the caller gave them (not placed), it returns the new
-        state and the placed batch, or ``None`` where the kernel does not
-        apply (the controller then runs ``close_step``)."""
+        state, the placed batch and the ``mu`` that ``update`` returns (what
+        ``output`` would make of the new state's), or ``None`` where the
+        kernel does not apply (the controller then runs ``close_step``)."""
 
 
 class NumpyBackend:

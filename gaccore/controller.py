@@ -514,8 +514,8 @@ class Controller:
             }
         prior_value = self._prior_value()
         state = self._state_on(backend, device)
-        closed = self._fused_close_step(device, state, observations, prior_value, rows, batch)
-        if closed is None:
+        fused = self._fused_close_step(device, state, observations, prior_value, rows, batch)
+        if fused is None:
             # Host values become state scalars here, outside close_step, so a
             # compiled close_step sees tensors whose values change, never new constants.
             placed = {
@@ -523,8 +523,10 @@ class Controller:
             }
             placed_prior = None if prior_value is None else backend.scalar(prior_value, device)
             close = close_step if device is None or self._compiled_close is None else self._compiled_close
-            closed = close(backend, device, state, self.config, placed, placed_prior, rows, batch)
-        new_state, batch = closed
+            new_state, batch = close(backend, device, state, self.config, placed, placed_prior, rows, batch)
+            mu = backend.output(new_state.mu)
+        else:
+            new_state, batch, mu = fused
         # Commit only once everything above succeeded: a rejected call leaves no trace.
         self._state, self._backend, self._device = new_state, backend, device
         self._pending = None
@@ -533,7 +535,7 @@ class Controller:
         rates_given = None not in (observations["expert_reward"], observations["policy_reward"])
         self._count_rate_sources(self._scored or rates_given)
         self._scored = False
-        return backend.output(new_state.mu)
+        return mu
 
     def _fused_close_step(
         self,
@@ -543,11 +545,12 @@ class Controller:
         prior_value: float | None,
         rows: Any,
         batch: BatchStats[Any, Any] | None,
-    ) -> tuple[ControllerState[Any], BatchStats[Any, Any] | None] | None:
+    ) -> tuple[ControllerState[Any], BatchStats[Any, Any] | None, Any] | None:
         """The eager step of a state on a device in one kernel launch, where
         the torch side has one for it (``TorchSide.fused_close_step``):
-        ``close_step`` launches some 300 tiny kernels. ``None`` for a host
-        state, with ``compile_step``, or where the kernel does not apply."""
+        ``close_step`` launches some 300 tiny kernels. The new state, the
+        placed batch and the ``mu`` to return; ``None`` for a host state,
+        with ``compile_step``, or where the kernel does not apply."""
         if device is None or self._compiled_close is not None:
             return None
         if self._fused_close is None:

@@ -8,15 +8,17 @@ the eager update spent milliseconds on the host for a few hundred flops.
 ``kernel_close_step`` does the same arithmetic in one program: it reads the
 row results (roles, verifier scores and the demonstration filter included),
 the controller's state and the step's observations, and writes the new
-state, the step's ``BatchStats`` and so ``mu``, all in float64, with no host
-read. Only ``torch.empty`` for its two outputs and the views of them that
-become the state's 0-d fields run on the host.
+state, the step's ``BatchStats`` and so ``mu``, all in float64, and ``mu``
+once more as the float32 that ``update`` returns, with no host read. Only
+``torch.empty`` for its three outputs and the views of them that become the
+state's 0-d fields run on the host.
 
 Layout. The state's 16 floats come first in ``out`` (``STATE_FLOATS``), the
 batch's 11 fields after them (``BATCH_FIELDS``, counts as float64 like the
 plain path's placed batch); the 7 flags go to ``out_flags`` (bool: Triton
-reads and writes a bool pointer as bytes). The state's fields and the
-batch's are 0-d views of those two buffers. ``CloseStepKernel`` remembers
+reads and writes a bool pointer as bytes); ``mu`` as float32 goes to
+``out_mu``. The state's fields and the batch's are 0-d views of the first
+two buffers. ``CloseStepKernel`` remembers
 the buffers of the state it returned, so the next step reads that state
 where it was written instead of stacking 23 scalars first.
 
@@ -27,7 +29,8 @@ combination a run meets, on its first step of that layout (a few seconds
 on a GPU host), much as the statistics kernel compiles once per class of T.
 Host numbers (a ``kl`` passed as a float, the prior of the step) are
 float64 arguments, so a new value compiles nothing and copies nothing to
-the device.
+the device; a CUDA graph, which freezes arguments, passes them as 0-d
+tensors instead (``*_FROM``, ``gaccore.kernels.graphs``).
 
 The same numbers as the plain path. Every operation of ``finalize`` and
 ``advance`` appears here in the same order on the same float64 values, with
@@ -40,11 +43,13 @@ sums over rows run in another order (a tree, not torch's), which moves the
 last bits of a statistic; the tests hold the kernel to the plain path
 exactly where no sum has more than two terms. Where ``advance`` tells ``None`` from a non-finite
 value, so does the kernel, and where they are provably the same they share
-one variant: a prior of ``None`` blends like a NaN prior, and a reward of
+one code path: a prior of ``None`` blends like a NaN prior, and a reward of
 ``None`` folds like a NaN one (a non-finite value leaves its EMA and flag
 as they are); a ``kl`` of ``None`` is not a NaN ``kl`` on a step without
 statistics (folding a NaN still clips ``kl_drift_area``), so ``KL_FROM``
-keeps the three cases apart. Comparisons propagate NaN as torch does:
+keeps the three cases apart. The new ``mu`` is also stored as float32
+(``out_mu``): the value ``update`` returns, rounded to nearest as torch's
+cast rounds it, with no cast launched after the kernel. Comparisons propagate NaN as torch does:
 ``_clip`` keeps NaN, ``_masked_min``/``_masked_max`` return NaN when a
 selected value is NaN (``torch.amin``), and the trimmed variance sorts NaN
 after +inf (``torch.sort``).
@@ -79,6 +84,7 @@ import triton.language as tl
 from gaccore._array import FLOAT_MAX
 from gaccore.config import Config
 from gaccore.controller import _MIN_FAILURE_RATE, ControllerState
+from gaccore.kernels.fused import _is_finite, _nan
 from gaccore.rows import BatchStats, RowResults
 
 # The kernel addresses values by these positions: they must follow the dataclasses.
@@ -163,9 +169,6 @@ FROM_HOST = tl.constexpr(1)
 FROM_TENSOR = tl.constexpr(2)
 
 INF = tl.constexpr(float("inf"))
-# NaN by its bits: a NaN constexpr never equals itself, which Triton's check of a
-# global's value between compilations rejects.
-NAN_BITS = tl.constexpr(0x7FF8000000000000)
 F64_MAX = tl.constexpr(FLOAT_MAX)
 MIN_FAILURE_RATE = tl.constexpr(_MIN_FAILURE_RATE)
 
@@ -174,16 +177,6 @@ MIN_FAILURE_RATE = tl.constexpr(_MIN_FAILURE_RATE)
 def _f64(x):
     """``x`` as a float64 scalar: a Python float's every digit, a tensor converted."""
     return tl.full([], x, tl.float64)
-
-
-@triton.jit
-def _nan():
-    return tl.full([], NAN_BITS, tl.int64).to(tl.float64, bitcast=True)
-
-
-@triton.jit
-def _is_finite(x):
-    return tl.abs(x) < INF  # false for NaN and +-inf
 
 
 @triton.jit
@@ -293,13 +286,16 @@ def _close_step_kernel(
     expert_reward_value: tl.float64,
     p_policy_reward,
     policy_reward_value: tl.float64,
-    prior_value: tl.float64,  # NaN: no blend
+    p_prior,
+    prior_value: tl.float64,  # a non-finite prior: no blend
     p_out,
     p_out_flags,
+    p_out_mu,
     HAS_ROWS: tl.constexpr,
     KL_FROM: tl.constexpr,
     EXPERT_REWARD_FROM: tl.constexpr,
     POLICY_REWARD_FROM: tl.constexpr,
+    PRIOR_FROM: tl.constexpr,
     MODE_VERIFIED: tl.constexpr,
     PER_MEAN: tl.constexpr,
     FILTER: tl.constexpr,
@@ -502,7 +498,7 @@ def _close_step_kernel(
     # 4. EMA of the estimate; 5. prior blend (a non-finite prior: none); 6. cap (Eq. 13).
     ema_beta = _f64(EMA_BETA)
     mu_bar = tl.where(m_defined, ema_beta * mu_bar + (1.0 - ema_beta) * estimate, mu_bar)
-    prior = _f64(prior_value)
+    prior = _observation(p_prior, prior_value, PRIOR_FROM)  # none: NaN, so no blend
     m_prior = _is_finite(prior)
     blend = _f64(BLEND)
     b_blended = blend * mu_bar + (1.0 - blend) * tl.where(m_prior, prior, 0.0)
@@ -515,6 +511,7 @@ def _close_step_kernel(
     n_large_shifts = n_large_shifts + tl.where(m_jump, 1.0, 0.0)
 
     tl.store(p_out + 0, mu)
+    tl.store(p_out_mu, mu.to(tl.float32))  # what update returns: no cast after the launch
     tl.store(p_out + 1, mu_bar)
     tl.store(p_out + 2, rho)
     tl.store(p_out + 3, ema_d)
@@ -591,14 +588,18 @@ def pack_state(state: ControllerState[torch.Tensor]) -> tuple[torch.Tensor, torc
     return floats, flags
 
 
-def empty_outputs(device: torch.device, *, has_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fresh ``out`` (float64: the state, then the batch when there are rows)
-    and ``out_flags`` (bool) for ``kernel_close_step``."""
+def empty_outputs(device: torch.device, *, has_rows: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fresh ``out`` (float64: the state, then the batch when there are rows),
+    ``out_flags`` (bool) and ``out_mu`` (0-d float32) for ``kernel_close_step``."""
     floats = len(STATE_FLOATS) + (len(BATCH_FIELDS) if has_rows else 0)
     return (
         torch.empty(floats, dtype=torch.float64, device=device),
         torch.empty(len(STATE_FLAGS), dtype=torch.bool, device=device),
+        torch.empty((), dtype=torch.float32, device=device),
     )
+
+
+Closed = tuple[ControllerState[torch.Tensor], BatchStats[torch.Tensor, torch.Tensor] | None, torch.Tensor]
 
 
 @torch.no_grad()  # the controller's numbers, never part of a caller's graph
@@ -606,19 +607,23 @@ def kernel_close_step(
     packed_state: tuple[torch.Tensor, torch.Tensor],
     config: Config,
     observations: dict[str, Any],
-    prior_value: float | None,
+    prior_value: Any,
     rows: RowResults | None,
     out: torch.Tensor,
     out_flags: torch.Tensor,
-) -> tuple[ControllerState[torch.Tensor], BatchStats[torch.Tensor, torch.Tensor] | None]:
+    out_mu: torch.Tensor,
+) -> Closed:
     """``gaccore.controller.close_step`` in one launch: the new state and the
     step's batch (``None`` without ``rows``) as 0-d views of ``out`` and
-    ``out_flags`` (``empty_outputs``; tests poison them).
+    ``out_flags``, and the new ``mu`` as float32 in ``out_mu``, which is what
+    ``update`` returns (``empty_outputs``; tests poison them).
 
     ``packed_state`` is ``pack_state(state)`` or the buffers of a state this
     returned; ``observations`` holds ``kl``, ``expert_reward`` and
-    ``policy_reward`` (``None``, a number or a 0-d tensor), ``prior_value``
-    the prior at this step (``None``: no blend). At most ``MAX_ROWS`` rows.
+    ``policy_reward`` and ``prior_value`` the prior at this step, each
+    ``None``, a number or a 0-d tensor (a prior of ``None``: no blend). A
+    tensor is read where it lies when the kernel runs, which is what lets a
+    CUDA graph replay the launch with new values. At most ``MAX_ROWS`` rows.
     """
     floats, flags = packed_state
     device = floats.device
@@ -628,6 +633,7 @@ def kernel_close_step(
     kl_from, kl, kl_value = _observation_args(observations["kl"], device)
     expert_from, expert, expert_value = _observation_args(observations["expert_reward"], device)
     policy_from, policy, policy_value = _observation_args(observations["policy_reward"], device)
+    prior_from, prior, prior_host = _observation_args(prior_value, device)
     # A pointer the kernel never reads stands in for every absent tensor.
     row_args = [floats] * len(ROW_FIELDS) if rows is None else [getattr(rows, n).contiguous() for n in ROW_FIELDS]
     block = triton.next_power_of_2(max(n_rows, 1))
@@ -642,13 +648,16 @@ def kernel_close_step(
         expert_value,
         floats if policy is None else policy,
         policy_value,
-        math.nan if prior_value is None else float(prior_value),
+        floats if prior is None else prior,
+        prior_host,
         out,
         out_flags,
+        out_mu,
         HAS_ROWS=rows is not None,
         KL_FROM=kl_from,
         EXPERT_REWARD_FROM=expert_from,
         POLICY_REWARD_FROM=policy_from,
+        PRIOR_FROM=prior_from,
         BLOCK_B=block,
         CHUNK_B=min(block, max(1, RANK_TILE // block)),
         num_warps=1 if rows is None else 4 if block <= 512 else 8,
@@ -662,7 +671,7 @@ def kernel_close_step(
         **dict(zip(STATE_FLAGS, out_flags.unbind(), strict=True)),
     )
     batch = None if rows is None else BatchStats(**dict(zip(BATCH_FIELDS, values[len(STATE_FLOATS) :], strict=True)))
-    return state, batch
+    return state, batch, out_mu
 
 
 class CloseStepKernel:
@@ -686,12 +695,12 @@ class CloseStepKernel:
         observations: dict[str, Any],
         prior_value: float | None,
         rows: RowResults | None,
-    ) -> tuple[ControllerState[torch.Tensor], BatchStats[torch.Tensor, torch.Tensor] | None] | None:
+    ) -> Closed | None:
         if rows is not None and rows.n_tokens.shape[0] > MAX_ROWS:
             return None
         last = self._last
         packed = last[1] if last is not None and last[0] is state else pack_state(state)
-        out, out_flags = empty_outputs(device, has_rows=rows is not None)
-        new_state, batch = kernel_close_step(packed, config, observations, prior_value, rows, out, out_flags)
-        self._last = (new_state, (out, out_flags))
-        return new_state, batch
+        out, out_flags, out_mu = empty_outputs(device, has_rows=rows is not None)
+        closed = kernel_close_step(packed, config, observations, prior_value, rows, out, out_flags, out_mu)
+        self._last = (closed[0], (out, out_flags))
+        return closed

@@ -169,7 +169,9 @@ class TorchBackend:
     def fused_close_step(self) -> Callable[..., Any]:
         """One controller's eager ``close_step`` as one launch of
         ``gaccore.kernels.close_step`` where this backend's ``method`` runs
-        the Triton kernels on the state's device; ``None`` (the plain
+        the Triton kernels on the state's device, returning the new state,
+        the batch and ``mu`` as the float32 ``update`` returns (written by
+        the same launch); ``None`` (the plain
         ``close_step``) for statistics given as a batch (``update_stats``),
         where the method is the torch twin's, and above ``MAX_ROWS`` rows."""
         kernel: Any = None

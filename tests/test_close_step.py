@@ -149,14 +149,16 @@ def torch_close(host_state, config, observations, prior, rows, device=CPU):
 def kernel_close(host_state, config, observations, prior, rows, *, poison=math.nan, device=CPU):
     """The fused kernel, its outputs poisoned first so an unwritten one shows."""
     state = ControllerState.place(host_state, PLAIN, device)
-    out, out_flags = kernel.empty_outputs(device, has_rows=rows is not None)
+    out, out_flags, out_mu = kernel.empty_outputs(device, has_rows=rows is not None)
     out.fill_(poison)
     out_flags.view(torch.uint8).fill_(2)  # neither False nor True
-    got = kernel.kernel_close_step(
-        kernel.pack_state(state), config, observations, prior, torch_rows(rows, device), out, out_flags
+    out_mu.fill_(poison)
+    new_state, batch, mu = kernel.kernel_close_step(
+        kernel.pack_state(state), config, observations, prior, torch_rows(rows, device), out, out_flags, out_mu
     )
     assert int(out_flags.view(torch.uint8).max()) <= 1, "the kernel left a flag unwritten"
-    return got, out, out_flags
+    assert mu is out_mu and torch.equal(mu, new_state.mu.to(torch.float32)), "mu as float32 is the state's, cast"
+    return (new_state, batch), out, out_flags
 
 
 def _values(state: ControllerState, batch: BatchStats | None) -> dict[str, float]:
@@ -202,7 +204,7 @@ CONFIGS = {
     ties=st.booleans(),
     state=st.sampled_from(["initial", "random", "saturated"]),
     kinds=st.tuples(*[st.sampled_from(OBSERVATION_KINDS)] * 3),
-    prior=st.sampled_from([None, 0.3, math.nan, math.inf]),
+    prior=st.sampled_from([None, 0.3, math.nan, math.inf, "tensor"]),
 )
 def test_kernel_matches_numpy_and_torch(n_rows, seed, config, expert, scored, hostile, ties, state, kinds, prior):
     """Any rows (none: a step without statistics), config, state and
@@ -220,7 +222,10 @@ def test_kernel_matches_numpy_and_torch(n_rows, seed, config, expert, scored, ho
         name: observation(kind, v) for name, kind, v in zip(OBSERVATIONS, kinds, (0.03, 0.9, 0.4), strict=True)
     }
 
-    got, _, _ = kernel_close(host_state, config, observations, prior, rows)
+    # a prior as a 0-d tensor, as a CUDA graph passes it (the other paths take its value)
+    kernel_prior = torch.tensor(0.3, dtype=torch.float64) if prior == "tensor" else prior
+    prior = 0.3 if prior == "tensor" else prior
+    got, _, _ = kernel_close(host_state, config, observations, kernel_prior, rows)
     assert all(math.isfinite(v) for v in _values(got[0], None).values()), "the state must stay finite"
     exact = n_rows is None or n_rows <= 2
     assert_same(got, torch_close(host_state, config, observations, prior, rows), exact=exact)
@@ -305,12 +310,12 @@ from gaccore.kernels import close_step as cs
 
 fn = cs._close_step_kernel
 scalars = {"n_rows": "i32", "kl_value": "fp64", "expert_reward_value": "fp64", "policy_reward_value": "fp64",
-           "prior_value": "fp64", "p_flags": "*i1", "p_out_flags": "*i1", "p_kl": "*fp32"}
+           "prior_value": "fp64", "p_flags": "*i1", "p_out_flags": "*i1", "p_kl": "*fp32", "p_out_mu": "*fp32"}
 signature = {p.name: "constexpr" if p.is_constexpr else scalars.get(p.name, "*fp64") for p in fn.params}
 variants = [
-    (Config(mode="verified", filter_demos=0.5, per_mean=True), dict(HAS_ROWS=True, KL_FROM=2, EXPERT_REWARD_FROM=2, POLICY_REWARD_FROM=1, BLOCK_B=2048, CHUNK_B=4)),
-    (Config(), dict(HAS_ROWS=False, KL_FROM=1, EXPERT_REWARD_FROM=0, POLICY_REWARD_FROM=0, BLOCK_B=1, CHUNK_B=1)),
-    (Config(), dict(HAS_ROWS=False, KL_FROM=0, EXPERT_REWARD_FROM=1, POLICY_REWARD_FROM=2, BLOCK_B=1, CHUNK_B=1)),
+    (Config(mode="verified", filter_demos=0.5, per_mean=True), dict(HAS_ROWS=True, KL_FROM=2, EXPERT_REWARD_FROM=2, POLICY_REWARD_FROM=1, PRIOR_FROM=2, BLOCK_B=2048, CHUNK_B=4)),
+    (Config(), dict(HAS_ROWS=False, KL_FROM=1, EXPERT_REWARD_FROM=0, POLICY_REWARD_FROM=0, PRIOR_FROM=1, BLOCK_B=1, CHUNK_B=1)),
+    (Config(), dict(HAS_ROWS=False, KL_FROM=0, EXPERT_REWARD_FROM=1, POLICY_REWARD_FROM=2, PRIOR_FROM=0, BLOCK_B=1, CHUNK_B=1)),
 ]
 for config, layout in variants:
     source = ASTSource(fn=fn, signature=signature, constexprs={**cs._constants(config), **layout})
@@ -356,9 +361,10 @@ def test_cuda_kernel_matches_the_plain_step(n_rows, config):
     state = kernel.pack_state(ControllerState.place(host_state, PLAIN, cuda_device))
     on_gpu = torch_rows(rows, cuda_device)
     buffers = [kernel.empty_outputs(cuda_device, has_rows=rows is not None) for _ in range(3)]
-    for (out, out_flags), poison in zip(buffers, (math.nan, 1234.5, math.nan), strict=True):
+    for (out, out_flags, out_mu), poison in zip(buffers, (math.nan, 1234.5, math.nan), strict=True):
         out.fill_(poison)
         out_flags.view(torch.uint8).fill_(2)
+        out_mu.fill_(poison)
     kernel.kernel_close_step(state, config, observations, 0.3, on_gpu, *buffers[0])  # compiles outside the check
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -366,12 +372,13 @@ def test_cuda_kernel_matches_the_plain_step(n_rows, config):
         runs = [kernel.kernel_close_step(state, config, observations, 0.3, on_gpu, *b) for b in buffers[1:]]
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    (out_a, flags_a), (out_b, flags_b) = buffers[1:]
+    (out_a, flags_a, mu_a), (out_b, flags_b, mu_b) = buffers[1:]
     assert torch.equal(out_a.view(torch.int64), out_b.view(torch.int64)) and torch.equal(flags_a, flags_b)
     assert int(flags_a.view(torch.uint8).max()) <= 1
+    assert torch.equal(mu_a, mu_b) and torch.equal(mu_a, runs[0][0].mu.to(torch.float32))
     want = torch_close(host_state, config, observations, 0.3, rows, device=cuda_device)
-    assert_same(runs[0], want, exact=n_rows is None or n_rows <= 2)
-    assert_same(runs[0], numpy_close(host_state, config, observations, 0.3, rows), exact=False)
+    assert_same(runs[0][:2], want, exact=n_rows is None or n_rows <= 2)
+    assert_same(runs[0][:2], numpy_close(host_state, config, observations, 0.3, rows), exact=False)
 
 
 # -- the kernel as the controller's eager step ------------------------------------------
@@ -548,22 +555,26 @@ class _Dispatches(torch.utils._python_dispatch.TorchDispatchMode):
 HOST_ONLY = {"empty", "view", "detach", "unbind", "alias"}
 
 
-def test_an_eager_device_update_is_a_handful_of_launches(kernel_state, monkeypatch):
+def test_an_eager_device_update_is_two_launches(kernel_state, monkeypatch):
     """One update with expert rows, ref_logp and a kl tensor, state on the
-    device: 15 dispatches, 7 of them device work. Observing the batch is 9
-    (an allocation, a view of the bool mask, the statistics kernel, the
-    views of its rows, and with_roles' four element-wise ops); closing the
-    step is 6: two allocations, the close-step kernel, the views that
-    become the state and the batch, and mu as float32. The plain close_step
-    dispatches hundreds of 0-d ops for the same step."""
+    device: 13 dispatches, and the only device work is the two kernels.
+    Observing the batch is 7: the allocation of the row results, the bool
+    mask and expert flags viewed as bytes (a view and a detach each), the
+    statistics kernel, which writes every row field, the rows' roles
+    included, and the views of its rows. Closing the step is 6: three
+    allocations (the state and the batch, the flags, mu as float32), the
+    close-step kernel, which also writes mu as float32, and the views that
+    become the state and the batch. (Before the roles and mu's cast moved
+    into the kernels: 15 dispatches, 7 of them device work.) The plain
+    close_step dispatches hundreds of 0-d ops for the same step."""
     batch, kl = make_batch(6, 11, seed=0), torch.tensor(0.01)
     ctrl = gaccore.Controller()
     ctrl.update(**batch, kl=kl)  # the state onto the device
     with _Dispatches(monkeypatch) as dispatched:
         ctrl.update(**batch, kl=kl)
     launches = [op for op in dispatched.ops if op not in HOST_ONLY]
-    assert len(dispatched.ops) <= 15 and len(launches) <= 7, Counter(dispatched.ops)
-    assert launches.count("triton:_close_step_kernel") == 1 and launches.count("triton:_row_stats_kernel") == 1
+    assert launches == ["triton:_row_stats_kernel", "triton:_close_step_kernel"], Counter(dispatched.ops)
+    assert len(dispatched.ops) <= 13, Counter(dispatched.ops)
 
     reference = plain(gaccore.Controller())
     reference.update(**batch, kl=kl)
