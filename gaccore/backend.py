@@ -73,6 +73,29 @@ class StatsBackend(Protocol):
         """The ``mu`` handed back by ``update``/``step``."""
 
 
+class UpdateReplay(Protocol):
+    """A whole ``update`` of one micro-batch replayed from a recording (the
+    torch side's ``update_replay``)."""
+
+    def accepts(self, device: Any, rows: int | None) -> bool:
+        """Whether a step on ``device`` with ``rows`` rows (``None``: a step
+        without statistics) can be replayed."""
+
+    def __call__(
+        self,
+        device: Any,
+        state: Any,
+        config: Any,
+        inputs: dict[str, Any] | None,
+        observations: dict[str, Any],
+        prior_value: float | None,
+    ) -> tuple[Any, BatchStats[Any, Any] | None, Any]:
+        """The step: ``inputs`` are ``observe``'s tensors, checked (``None``
+        on a step without statistics), ``observations`` and the prior as the
+        caller gave them. Returns the new state, the batch and the ``mu``
+        that ``update`` returns."""
+
+
 class TorchSide(StatsBackend, Protocol):
     """What the controller needs beyond statistics from the torch side, which
     only it can do: tensors out of state scalars, placement by device name,
@@ -90,6 +113,11 @@ class TorchSide(StatsBackend, Protocol):
     def compile_close_step(self, close_step: Callable[..., Any], mode: bool | str) -> Callable[..., Any]:
         """``close_step`` through ``torch.compile`` (``True``) or replayed
         from CUDA graphs (``"reduce-overhead"``)."""
+
+    def update_replay(self) -> UpdateReplay:
+        """What ``compile_step="reduce-overhead"`` replays an ``update`` of
+        one micro-batch with: its statistics and its closing step in one
+        CUDA graph."""
 
     def fused_close_step(self) -> Callable[..., Any]:
         """One controller's eager ``close_step`` for state on a device, fused

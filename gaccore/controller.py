@@ -313,13 +313,16 @@ class Controller:
     state moves to the device of the inputs on first use; CPU tensors keep it
     in host scalars, see ``gaccore.kernels.TorchBackend``). ``compile_step``
     runs the device-side rest of each step (``close_step``: finalize and
-    ``advance``, the same code) through ``torch.compile`` (``True``), and
-    ``"reduce-overhead"`` also replays it from a CUDA graph recorded per
-    layout of the step's arguments; the default ``False`` is eager, and
+    ``advance``, the same code) through ``torch.compile`` (``True``);
+    ``"reduce-overhead"`` replays an ``update`` of one micro-batch, its
+    statistics kernel and its closing step, from one CUDA graph recorded
+    per layout of its inputs, and on other steps (several micro-batches, a
+    process group, ``update_stats``) replays the compiled rest from a CUDA
+    graph per layout of its arguments; the default ``False`` is eager, and
     runs that rest as one fused kernel where the torch side has one for the
     state's device (``gaccore.kernels.close_step``). It applies where the
-    state lives on a device (the first compile of each shape takes
-    seconds). Without a KL
+    state lives on a device (the first compile or recording of each layout
+    takes seconds). Without a KL
     source (``kl=`` or ``ref_logp=``) rho stays at ``rho_init``. On a step
     whose ``observe`` was never called, no statistics are folded.
     """
@@ -360,6 +363,7 @@ class Controller:
         self._compiled_close = (
             None if compile_step is False else torch_backend().compile_close_step(close_step, compile_step)
         )
+        self._update_replay = None if compile_step != "reduce-overhead" else torch_backend().update_replay()
         self._fused_close: Any = None  # the torch side's fused close_step, made at the first device step
         self._step = 0
         self._backend: StatsBackend = NUMPY_BACKEND
@@ -459,7 +463,23 @@ class Controller:
         All or nothing: if the step is refused (a bad ``kl``, a prior that
         raises...), the micro-batch observed here is forgotten again, so a
         retry does not count it twice.
+
+        With ``compile_step="reduce-overhead"``, an update that is the whole
+        step (nothing observed before it, no process group) replays its
+        statistics and its closing step from one CUDA graph where the torch
+        side can (``TorchSide.update_replay``).
         """
+        replayed = self._replayed_update(
+            logp,
+            mask,
+            adv,
+            expert,
+            ref_logp,
+            scores,
+            {"kl": kl, "expert_reward": expert_reward, "policy_reward": policy_reward},
+        )
+        if replayed is not None:
+            return replayed
         pending, scored = self._pending, self._scored
         self.observe(logp, mask, adv, expert, ref_logp=ref_logp, scores=scores)
         try:
@@ -527,15 +547,61 @@ class Controller:
             mu = backend.output(new_state.mu)
         else:
             new_state, batch, mu = fused
-        # Commit only once everything above succeeded: a rejected call leaves no trace.
-        self._state, self._backend, self._device = new_state, backend, device
+        self._commit(backend, device, new_state, batch, observations)
+        return mu
+
+    def _replayed_update(
+        self,
+        logp: Any,
+        mask: Any,
+        adv: Any,
+        expert: Any,
+        ref_logp: Any,
+        scores: Any,
+        observed: dict[str, Any],
+    ) -> Any:
+        """``update`` as one replay of the torch side's recording of the whole
+        step (``compile_step="reduce-overhead"``); ``None`` where that does not
+        apply, and ``observe`` + ``step`` run instead: several micro-batches,
+        a process group, a host state, or steps the torch side declines."""
+        replay = self._update_replay
+        if replay is None or self._pending is not None or self.process_group is not None:
+            return None
+        backend = backend_for(logp)
+        device = backend.device_of(logp)
+        if backend is NUMPY_BACKEND or device is None:
+            return None
+        backend.check(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=self.config.sft_coef, scores=scores)
+        has_rows = self.is_stats_step()
+        if not replay.accepts(device, logp.shape[0] if has_rows else None):
+            return None
+        observations = _check_observations(**observed)
+        prior_value = self._prior_value()
+        state = self._state_on(backend, device)
+        inputs = None
+        if has_rows:
+            inputs = {"logp": logp, "mask": mask, "adv": adv, "expert": expert, "ref_logp": ref_logp, "scores": scores}
+        new_state, batch, mu = replay(device, state, self.config, inputs, observations, prior_value)
+        self._scored |= scores is not None
+        self._commit(backend, device, new_state, batch, observations)
+        return mu
+
+    def _commit(
+        self,
+        backend: StatsBackend,
+        device: Any,
+        state: ControllerState[Any],
+        batch: BatchStats[Any, Any] | None,
+        observations: dict[str, Any],
+    ) -> None:
+        """Take the step, once everything before it succeeded: a rejected call leaves no trace."""
+        self._state, self._backend, self._device = state, backend, device
         self._pending = None
         self._last_batch = batch
         self._step += 1
         rates_given = None not in (observations["expert_reward"], observations["policy_reward"])
         self._count_rate_sources(self._scored or rates_given)
         self._scored = False
-        return mu
 
     def _fused_close_step(
         self,
@@ -571,7 +637,7 @@ class Controller:
                 "rho stays where it is: pass scores=[B] (each row's verifier score) to observe/update, or "
                 "expert_reward= and policy_reward= to step",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def _prior_value(self) -> float | None:

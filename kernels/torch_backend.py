@@ -166,6 +166,15 @@ class TorchBackend:
 
         return CloseStepGraphs(compiled)
 
+    def update_replay(self) -> Any:
+        """One controller's single-micro-batch ``update`` replayed from a CUDA
+        graph per layout, statistics kernel included
+        (``gaccore.kernels.graphs.UpdateGraphs``), where this backend's
+        ``method`` runs the Triton kernels."""
+        from gaccore.kernels.graphs import UpdateGraphs  # lazy: imports the controller's state type
+
+        return UpdateGraphs(self)
+
     def fused_close_step(self) -> Callable[..., Any]:
         """One controller's eager ``close_step`` as one launch of
         ``gaccore.kernels.close_step`` where this backend's ``method`` runs

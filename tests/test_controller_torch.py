@@ -357,7 +357,9 @@ def eager_compile(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["paper", "verified"])
 def test_replayed_step_gives_the_eager_trajectory(device_state, eager_compile, mode):
-    """compile_step="reduce-overhead" without a GPU: static inputs, the state
+    """compile_step="reduce-overhead" without a GPU, statistics from the
+    torch twin, so every step replays close_step alone (the whole-update
+    replay runs the Triton kernels; tests below): static inputs, the state
     rewritten in place by every replay, one recording per layout, states
     passed between recordings. Bit for bit the eager mu and metrics, through
     a state loaded mid-run."""
@@ -381,8 +383,8 @@ def test_replayed_step_gives_the_eager_trajectory(device_state, eager_compile, m
 
 
 def test_replayed_step_records_again_after_dropping_a_layout(device_state, eager_compile, monkeypatch):
-    """At most MAX_GRAPHS layouts are kept; a dropped one is recorded again
-    and still gives the eager mu."""
+    """At most MAX_GRAPHS layouts of close_step are kept (twin statistics, as
+    above); a dropped one is recorded again and still gives the eager mu."""
     from gaccore.kernels import graphs
 
     monkeypatch.setattr(graphs, "MAX_GRAPHS", 2)
@@ -392,6 +394,227 @@ def test_replayed_step_records_again_after_dropping_a_layout(device_state, eager
         batch = make_batch(rows, 9, seed=t)
         assert replayed.update(**batch).item() == eager.update(**batch).item()
     assert [key[1][2] for key in replayed._compiled_close._recordings] == [(5,), (3,)]
+
+
+# -- compile_step="reduce-overhead": the whole update replayed ------------------------
+
+
+@pytest.fixture
+def triton_state(monkeypatch):
+    """CPU tensors handled as on a GPU with its Triton kernels (interpreted):
+    state in 0-d tensors, statistics from the kernel, the fused close step.
+    Where the whole-update replay applies."""
+    monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
+    monkeypatch.setattr(TORCH_BACKEND, "method", "triton")
+
+
+def _replay_steps(n_steps, device="cpu"):
+    """update() arguments of every layout the whole-update replay meets. With
+    CONFIG's update_every of 2, odd steps have no statistics; the even ones
+    (u = t // 2) vary: two batch shapes, advantages per row or per token,
+    expert flags or none, ref_logp or none, a non-contiguous logp and mask
+    (copied one by one). Every step varies: per-row scores (float32,
+    float64) or none, a kl as a float64 or float32 tensor, a number or none,
+    and verifier rates on some."""
+    for t in range(n_steps):
+        u = t // 2
+        rows, tokens = (5, 9) if u % 2 == 0 else (7, 12)
+        batch = make_batch(rows, tokens, seed=t, adv_per_token=u % 3 == 0, expert=u % 5 != 2, ref=u % 4 != 3)
+        if u % 4 == 1:
+            batch["logp"] = torch.stack([batch["logp"], batch["logp"]], dim=2)[:, :, 0]
+            batch["mask"] = batch["mask"].t().contiguous().t()
+        scores = (None, torch.linspace(0.0, 1.0, rows), torch.linspace(1.0, 0.0, rows, dtype=torch.float64))[t % 3]
+        kl = (
+            torch.tensor(0.002 * t, dtype=torch.float64),
+            0.004,
+            None,
+            torch.tensor(0.003, dtype=torch.float32),
+        )[(t + u) % 4]
+        rewards = {"expert_reward": 0.8, "policy_reward": torch.tensor(0.1 + 0.02 * t)} if t % 5 == 1 else {}
+        step = {**batch, "scores": scores, "kl": kl, **rewards}
+        yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in step.items()}
+
+
+def _same_metrics(got, want):
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert got[name] == value or (math.isnan(got[name]) and math.isnan(value)), name
+
+
+@pytest.mark.parametrize("config", [{}, {"mode": "verified", "filter_demos": 0.5}], ids=["paper", "verified"])
+def test_replayed_update_gives_the_eager_trajectory(triton_state, config):
+    """compile_step="reduce-overhead" without a GPU: each update is one
+    "replay" of the statistics kernel and the close-step kernel over static
+    buffers, per layout, the state in one home every recording rewrites. Bit
+    for bit the eager (fused) mu and metrics at every step, through a state
+    loaded mid-run; no step took the close_step-only replay."""
+    config = {**CONFIG, **config}
+    eager = gaccore.Controller(**config)
+    replayed = gaccore.Controller(**config, compile_step="reduce-overhead")
+    for t, step in enumerate(_replay_steps(16)):
+        want = eager.update(**step)
+        got = replayed.update(**step)
+        assert got.item() == want.item() and got.dtype == torch.float32, f"step {t}"
+        _same_metrics(replayed.metrics(), eager.metrics())
+        if t == 9:
+            state = _json_round_trip(replayed.state_dict())
+            eager.load_state_dict(state)
+            replayed.load_state_dict(state)
+    assert len(replayed._update_replay._recordings) >= 8
+    assert not replayed._compiled_close._recordings
+
+
+def test_replayed_updates_hand_over_to_observe_and_step(triton_state, eager_compile, monkeypatch):
+    """Steps the whole-update replay leaves to observe + step and the
+    close_step replay: two micro-batches, statistics given to update_stats,
+    and more rows than the close-step kernel takes (MAX_ROWS lowered to 8).
+    The state passes between the two replays both ways; the eager
+    controller's mu at every step (its fused close step and the plain
+    close_step differ in the last bits of their sums over rows)."""
+    from gaccore.kernels import close_step
+
+    monkeypatch.setattr(close_step, "MAX_ROWS", 8)
+    config = {**CONFIG, "update_every": 1}
+    eager = gaccore.Controller(**config)
+    replayed = gaccore.Controller(**config, compile_step="reduce-overhead")
+    for t in range(8):
+        batch = make_batch(9 if t == 5 else 5, 9, seed=t)
+        for ctrl in (eager, replayed):
+            if t == 2:
+                ctrl.observe(**batch)
+                ctrl.observe(**make_batch(4, 9, seed=50))
+                mu = ctrl.step(kl=0.01)
+            elif t == 4:
+                mu = ctrl.update_stats(gaccore.kernels.batch_stats(**batch, method="torch"), kl=0.01)
+            else:
+                mu = ctrl.update(**batch, kl=0.01)
+            if ctrl is eager:
+                want = mu.item()
+        assert mu.item() == pytest.approx(want, rel=1e-12, abs=0), f"step {t}"
+    assert replayed.metrics() == pytest.approx(eager.metrics(), rel=1e-12, nan_ok=True)
+    assert len(replayed._update_replay._recordings) == 1  # 5 rows, a kl and the prior: steps 0, 1, 3, 6, 7
+    assert len(replayed._compiled_close._recordings) >= 2  # steps 2, 4 and 5
+
+
+def test_replayed_update_reuses_a_recorded_layout(triton_state, monkeypatch):
+    """A layout met again replays its recording: nothing is recorded or
+    allocated again, and the state, the home's, is not copied. A layout that
+    differs only in an observation shares the static token buffers."""
+    from gaccore.kernels import graphs
+
+    ctrl = gaccore.Controller(**{**CONFIG, "update_every": 1}, compile_step="reduce-overhead")
+    ctrl.update(**make_batch(5, 9, seed=1), kl=0.01)
+    replay = ctrl._update_replay
+    (recording,) = replay._recordings.values()
+    state = ctrl._state
+    copies = []
+    monkeypatch.setattr(graphs, "_copy_into", lambda *args: copies.append(args))
+    ctrl.update(**make_batch(5, 9, seed=2), kl=0.02)
+    assert list(replay._recordings.values()) == [recording] and ctrl._state is state and not copies
+    ctrl.update(**make_batch(5, 9, seed=3), kl=torch.tensor(0.02))  # a kl tensor: another layout
+    first, second = replay._recordings.values()
+    assert first is recording and second.tokens is first.tokens and len(replay._tokens) == 1
+
+
+def test_replayed_update_records_again_after_dropping_a_layout(triton_state, monkeypatch):
+    """At most MAX_GRAPHS recordings are kept; the token buffers of a dropped
+    one are freed with it, and a dropped layout is recorded again with the
+    eager mu."""
+    from gaccore.kernels import graphs
+
+    monkeypatch.setattr(graphs, "MAX_GRAPHS", 2)
+    config = {**CONFIG, "update_every": 1}
+    eager = gaccore.Controller(**config)
+    replayed = gaccore.Controller(**config, compile_step="reduce-overhead")
+    for t, rows in enumerate([3, 5, 7, 3, 5, 3]):
+        batch = make_batch(rows, 9, seed=t)
+        assert replayed.update(**batch).item() == eager.update(**batch).item()
+    recordings = replayed._update_replay._recordings
+    assert [key[1][0][0][0] for key in recordings] == [5, 3]  # logp's rows, oldest first
+    assert len(replayed._update_replay._tokens) == 2
+
+
+def test_replayed_update_never_aliases_its_inputs(triton_state):
+    """The step's tensors are copied into the recording's buffers: changing
+    them after update (a trainer refilling its buffers) changes neither this
+    step's state nor the next step's, and the mu handed back stays what it
+    was after the next update, which rewrites the graph's own output."""
+    config = {**CONFIG, "update_every": 1}
+    eager = gaccore.Controller(**config)
+    replayed = gaccore.Controller(**config, compile_step="reduce-overhead")
+    batch, kl = make_batch(5, 9, seed=4), torch.tensor(0.01, dtype=torch.float64)
+    want = eager.update(**{k: v.clone() for k, v in batch.items()}, kl=kl.clone()).item()
+    mu = replayed.update(**batch, kl=kl)
+    metrics = replayed.metrics()
+    (recording,) = replayed._update_replay._recordings.values()
+    inputs = [v for v in (*batch.values(), kl) if v is not None]
+    static = [t for t in (*recording.tokens.tensors.values(), *recording.observations.values()) if t is not None]
+    ours = {t.untyped_storage().data_ptr() for t in static}
+    assert not ours & {t.untyped_storage().data_ptr() for t in inputs}
+    for value in inputs:
+        value.fill_(False if value.dtype == torch.bool else math.nan)
+    _same_metrics(replayed.metrics(), metrics)
+    following = make_batch(5, 9, seed=5)
+    assert replayed.update(**following, kl=0.02).item() == eager.update(**following, kl=0.02).item()
+    assert mu.item() == want
+
+
+def test_replayed_update_never_reads_device_values(monkeypatch, triton_state):
+    """Replayed updates of every layout, with every host read patched to
+    raise: none happens (recordings included); the eager trajectory."""
+    steps = list(_replay_steps(12))
+    with monkeypatch.context() as patched:
+        _forbid_host_reads(patched)
+        replayed = gaccore.Controller(**CONFIG, compile_step="reduce-overhead")
+        mus = [replayed.update(**step) for step in steps]
+    eager = gaccore.Controller(**CONFIG)
+    assert [m.item() for m in mus] == [eager.update(**step).item() for step in steps]
+
+
+class _DeviceWork(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten ops a call dispatches outside the recording's replay, which is
+    logged as "replay" (on a GPU, one graph launch)."""
+
+    def __init__(self, recording) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+        self._muted = False
+        inner = recording.replay
+
+        def replay():
+            self.ops.append("replay")
+            self._muted = True
+            try:
+                inner()
+            finally:
+                self._muted = False
+
+        recording.replay = replay
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self._muted:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_replayed_update_launches_four_things(triton_state):
+    """Host side of a replayed update with expert rows, ref_logp, a kl tensor
+    and the prior: a fill of the prior's buffer, one foreach copy of every
+    token tensor and the kl (as bytes, whatever their dtypes), the replay,
+    and the copy of mu handed back. Everything else it dispatches only makes
+    views: each tensor's bytes (a view, and a detach for a change of dtype)."""
+    ctrl = gaccore.Controller(compile_step="reduce-overhead")
+    batch, kl = make_batch(6, 11, seed=0), torch.tensor(0.01)
+    ctrl.update(**batch, kl=kl)  # records
+    (recording,) = ctrl._update_replay._recordings.values()
+    with _DeviceWork(recording) as dispatched:
+        ctrl.update(**batch, kl=kl)
+    assert [op for op in dispatched.ops if op not in ("view", "detach")] == [
+        "fill_",
+        "_foreach_copy_",
+        "replay",
+        "clone",
+    ]
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -442,8 +665,9 @@ def test_cuda_compiled_step_is_sync_free_and_matches_eager(mode):
 @cuda
 def test_cuda_replayed_step_across_layouts():
     """compile_step="reduce-overhead" on a GPU over every layout of
-    _varied_steps (states passed between CUDA graphs, a state loaded
-    mid-run): the eager mu sequence."""
+    _varied_steps (whole updates and, for update_stats, close_step alone,
+    states passed between the CUDA graphs, a state loaded mid-run): the
+    eager mu sequence."""
     eager, replayed = gaccore.Controller(**CONFIG), gaccore.Controller(**CONFIG, compile_step="reduce-overhead")
     for t, (method, args, kwargs) in enumerate(_varied_steps(40, device="cuda")):
         want = getattr(eager, method)(*args, **kwargs).item()
@@ -453,7 +677,31 @@ def test_cuda_replayed_step_across_layouts():
             state = _json_round_trip(replayed.state_dict())
             eager.load_state_dict(state)
             replayed.load_state_dict(state)
-    assert len(replayed._compiled_close._recordings) >= 4
+    assert len(replayed._update_replay._recordings) >= 4 and replayed._compiled_close._recordings
+
+
+@cuda
+def test_cuda_replayed_update_is_the_eager_update_without_syncs():
+    """Whole updates replayed from CUDA graphs over every layout of
+    _replay_steps, twice: the first pass records (Triton compiles), the
+    second runs under set_sync_debug_mode("error"). Bit for bit the eager
+    (fused) mu at every step: the same kernels on the same values; a mu
+    handed back survives later replays; no step took the other path."""
+    steps = list(_replay_steps(16, device="cuda"))
+    eager = gaccore.Controller(**CONFIG)
+    replayed = gaccore.Controller(**CONFIG, compile_step="reduce-overhead")
+    want = [eager.update(**step).item() for step in steps]
+    got = [replayed.update(**step).item() for step in steps]
+    assert got == want
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mus = [replayed.update(**step) for step in steps]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [m.item() for m in mus] == [eager.update(**step).item() for step in steps]
+    assert all(m.device.type == "cuda" and m.dtype == torch.float32 for m in mus)
+    assert len(replayed._update_replay._recordings) >= 8 and not replayed._compiled_close._recordings
 
 
 @cuda
