@@ -205,14 +205,9 @@ Closed = tuple[ControllerState[Any], BatchStats[Any, Any] | None, torch.Tensor]
 
 def _bytes(tensor: torch.Tensor) -> torch.Tensor:
     """A tensor's memory as uint8, the last dimension in bytes (0-d: one
-    dimension), for a tensor whose last dimension is dense (``_as_bytes``).
-    One view, as views cost host time too."""
+    dimension), for a contiguous tensor whose last stride is 1. One view
+    (two for 0-d), as views cost host time too."""
     return tensor.view(torch.uint8) if tensor.dim() else tensor.reshape(1).view(torch.uint8)
-
-
-def _as_bytes(tensor: torch.Tensor) -> bool:
-    """Whether ``_bytes`` of ``tensor`` is its whole memory and nothing else."""
-    return tensor.is_contiguous() and (tensor.dim() == 0 or tensor.stride(-1) == 1)
 
 
 def _kind(value: Any) -> Any:
@@ -322,17 +317,21 @@ class UpdateGraphs:
         self._recordings: OrderedDict[tuple[Any, ...], _UpdateRecording] = OrderedDict()
         self._tokens: weakref.WeakValueDictionary[tuple[Any, ...], _Tokens] = weakref.WeakValueDictionary()
         self._homes: dict[torch.device, _Home] = {}
+        self._close_step: Any = None  # the kernel's module, once a step has rows
 
     def accepts(self, device: torch.device, rows: int | None) -> bool:
         """Whether a step on ``device`` with ``rows`` rows (``None``: a step
         without statistics) runs here."""
         if not uses_triton(self._backend.method, device):
             return False
-        from gaccore.kernels.close_step import MAX_ROWS  # lazy: imports triton
+        if rows is None:
+            return True
+        if self._close_step is None:
+            from gaccore.kernels import close_step  # lazy: imports triton
 
-        return rows is None or rows <= MAX_ROWS
+            self._close_step = close_step
+        return rows <= self._close_step.MAX_ROWS
 
-    @torch.no_grad()  # statistics: no caller's graph reaches the buffers
     def __call__(
         self,
         device: torch.device,
@@ -342,8 +341,10 @@ class UpdateGraphs:
         observations: dict[str, Any],
         prior_value: float | None,
     ) -> Closed:
-        tokens = None if inputs is None else tuple(_token_kind(inputs[name]) for name in TOKEN_INPUTS)
-        key = (device, tokens, tuple(_kind(observations[n]) for n in OBSERVATIONS), prior_value is not None)
+        tokens = None
+        if inputs is not None:
+            tokens = tuple(None if v is None else (v.shape, v.dtype) for v in map(inputs.get, TOKEN_INPUTS))
+        key = (device, tokens, tuple(map(_kind, map(observations.get, OBSERVATIONS))), prior_value is not None)
         recording = self._recordings.get(key)
         if recording is None:
             recording = self._new_recording(device, tokens, observations, prior_value)
@@ -422,40 +423,41 @@ class UpdateGraphs:
         return replay
 
 
-def _token_kind(value: torch.Tensor | None) -> tuple[torch.Size, torch.dtype] | None:
-    return None if value is None else (value.shape, value.dtype)
-
-
 def _load(
     recording: _UpdateRecording, inputs: dict[str, Any] | None, observations: dict[str, Any], prior: float | None
 ) -> None:
-    """This step's values into the recording's static buffers: every
-    contiguous tensor on the buffers' device as bytes, in one foreach copy;
-    any other tensor by its own copy; host numbers by a fill each."""
+    """This step's values into the recording's static buffers: every tensor
+    whose memory is dense as bytes, in one foreach copy; any other by its
+    own copy; host numbers by a fill each. Written for host time: this runs
+    on every replayed step, and each Python call counts."""
     targets: list[torch.Tensor] = []
     sources: list[torch.Tensor] = []
-
-    def copy(static_bytes: torch.Tensor, static: torch.Tensor, value: torch.Tensor) -> None:
-        if _as_bytes(value) and value.device == static.device:
-            targets.append(static_bytes)
+    arena = recording.tokens
+    if arena is not None and inputs is not None:
+        for name, static_bytes in arena.bytes.items():  # the given tensors: they are the layout
+            value = inputs[name]
+            if value.requires_grad:  # statistics: no caller's graph reaches the buffers
+                value = value.detach()
+            # on the buffers' device: the inputs were checked to share logp's
+            if value.is_contiguous() and value.stride(-1) == 1:
+                targets.append(static_bytes)
+                sources.append(value.view(torch.uint8))
+            else:
+                arena.tensors[name].copy_(value)
+    for name, static in recording.observations.items():
+        if static is None:
+            continue
+        value = observations[name]
+        if not isinstance(value, torch.Tensor):
+            static.fill_(float(value))
+            continue
+        if value.requires_grad:
+            value = value.detach()
+        if value.device == static.device:  # 0-d: always contiguous
+            targets.append(recording.observation_bytes[name])
             sources.append(_bytes(value))
         else:
             static.copy_(value)
-
-    arena = recording.tokens
-    if arena is not None and inputs is not None:
-        for name in TOKEN_INPUTS:
-            value = inputs[name]
-            if value is not None:
-                copy(arena.bytes[name], arena.tensors[name], value)
-    for name, static in recording.observations.items():
-        value = observations[name]
-        if static is None:
-            continue
-        if isinstance(value, torch.Tensor):
-            copy(recording.observation_bytes[name], static, value)
-        else:
-            static.fill_(float(value))
     if recording.prior is not None:
         recording.prior.fill_(float(prior))
     if targets:

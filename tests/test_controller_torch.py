@@ -203,21 +203,29 @@ def _carries_no_graph(ctrl, mu):
     )
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_inputs_with_an_autograd_graph_never_reach_the_controller(backend, monkeypatch):
+@pytest.mark.parametrize("backend, compile_step", [("torch", False), ("triton", False), ("triton", "reduce-overhead")])
+def test_inputs_with_an_autograd_graph_never_reach_the_controller(backend, compile_step, monkeypatch):
     """A trainer's logp that was not detached (and a kl with a graph): five
-    updates, and no graph chains from step to step (the issue's repro)."""
+    updates, and no graph chains from step to step (the issue's repro), nor
+    reaches the replayed update's static buffers."""
     from gaccore.kernels import TORCH_BACKEND
 
     monkeypatch.setattr(TORCH_BACKEND, "method", backend)
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)  # the state as tensors, as on a GPU
     weight = torch.nn.Parameter(torch.zeros(()))
-    ctrl = gaccore.Controller(**CONFIG)
+    ctrl = gaccore.Controller(**CONFIG, compile_step=compile_step)
     for t, (batch, kl) in enumerate(_steps(5)):
         graphed = {k: v + weight if v is not None and v.is_floating_point() else v for k, v in batch.items()}
+        if t == 2:  # not contiguous: the replay copies it on its own, not as bytes
+            graphed["logp"] = graphed["logp"].t().contiguous().t()
         mu = ctrl.update(**graphed, kl=None if kl is None else kl + weight)
         assert _carries_no_graph(ctrl, mu), f"step {t}"
     assert ctrl._state.mu_bar.grad_fn is None
+    if compile_step:
+        recordings = ctrl._update_replay._recordings.values()
+        tokens = [t for r in recordings if r.tokens for t in r.tokens.tensors.values()]
+        static = [t for t in (*tokens, *(o for r in recordings for o in r.observations.values())) if t is not None]
+        assert static and not any(t.requires_grad for t in static)
 
 
 def test_statistics_with_an_autograd_graph_never_reach_the_controller():
