@@ -7,10 +7,12 @@ At (256, 4096), bf16 logp, a quarter expert rows, per-row adv, ref_logp and
 a kl tensor, it times each piece of the update path as host time per call
 (many calls back to back, then one sync): an empty 0-d tensor op (the cost
 of one launch), input validation, the statistics kernel with its output
-views, the rows' roles, the closing step as one kernel (what the eager
-update runs), one graph replay of the closing step, and the whole update in
-each ``compile_step`` mode; then ``cProfile``'s top functions over the
-update replayed from graphs.
+views (roles included), the closing step as one kernel (the eager update
+is these two), and for the replayed update its two pieces: the copy of
+the step's tensors and numbers into the graph's buffers, and the graph
+replay (statistics kernel and closing step); then the whole update in each
+``compile_step`` mode, and ``cProfile``'s top functions over the replayed
+update.
 """
 
 from __future__ import annotations
@@ -41,9 +43,8 @@ from gpu import Timer, make_inputs  # noqa: E402
 
 import gaccore  # noqa: E402
 from gaccore.controller import ControllerState  # noqa: E402
-from gaccore.kernels import TORCH_BACKEND, close_step, fused  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND, close_step, fused, graphs  # noqa: E402
 from gaccore.kernels.tensors import check_inputs  # noqa: E402
-from gaccore.rows import with_roles  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +64,6 @@ def main() -> None:
         "one 0-d op (add_)": lambda: scalar.add_(1.0),
         "check_inputs": lambda: check_inputs(**checked, ref_logp=batch["ref_logp"], sft_coef="phi"),
         "kernel_row_results (checked)": lambda: fused.kernel_row_results(**batch, out=out, checked=True),
-        "with_roles": lambda: with_roles(row_results, batch["expert"]),
     }
     config = gaccore.Config()
     state = ControllerState.place(ControllerState.initial(config), TORCH_BACKEND, device)
@@ -80,8 +80,9 @@ def main() -> None:
     for _ in range(3):  # compile, record
         for ctrl in controllers.values():
             ctrl.update(**batch, kl=kl)
-    graphs = controllers["reduce-overhead"]._compiled_close
-    recording = next(iter(graphs._recordings.values()))
+    (recording,) = controllers["reduce-overhead"]._update_replay._recordings.values()
+    inputs = {name: batch.get(name) for name in graphs.TOKEN_INPUTS}
+    pieces["copy into the graph's buffers"] = lambda: graphs._load(recording, inputs, observations, 0.5)
     pieces["graph replay alone"] = recording.replay
     results["host_us"] = {}
     timer = Timer(device, reps=1, warmup=3)
