@@ -21,7 +21,9 @@
 #   card          10 s    20 s (CARD_LIMIT_S)
 #   tests         70 s   140 s (TEST_LIMIT_S)   the tests' Triton compiles dominate (since
 #                                               then test_close_step's CUDA cases: 8 more
-#                                               compiles of a small kernel, not yet timed)
+#                                               compiles of a small kernel, and the replayed
+#                                               update's CUDA test: 16 steps of recordings,
+#                                               not yet timed)
 #   bench        110 s   190 s (BENCH_LIMIT_S)  77 s last time; now 12 sweep settings
 #                                               (9 then), 7 of them a fresh Triton
 #                                               compile of a few seconds on that
