@@ -19,7 +19,7 @@ pytest.importorskip("tqdm")
 from gaccore.baselines import FixedMu, HPTGate
 from gaccore.demo import __main__ as cli
 from gaccore.demo import runner, train
-from gaccore.demo.report import SCHEMA, deterministic_view
+from gaccore.demo.report import SCHEMA, _left_out, _schedule_grid, deterministic_view
 from gaccore.demo.runner import grid_plan, run_identity, run_key, run_suite
 from gaccore.demo.task import EQUALS, MINUS, PLUS, SUITE, make_suite_task, make_task, reward
 from gaccore.demo.train import (
@@ -165,6 +165,9 @@ def test_tiny_suite_writes_every_output(tiny_suite: tuple[dict, Path]) -> None:
     assert gac_record["eval_steps"] == [6, 12] and all(0.05 <= mu <= 0.9 for mu in gac_record["mu"])
     markdown = (out / "report.md").read_text()
     assert "Cannot decide: 1 seed" in markdown and "### sub-borrow" in markdown and "issue" not in markdown
+    left_out = markdown.split("## Not in this suite", 1)[1].split("## Per task", 1)[0]
+    assert "`pure-rl`" in left_out and "30% false accepts" in left_out  # an absence is said, not left to guess
+    assert "schedule question" not in left_out  # this plan has no schedule runs to be short of seeds
 
 
 def test_worker_processes_give_the_same_numbers(tiny_suite: tuple[dict, Path], tmp_path: Path) -> None:
@@ -366,3 +369,18 @@ def test_too_few_seeds_decide_nothing_even_when_the_runs_look_clear() -> None:
     assert judged.checks[0].clears and not judged.decided and judged.recommended is None
     assert judged.text.startswith("Cannot decide: 2 seed(s)") and "on these runs would clear the bar" in judged.text
     assert " gac: clears the bar" not in judged.text
+
+
+def test_the_report_says_when_the_schedule_question_ran_short() -> None:
+    def variant(tasks: list[str], seeds: list[int]) -> dict:
+        return {"tasks": tasks, "seeds": seeds}
+
+    report = {
+        "tasks": {name: {"methods": {"gac": {}}} for name in ("perfect", "carry-drop", "sub-borrow")},
+        "tracks": {"U": {"seeds": [0, 1, 2, 3, 4]}},
+        "schedule": {"variants": {"gac-half": variant(["carry-drop"], [0, 1, 2])}},
+    }
+    assert any("1 of the 3 tasks with 3 seed(s), against 5" in item for item in _left_out(report))
+    report["schedule"]["variants"]["gac-half"] = variant(["perfect", "carry-drop", "sub-borrow"], [0, 1, 2, 3, 4])
+    assert not any("schedule question" in item for item in _left_out(report))
+    assert _schedule_grid(report["schedule"]) == ["Tasks: perfect, carry-drop, sub-borrow; seeds: 0, 1, 2, 3, 4.", ""]

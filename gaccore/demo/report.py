@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from gaccore.demo.task import SUITE, make_suite_task
+from gaccore.demo.task import FALSE_ACCEPT, FALSE_REJECT, SUITE, make_suite_task
 from gaccore.demo.train import (
     DESCRIPTIONS,
     METHODS,
@@ -334,6 +334,49 @@ def _signed(interval: dict[str, float]) -> str:
     return f"{interval['estimate']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
+def _schedule_grid(schedule: dict[str, Any]) -> list[str]:
+    """The tasks and seeds of the schedule comparisons: one line when every
+    variant ran the same grid, else one line per variant."""
+    grids = {name: (row["tasks"], row["seeds"]) for name, row in schedule["variants"].items()}
+
+    def line(tasks: list[str], seeds: list[int]) -> str:
+        return f"Tasks: {', '.join(tasks)}; seeds: {', '.join(map(str, seeds))}."
+
+    if len({repr(grid) for grid in grids.values()}) == 1:
+        return [line(*next(iter(grids.values()))), ""]
+    return [*(f"- {name}: {line(*grid)}" for name, grid in grids.items()), ""]
+
+
+def _left_out(report: dict[str, Any]) -> list[str]:
+    """What the suite does not measure, so a reader does not read an absence
+    as a result."""
+    present = {method for task in report["tasks"].values() for method in task["methods"]}
+    items = []
+    if "pure-rl" not in present:
+        items.append(
+            "- Pure RL (`pure-rl`, mu = 0): it learns nothing on these tasks (held-out accuracy about 0.02 "
+            "after 2000 steps) and never reads a demonstration, so it belongs to neither track."
+        )
+    if "V" in report["tracks"]:
+        items.append(
+            f"- A checker without errors: track V has one checker, with {FALSE_ACCEPT:.0%} false accepts on "
+            f"wrong demonstrations and {FALSE_REJECT:.0%} false rejects on right ones. How the rules compare "
+            "when every accepted demonstration is right is not measured here."
+        )
+    schedule = report["schedule"]
+    if schedule:
+        track_seeds = max((len(t["seeds"]) for t in report["tracks"].values()), default=0)
+        schedule_seeds = max(len(row["seeds"]) for row in schedule["variants"].values())
+        schedule_tasks = max(len(row["tasks"]) for row in schedule["variants"].values())
+        if schedule_seeds < track_seeds or schedule_tasks < len(report["tasks"]):
+            items.append(
+                f"- The schedule question runs on {schedule_tasks} of the {len(report['tasks'])} tasks with "
+                f"{schedule_seeds} seed(s), against {track_seeds} for the tracks: the seeds went to the "
+                "tracks' verdicts first, so its intervals are wider and it decides less."
+            )
+    return items or ["Nothing: every method, checker setting and question of the suite ran in full."]
+
+
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     settings, env = report["settings"], report["environment"]
     lines = [
@@ -406,6 +449,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             "advance. Each variant below plans its schedule for half or for twice the actual run; the difference "
             "is its final accuracy minus that of the same method planned right, paired by seed.",
             "",
+            *_schedule_grid(schedule),
             "| variant | final accuracy | against the right plan |",
             "|---|---|---|",
         ]
@@ -422,6 +466,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                     f"- {variant}: {_signed(comparison['difference'])}: GAC {comparison['word']} CHORD "
                     "(above zero: GAC holds its accuracy better)."
                 )
+    lines += ["", "## Not in this suite", "", *_left_out(report)]
     lines += ["", "## Per task", ""]
     for name, task in report["tasks"].items():
         lines += [
