@@ -285,7 +285,7 @@ SCHEDULE_OF = {
 SUITE_SEEDS, SCHEDULE_SEEDS = 5, 3
 # The quick demo: the regime where the expert drops carries, the paper GAC
 # against the constant mu = 0.5 and the verifier's two ways (filtered SFT
-# alone, and the filtered verified mode), two seeds: about 6 minutes on two
+# alone, and the filtered verified mode), two seeds: about 5.5 minutes on two
 # cores, and runs that are the full suite's own (same settings and seeds).
 QUICK_TASKS = ["carry-drop"]
 QUICK_METHODS = ["gac", "fixed-0.5", "sft-filtered", "gac-verified-filtered"]
