@@ -7,8 +7,9 @@ the reference re-implementation (``bench/reference_gac.py``: statistics and
 its mu update, with its ``.item()`` calls), gaccore's ``Controller.update`` on
 torch CPU tensors, and on the same batch as numpy arrays. One torch thread;
 logp float32 with 10% right padding (zeros, which the reference's ``m * x``
-needs), a quarter expert rows, one advantage per row, no ref_logp. Compare the
-ratios of one run: the machine is shared, absolute times are not steady.
+needs), a quarter expert rows, advantages one per row ``[B]`` and per token
+``[B, T]``, no ref_logp. Compare the ratios of one run: the machine is shared,
+absolute times are not steady.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from reference_gac import ReferenceMuController  # noqa: E402
 
 from gaccore import Controller  # noqa: E402
 
-SHAPES = [(64, 1024), (256, 4096)]
-IDS = [f"{b}x{t}" for b, t in SHAPES]
+SHAPES = [(64, 1024, False), (64, 1024, True), (256, 4096, False), (256, 4096, True)]
+IDS = [f"{b}x{t}-adv{'BT' if per_token else 'B'}" for b, t, per_token in SHAPES]
 
 
 @pytest.fixture(autouse=True)
@@ -33,47 +34,48 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _batch(rows: int, tokens: int) -> dict[str, torch.Tensor]:
+def _batch(rows: int, tokens: int, per_token: bool) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(rows + tokens)
     mask = (torch.arange(tokens) < tokens - tokens // 10).expand(rows, tokens).contiguous()
     logp = torch.where(mask, -(torch.rand(rows, tokens, generator=gen) ** 3) * 4.0, 0.0)
     return {
         "logp": logp,
         "mask": mask,
-        "adv": torch.randn(rows, generator=gen),
+        "adv": torch.randn(rows, tokens, generator=gen) if per_token else torch.randn(rows, generator=gen),
         "expert": torch.rand(rows, generator=gen) < 0.25,
     }
 
 
-def _run(benchmark, rows: int, tokens: int, step) -> None:
-    benchmark.group = f"update {rows}x{tokens}"
+def _run(benchmark, rows: int, tokens: int, per_token: bool, step) -> None:
+    benchmark.group = f"update {rows}x{tokens} adv {'[B, T]' if per_token else '[B]'}"
     benchmark.pedantic(step, rounds=30 if rows * tokens > 100_000 else 200, warmup_rounds=3)
 
 
-@pytest.mark.parametrize("rows,tokens", SHAPES, ids=IDS)
-def test_reference_update_stats(benchmark, rows, tokens):
-    batch = _batch(rows, tokens)
+@pytest.mark.parametrize("rows,tokens,per_token", SHAPES, ids=IDS)
+def test_reference_update_stats(benchmark, rows, tokens, per_token):
+    batch = _batch(rows, tokens, per_token)
     reference = ReferenceMuController()
     _run(
         benchmark,
         rows,
         tokens,
+        per_token,
         lambda: reference.update_stats(batch["logp"], batch["mask"], batch["adv"], batch["expert"]),
     )
     assert 0.05 <= reference.mu <= 0.9
 
 
-@pytest.mark.parametrize("rows,tokens", SHAPES, ids=IDS)
-def test_gaccore_update_torch_cpu(benchmark, rows, tokens):
-    batch = _batch(rows, tokens)
+@pytest.mark.parametrize("rows,tokens,per_token", SHAPES, ids=IDS)
+def test_gaccore_update_torch_cpu(benchmark, rows, tokens, per_token):
+    batch = _batch(rows, tokens, per_token)
     ctrl = Controller()
-    _run(benchmark, rows, tokens, lambda: ctrl.update(**batch))
+    _run(benchmark, rows, tokens, per_token, lambda: ctrl.update(**batch))
     assert 0.05 <= ctrl.mu <= 0.9
 
 
-@pytest.mark.parametrize("rows,tokens", SHAPES, ids=IDS)
-def test_gaccore_update_numpy(benchmark, rows, tokens):
-    batch = {name: value.numpy() for name, value in _batch(rows, tokens).items()}
+@pytest.mark.parametrize("rows,tokens,per_token", SHAPES, ids=IDS)
+def test_gaccore_update_numpy(benchmark, rows, tokens, per_token):
+    batch = {name: value.numpy() for name, value in _batch(rows, tokens, per_token).items()}
     ctrl = Controller()
-    _run(benchmark, rows, tokens, lambda: ctrl.update(**batch))
+    _run(benchmark, rows, tokens, per_token, lambda: ctrl.update(**batch))
     assert 0.05 <= ctrl.mu <= 0.9

@@ -38,9 +38,19 @@ class Scalar(Protocol):
 FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
+# Whether a type is torch's, by type: the shared arithmetic asks this of
+# every operand, and the string test below costs more than the arithmetic
+# on host scalars. Few distinct types ever reach it.
+_TORCH_TYPES: dict[type, bool] = {}
+
+
 def is_torch(value: object) -> bool:
     """True for a torch.Tensor, without importing torch."""
-    return type(value).__module__.partition(".")[0] == "torch"
+    kind = type(value)
+    known = _TORCH_TYPES.get(kind)
+    if known is None:
+        known = _TORCH_TYPES[kind] = kind.__module__.partition(".")[0] == "torch"
+    return known
 
 
 def torch_module() -> Any:
@@ -49,7 +59,10 @@ def torch_module() -> Any:
 
 
 def _any_torch(*values: object) -> bool:
-    return any(is_torch(v) for v in values)
+    for value in values:
+        if is_torch(value):
+            return True
+    return False
 
 
 # Host scalars take plain Python paths: a numpy ufunc call on a 0-d value

@@ -58,6 +58,10 @@ def _row_max(off: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return -_row_min(off, -values)
 
 
+def _row_sum(values: torch.Tensor) -> torch.Tensor:
+    return values.sum(dim=1, dtype=ROW_DTYPE)
+
+
 def _block_rows(
     logp: torch.Tensor,
     mask: torch.Tensor,
@@ -67,9 +71,10 @@ def _block_rows(
 ) -> dict[str, torch.Tensor]:
     """Row results of a block of rows, without the roles.
 
-    A row is finite when the fp64 sum of its masked-in values is: the sum
-    cannot overflow from fp32 values, and NaN or -inf propagate into it; +inf,
-    which the logp clamp would hide, shows in the row's maximum."""
+    A row is valid when it has tokens and the fp64 sums of its masked-in
+    values are finite: a sum cannot overflow from fp32 values, and NaN or
+    inf propagate into it; +inf in logp, which the clamp would hide, shows
+    in the row's maximum, taken before the clamp."""
     on = mask if mask.dtype == torch.bool else mask != 0
     # Masks as 0/1 floats multiply faster than torch.where selects; they are
     # used only on values that are finite in valid rows (masked-out logp may
@@ -79,28 +84,29 @@ def _block_rows(
     n_tokens = on.sum(dim=1, dtype=torch.int32).to(ROW_DTYPE)
     count = n_tokens.clamp(min=1.0)
     logp32 = torch.where(on, logp.to(torch.float32), 0.0)
-    no_pos_inf = logp32.amax(dim=1) < math.inf if logp32.shape[1] else torch.ones_like(n_tokens, dtype=torch.bool)
-    logp_sum = logp32.clamp_(max=0.0).to(ROW_DTYPE).sum(dim=1)
-    valid = (n_tokens > 0) & no_pos_inf & torch.isfinite(logp_sum)
+    logp_max = logp32.amax(dim=1) if logp32.shape[1] else torch.zeros_like(n_tokens)
+    logp_sum = _row_sum(logp32.clamp_(max=0.0))
+    # Every operation on [B] costs a dispatch as a [B, T] one does: the sums
+    # that decide validity go into one probe, finite exactly when all are
+    # (NaN, and inf of either sign or both, propagate into it).
+    finite_probe = logp_sum + logp_max
 
     weight = sft_coefficient(logp32, sft_coef)  # 0 where masked out
-    mean_w = weight.to(ROW_DTYPE).sum(dim=1) / count
+    mean_w = _row_sum(weight) / count
     dev_w = (weight - mean_w.to(torch.float32)[:, None]).mul_(on_f)  # about the fp32-rounded mean
     m2_w = torch.linalg.vecdot(dev_w, dev_w)
 
     if adv.ndim == 1:
         # One advantage per row: a_t is constant along the row, so its mean
-        # is adv_i and its M2 and co-moment are exactly 0.
-        mean_a = adv.to(ROW_DTYPE)
-        valid &= torch.isfinite(mean_a)
+        # and extremes are adv_i and its M2 and co-moment exactly 0. (The
+        # extremes of a row without tokens are never read: it is not valid.)
+        mean_a = min_a = max_a = adv.to(ROW_DTYPE)
+        finite_probe = finite_probe + mean_a
         m2_a = c_aw = torch.zeros_like(mean_a)
-        limit = torch.finfo(ROW_DTYPE).max
-        min_a = torch.where(n_tokens > 0, mean_a, limit)
-        max_a = torch.where(n_tokens > 0, mean_a, -limit)
     else:
         adv32 = torch.where(on, adv.to(torch.float32), 0.0)
-        adv_sum = adv32.to(ROW_DTYPE).sum(dim=1)
-        valid &= torch.isfinite(adv_sum)
+        adv_sum = _row_sum(adv32)
+        finite_probe = finite_probe + adv_sum
         mean_a = adv_sum / count
         dev_a = (adv32 - mean_a.to(torch.float32)[:, None]).mul_(on_f)
         m2_a = torch.linalg.vecdot(dev_a, dev_a)
@@ -112,11 +118,11 @@ def _block_rows(
     else:
         ref32 = torch.where(on, ref_logp.to(torch.float32), 0.0)
         kl_sum = k3((ref32 - logp32).to(ROW_DTYPE)).sum(dim=1)  # 0 where masked out: k3(0) = 0
-        valid &= torch.isfinite(ref32.to(ROW_DTYPE).sum(dim=1))
+        finite_probe = finite_probe + _row_sum(ref32)
 
     fields = {
         "n_tokens": n_tokens,
-        "valid": valid,
+        "valid": (n_tokens > 0) & torch.isfinite(finite_probe),
         "nll": -logp_sum / count,
         "seq_adv": mean_a,
         "mean_a": mean_a,
