@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ pytest.importorskip("tqdm")
 from gaccore.baselines import FixedMu, HPTGate
 from gaccore.demo import __main__ as cli
 from gaccore.demo import runner, train
-from gaccore.demo.report import SCHEMA, _left_out, _schedule_grid, deterministic_view
+from gaccore.demo.report import SCHEMA, _left_out, _schedule_grid, deterministic_view, track_title
 from gaccore.demo.runner import grid_plan, run_identity, run_key, run_suite
 from gaccore.demo.task import EQUALS, MINUS, PLUS, SUITE, make_suite_task, make_task, reward
 from gaccore.demo.train import (
@@ -260,9 +261,17 @@ def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
         return {"tracks": {}}
 
     monkeypatch.setattr(cli, "run_suite", planned)
-    for args in ([], ["--suite"], ["--suite", "--full"], ["--task", "perfect", "--full"]):
+    chosen = ["--task", "carry-drop", "sub-borrow", "--methods", "sft-filtered", "--seeds", "5"]
+    for args in ([], ["--suite"], ["--suite", "--full"], ["--task", "perfect", "--full"], chosen):
         cli.main(["demo", *args])
-    (quick, settings), (suite, _), (full, _), (one_task, _) = calls
+    cli.main(["demo", *chosen, "--checker-errors", "0", "0.05"])
+    (quick, settings), (suite, _), (full, _), (one_task, _), (few, lenient), (_, exact) = calls
+    assert few == grid_plan(["carry-drop", "sub-borrow"], ["sft-filtered"], range(5))
+    assert (lenient.false_accept, lenient.false_reject) == (0.3, 0.1)
+    assert exact == RunSettings(false_accept=0.0, false_reject=0.05)  # the checker is in every run's key
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--checker-errors", "0", "1.5"])
+    assert "argument --checker-errors: must be in [0, 1], got 1.5" in capsys.readouterr().err
     assert settings == RunSettings(steps=2000, eval_every=50)
     assert quick == suite == grid_plan(QUICK_TASKS, QUICK_METHODS, range(QUICK_SEEDS))
     # Both tracks on five tasks with five seeds, the schedule question on three tasks with three.
@@ -379,8 +388,28 @@ def test_the_report_says_when_the_schedule_question_ran_short() -> None:
         "tasks": {name: {"methods": {"gac": {}}} for name in ("perfect", "carry-drop", "sub-borrow")},
         "tracks": {"U": {"seeds": [0, 1, 2, 3, 4]}},
         "schedule": {"variants": {"gac-half": variant(["carry-drop"], [0, 1, 2])}},
+        "settings": asdict(RunSettings()),
     }
     assert any("1 of the 3 tasks with 3 seed(s), against 5" in item for item in _left_out(report))
     report["schedule"]["variants"]["gac-half"] = variant(["perfect", "carry-drop", "sub-borrow"], [0, 1, 2, 3, 4])
     assert not any("schedule question" in item for item in _left_out(report))
     assert _schedule_grid(report["schedule"]) == ["Tasks: perfect, carry-drop, sub-borrow; seeds: 0, 1, 2, 3, 4.", ""]
+
+
+@pytest.mark.parametrize("name", list(SUITE))
+def test_an_exact_checker_accepts_exactly_the_right_demonstrations(name: str) -> None:
+    task = make_suite_task(name, false_accept=0.0, false_reject=0.0)
+    assert np.array_equal(task.train_demo_score.astype(bool), task.train_demo_reward.astype(bool))
+    lenient = make_suite_task(name)
+    assert np.array_equal(lenient.train_demos, task.train_demos)  # the checker changes no demonstration
+
+
+def test_the_report_names_the_checker_it_ran_with() -> None:
+    exact = RunSettings(false_accept=0.0, false_reject=0.0)
+    assert track_title("V", exact).endswith("(false accepts 0%, false rejects 0%)")
+    report = {"tasks": {"carry-drop": {"methods": {"sft-filtered": {}}}}, "tracks": {"V": {"seeds": [0]}}}
+    assert not any(
+        "without errors" in item for item in _left_out({**report, "schedule": None, "settings": asdict(exact)})
+    )
+    lenient = {**report, "schedule": None, "settings": asdict(RunSettings())}
+    assert any("30% false accepts" in item for item in _left_out(lenient))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gaccore.demo.runner import RunPlan, grid_plan, run_suite
-from gaccore.demo.task import SUITE
+from gaccore.demo.task import FALSE_ACCEPT, FALSE_REJECT, SUITE
 from gaccore.demo.train import (
     MAIN_METHODS,
     METHODS,
@@ -29,14 +29,17 @@ from gaccore.demo.train import (
 )
 
 USAGE = """\
-gaccore demo                       # the quick demo: 1 task, 4 methods, 2 seeds (about 6 min on 2 cores)
+gaccore demo                       # the quick demo: 1 task, 4 methods, 2 seeds (about 5.5 min on 2 cores)
 gaccore demo --suite --full        # the full suite: two tracks x 5 tasks x 5 seeds, and the schedule question
 gaccore demo --suite --full --reuse   # resume or extend it: train only the runs without a record
 gaccore demo --task carry-drop     # one task: the main methods, 1 seed
 gaccore demo --task carry-drop --full   # + the GAC ablations, 3 seeds
+gaccore demo --task carry-drop sub-borrow --methods sft-filtered gac-verified --seeds 5 --checker-errors 0 0
+                                   # chosen tasks and methods, scored by an exact checker
 
 Every run: 2000 steps. Tasks (two-digit arithmetic; the expert's demonstrations are right or wrong in a
-known pattern; a checker with 30% false accepts and 10% false rejects scores them):
+known pattern; a checker with 30% false accepts and 10% false rejects scores them, unless
+--checker-errors says otherwise):
 """ + "\n".join(f"  {spec.name:14} {spec.description}" for spec in SUITE.values())
 
 TASK_FULL_SEEDS = 3
@@ -68,6 +71,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def rate(text: str) -> float:
+    """An argparse type: a probability in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="gaccore", description="gaccore command line")
     commands = root.add_subparsers(dest="command", required=True)
@@ -79,7 +93,13 @@ def parser() -> argparse.ArgumentParser:
     )
     which = demo.add_mutually_exclusive_group()
     which.add_argument("--suite", action="store_true", help="every task of the suite (the default)")
-    which.add_argument("--task", choices=sorted(SUITE), metavar="NAME", help=f"one task: {', '.join(SUITE)}")
+    which.add_argument(
+        "--task",
+        nargs="+",
+        choices=sorted(SUITE),
+        metavar="NAME",
+        help=f"one task or a few: {', '.join(SUITE)}",
+    )
     demo.add_argument(
         "--full",
         action="store_true",
@@ -114,6 +134,15 @@ def parser() -> argparse.ArgumentParser:
         help="load a run from OUT/runs/ instead of training it when its record has the same task, method, seed, "
         "settings and source files",
     )
+    demo.add_argument(
+        "--checker-errors",
+        nargs=2,
+        type=rate,
+        metavar=("FALSE_ACCEPT", "FALSE_REJECT"),
+        default=(FALSE_ACCEPT, FALSE_REJECT),
+        help="the checker's chance to accept a wrong demonstration and to reject a right one "
+        f"(default: {FALSE_ACCEPT} {FALSE_REJECT}; 0 0 is an exact checker)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     return root
 
@@ -121,10 +150,17 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     steps = args.steps or RunSettings().steps
-    settings = RunSettings(steps=steps, sft_coef=args.sft_coef, eval_every=max(1, min(50, steps // 10)))
+    false_accept, false_reject = args.checker_errors
+    settings = RunSettings(
+        steps=steps,
+        sft_coef=args.sft_coef,
+        eval_every=max(1, min(50, steps // 10)),
+        false_accept=false_accept,
+        false_reject=false_reject,
+    )
     if args.task:
         methods = args.methods or (MAIN_METHODS + ablations(settings) if args.full else MAIN_METHODS)
-        plan = grid_plan([args.task], methods, range(args.seeds or (TASK_FULL_SEEDS if args.full else 1)))
+        plan = grid_plan(args.task, methods, range(args.seeds or (TASK_FULL_SEEDS if args.full else 1)))
     elif args.methods:
         plan = grid_plan(list(SUITE) if args.full else QUICK_TASKS, args.methods, range(args.seeds or 1))
     else:

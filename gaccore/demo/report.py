@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from gaccore.demo.task import FALSE_ACCEPT, FALSE_REJECT, SUITE, make_suite_task
+from gaccore.demo.task import SUITE, make_suite_task
 from gaccore.demo.train import (
     DESCRIPTIONS,
     METHODS,
@@ -48,10 +48,16 @@ SCHEMA = "gaccore.demo.report/3"
 TIMING_KEYS = ("wall_s_mean", "step_ms_mean", "controller_overhead_pct")
 # The fewest seeds whose intervals the report calls a decision (the full suite's count).
 DECIDING_SEEDS = SUITE_SEEDS
-TRACK_NAMES = {
-    "U": "Track U: the expert cannot be checked (every rule sees the demonstrations as they are)",
-    "V": "Track V: the checker scores the demonstrations too (false accepts 30%, false rejects 10%)",
-}
+
+
+def track_title(name: str, settings: RunSettings) -> str:
+    if name == "U":
+        return "Track U: the expert cannot be checked (every rule sees the demonstrations as they are)"
+    return (
+        f"Track V: the checker scores the demonstrations too (false accepts {settings.false_accept:.0%}, "
+        f"false rejects {settings.false_reject:.0%})"
+    )
+
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -103,7 +109,7 @@ def tracks_of(runs: Sequence[RunResult]) -> dict[str, list[str]]:
     return {name: methods for name, methods in tracks.items() if methods}
 
 
-def _track_report(name: str, runs: Sequence[RunResult], methods: list[str]) -> dict[str, Any]:
+def _track_report(name: str, runs: Sequence[RunResult], methods: list[str], settings: RunSettings) -> dict[str, Any]:
     tasks, seeds, final = grid(runs, methods, lambda r: r.final_accuracy)
     _, _, curve_area = grid(runs, methods, area)
     regret = regrets(final)
@@ -121,7 +127,7 @@ def _track_report(name: str, runs: Sequence[RunResult], methods: list[str]) -> d
     }
     candidates = [m for m in methods if is_gac_method(m)]
     baselines = [m for m in methods if not is_gac_method(m)]
-    report: dict[str, Any] = {"title": TRACK_NAMES[name], "tasks": tasks, "seeds": seeds, "methods": summary}
+    report: dict[str, Any] = {"title": track_title(name, settings), "tasks": tasks, "seeds": seeds, "methods": summary}
     if candidates and baselines:
         judged = track_verdict(name, final, curve_area, candidates, baselines, deciding_seeds=DECIDING_SEEDS)
         report["verdict"] = {
@@ -270,10 +276,11 @@ def build_report(
     jobs: int = 1,
     reused: int = 0,
 ) -> dict[str, Any]:
-    tracks = {name: _track_report(name, runs, methods) for name, methods in tracks_of(runs).items()}
+    tracks = {name: _track_report(name, runs, methods, settings) for name, methods in tracks_of(runs).items()}
     tasks = {}
     for name in dict.fromkeys(r.task for r in runs):
-        spec, task = SUITE[name], make_suite_task(name, TASK_SEED)
+        spec = SUITE[name]
+        task = make_suite_task(name, TASK_SEED, false_accept=settings.false_accept, false_reject=settings.false_reject)
         accepted = task.train_demo_score.astype(bool)
         right = task.train_demo_reward.astype(bool)
         tasks[name] = {
@@ -357,11 +364,12 @@ def _left_out(report: dict[str, Any]) -> list[str]:
             "- Pure RL (`pure-rl`, mu = 0): it learns nothing on these tasks (held-out accuracy about 0.02 "
             "after 2000 steps) and never reads a demonstration, so it belongs to neither track."
         )
-    if "V" in report["tracks"]:
+    settings = report["settings"]
+    if "V" in report["tracks"] and (settings["false_accept"] > 0 or settings["false_reject"] > 0):
         items.append(
-            f"- A checker without errors: track V has one checker, with {FALSE_ACCEPT:.0%} false accepts on "
-            f"wrong demonstrations and {FALSE_REJECT:.0%} false rejects on right ones. How the rules compare "
-            "when every accepted demonstration is right is not measured here."
+            f"- A checker without errors: track V has one checker, with {settings['false_accept']:.0%} false "
+            f"accepts on wrong demonstrations and {settings['false_reject']:.0%} false rejects on right ones. How "
+            "the rules compare when every accepted demonstration is right is not measured here."
         )
     schedule = report["schedule"]
     if schedule:

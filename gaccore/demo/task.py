@@ -207,9 +207,19 @@ def make_task(
     )
 
 
-def make_suite_task(name: str, seed: int = 0) -> ArithmeticTask:
-    """The task of one regime of ``SUITE``."""
+def make_suite_task(
+    name: str, seed: int = 0, *, false_accept: float = FALSE_ACCEPT, false_reject: float = FALSE_REJECT
+) -> ArithmeticTask:
+    """The task of one regime of ``SUITE``, its demonstrations scored by a
+    checker with the given error rates."""
     if name not in SUITE:
         raise ValueError(f"unknown suite task {name!r}; choose from {sorted(SUITE)}")
     spec = SUITE[name]
-    return make_task(seed, operation=spec.operation, expert_error=spec.expert_error, error_rate=spec.error_rate)
+    return make_task(
+        seed,
+        operation=spec.operation,
+        expert_error=spec.expert_error,
+        error_rate=spec.error_rate,
+        false_accept=false_accept,
+        false_reject=false_reject,
+    )

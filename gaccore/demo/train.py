@@ -43,7 +43,7 @@ from gaccore import Config, Controller, kept_demos
 from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
 from gaccore.bindings.losses import mix, sft_loss
 from gaccore.demo.model import TinyTransformer
-from gaccore.demo.task import ANSWER_LEN, ArithmeticTask, make_suite_task, reward
+from gaccore.demo.task import ANSWER_LEN, FALSE_ACCEPT, FALSE_REJECT, ArithmeticTask, make_suite_task, reward
 from gaccore.stats import k3
 
 # Below this within-group reward spread the group carries no RL signal.
@@ -75,6 +75,10 @@ class RunSettings:
     layers: int = 2
     heads: int = 4
     threads: int = 1
+    # The checker that scores the demonstrations (track V): the chance it
+    # accepts a wrong one and rejects a right one, fixed per demonstration.
+    false_accept: float = FALSE_ACCEPT
+    false_reject: float = FALSE_REJECT
 
     @property
     def warmup_steps(self) -> int:
@@ -510,7 +514,7 @@ def train_one(
 ) -> RunResult:
     """Train a fresh policy on the suite task ``task_name`` with ``method``'s
     mixing rule; return its record."""
-    task = make_suite_task(task_name, TASK_SEED)
+    task = make_suite_task(task_name, TASK_SEED, false_accept=settings.false_accept, false_reject=settings.false_reject)
     trainer = Trainer(method, seed, task, settings)
     rule = trainer.rule
     result = RunResult(method=method, seed=seed, task=task_name)
