@@ -100,7 +100,7 @@ def _block_rows(
         # One advantage per row: a_t is constant along the row, so its mean
         # and extremes are adv_i and its M2 and co-moment exactly 0. (The
         # extremes of a row without tokens are never read: it is not valid.)
-        mean_a = min_a = max_a = adv.to(ROW_DTYPE)
+        mean_a = min_a = max_a = adv.to(ROW_DTYPE, copy=True)  # never the caller's tensor: it may change before step()
         finite_probe = finite_probe + mean_a
         m2_a = c_aw = torch.zeros_like(mean_a)
     else:
@@ -156,8 +156,7 @@ def twin_row_results(
     sft_coef: str = "phi",
 ) -> RowResults:
     """Row results of one batch (inputs already validated by the caller)."""
-    # Statistics of the inputs, never part of the caller's graph: detached at the
-    # boundary (a field may be an input as it is, such as adv of an empty batch).
+    # Statistics of the inputs, never part of the caller's graph: detached at the boundary.
     logp, mask, adv = logp.detach(), mask.detach(), adv.detach()
     ref_logp = None if ref_logp is None else ref_logp.detach()
     step = rows_per_block(logp.shape[0], logp.shape[1], logp.device)

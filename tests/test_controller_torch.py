@@ -729,3 +729,22 @@ def test_cuda_state_moves_between_devices():
     back.load_state_dict(_json_round_trip(on_cpu.state_dict()), device="cuda")
     got += [back.update(**batch, kl=kl).item() for batch, kl in steps[14:]]
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("adv_per_token", [False, True])
+def test_observed_rows_do_not_alias_the_callers_tensors(adv_per_token: bool) -> None:
+    """A caller may reuse its buffers between observe() and step(): the
+    observed statistics are the batch as it was when observed."""
+    batch = make_batch(9, 13, seed=5, adv_per_token=adv_per_token)
+    batch = {name: value.double() if name in ("logp", "adv") else value for name, value in batch.items()}
+    kept = {name: value.clone() for name, value in batch.items()}
+    reused, fresh = gaccore.Controller(), gaccore.Controller()
+    reused.observe(**batch)
+    batch["adv"].mul_(-3.0).add_(1.0)
+    batch["logp"].mul_(0.5)
+    reused.step(kl=0.1)
+    fresh.update(**kept, kl=0.1)
+    got, want = reused.metrics(), fresh.metrics()
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert got[name] == value or (math.isnan(got[name]) and math.isnan(value)), name
