@@ -111,7 +111,11 @@ def with_roles(rows: RowResults, expert: Any) -> RowResults:
 def with_scores(rows: RowResults, scores: Any) -> RowResults:
     """The verifier's per-row scores ``[B]`` (float; NaN or inf: not scored),
     for every row of the batch: a demonstration's score, a rollout's reward."""
-    return rows if scores is None else dataclasses.replace(rows, score=_as_real(scores))
+    if scores is None:
+        return rows
+    # A copy, never a view: the caller may refill its buffer before the step closes.
+    score = scores.to(torch_module().float64, copy=True) if is_torch(scores) else np.array(scores, dtype=np.float64)
+    return dataclasses.replace(rows, score=score)
 
 
 def kept_demos(scores: Any, filter_demos: float | None) -> Any:

@@ -737,11 +737,13 @@ def test_observed_rows_do_not_alias_the_callers_tensors(adv_per_token: bool) -> 
     observed statistics are the batch as it was when observed."""
     batch = make_batch(9, 13, seed=5, adv_per_token=adv_per_token)
     batch = {name: value.double() if name in ("logp", "adv") else value for name, value in batch.items()}
+    batch["scores"] = (torch.arange(9, dtype=torch.float64) % 3) / 2
     kept = {name: value.clone() for name, value in batch.items()}
     reused, fresh = gaccore.Controller(), gaccore.Controller()
     reused.observe(**batch)
     batch["adv"].mul_(-3.0).add_(1.0)
     batch["logp"].mul_(0.5)
+    batch["scores"].fill_(1.0)
     reused.step(kl=0.1)
     fresh.update(**kept, kl=0.1)
     got, want = reused.metrics(), fresh.metrics()

@@ -210,3 +210,21 @@ def test_statistics_computed_elsewhere_bring_their_rates() -> None:
     unscored.update_stats(batch_stats(**batch))
     with pytest.warns(RuntimeWarning, match="no verifier success rates for 2 steps"):
         unscored.update_stats(batch_stats(**batch))
+
+
+def test_observed_scores_and_advantages_are_copied_not_viewed() -> None:
+    """numpy buffers refilled between observe() and step() change nothing."""
+    rng = np.random.default_rng(3)
+    logp, mask = -rng.random((9, 13)), rng.random((9, 13)) < 0.7
+    adv, expert, scores = rng.normal(size=9), rng.random(9) < 0.3, (np.arange(9) % 3) / 2
+    kept = [x.copy() for x in (logp, mask, adv, expert, scores)]
+    reused, fresh = Controller(), Controller()
+    reused.observe(logp, mask, adv, expert, scores=scores)
+    for buffer in (logp, adv, scores):
+        buffer *= -2.0
+    reused.step(kl=0.1)
+    fresh.update(*kept[:4], scores=kept[4], kl=0.1)
+    got, want = reused.metrics(), fresh.metrics()
+    assert [
+        name for name in want if not (got[name] == want[name] or (np.isnan(got[name]) and np.isnan(want[name])))
+    ] == []
