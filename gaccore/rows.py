@@ -111,11 +111,8 @@ def with_roles(rows: RowResults, expert: Any) -> RowResults:
 def with_scores(rows: RowResults, scores: Any) -> RowResults:
     """The verifier's per-row scores ``[B]`` (float; NaN or inf: not scored),
     for every row of the batch: a demonstration's score, a rollout's reward."""
-    if scores is None:
-        return rows
     # A copy, never a view: the caller may refill its buffer before the step closes.
-    score = scores.to(torch_module().float64, copy=True) if is_torch(scores) else np.array(scores, dtype=np.float64)
-    return dataclasses.replace(rows, score=score)
+    return rows if scores is None else dataclasses.replace(rows, score=_as_real(scores, copy=True))
 
 
 def kept_demos(scores: Any, filter_demos: float | None) -> Any:
@@ -146,8 +143,11 @@ def _positions(x: Any) -> Any:
     return np.arange(x.shape[0], dtype=np.float64)
 
 
-def _as_real(x: Any) -> Any:
-    return x.to(torch_module().float64) if is_torch(x) else np.asarray(x, dtype=np.float64)
+def _as_real(x: Any, *, copy: bool = False) -> Any:
+    """``x`` as float64; with ``copy``, never a view of ``x``'s memory."""
+    if is_torch(x):
+        return x.to(torch_module().float64, copy=copy)
+    return np.array(x, dtype=np.float64) if copy else np.asarray(x, dtype=np.float64)
 
 
 def _masked_sum(select: Any, values: Any) -> Any:
