@@ -2,8 +2,9 @@
 
 ``TorchBackend`` satisfies ``gaccore.backend.TorchSide`` (``gaccore.kernels``
 registers it there on import): row results come
-from the fused Triton kernel on CUDA and from the torch twin elsewhere (the
-``method`` option: "auto", "triton", "torch"), the controller's state lives as
+from the fused Triton kernel on CUDA, from the compiled CPU pass on CPU where
+numba is installed, and from the torch twin elsewhere (the ``method`` option:
+"auto", "triton", "numba", "torch"), the controller's state lives as
 0-d float64 tensors on an accelerator and as host scalars for CPU tensors,
 and nothing here reads a device value on the host except ``to_host`` (the
 explicit read path behind ``ctrl.mu`` and ``ctrl.metrics()``).
@@ -11,6 +12,7 @@ explicit read path behind ``ctrl.mu`` and ``ctrl.metrics()``).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,20 +25,33 @@ from gaccore.kernels.tensors import check_inputs, on_host
 from gaccore.rows import BatchStats, RowResults, finalize, with_scores
 from gaccore.validation import check_filter_demos, check_trim
 
-# Where row results come from: the Triton kernel on CUDA and the twin elsewhere,
-# or either one forced.
-STATS_METHODS = ("auto", "triton", "torch")
+# Where row results come from: the Triton kernel on CUDA, the numba pass on
+# CPU (where numba is installed) and the twin elsewhere, or one of them forced.
+STATS_METHODS = ("auto", "triton", "numba", "torch")
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
 
 
 def _check_method(method: str) -> None:
     if method not in STATS_METHODS:
         raise ValueError(f"method must be one of {STATS_METHODS}, got {method!r}")
+    if method == "numba" and not HAS_NUMBA:
+        raise ValueError('method="numba" needs numba: pip install gaccore[cpu]')
 
 
 def uses_triton(method: str, device: torch.device) -> bool:
     """Whether ``method`` runs the Triton kernels on ``device``: "triton"
     everywhere, "auto" on CUDA."""
     return method == "triton" or (method == "auto" and device.type == "cuda")
+
+
+def uses_numba(method: str, device: torch.device) -> bool:
+    """Whether ``method`` runs the numba pass on ``device``: "numba" (CPU
+    tensors only), and "auto" on CPU where numba is installed."""
+    if device.type != "cpu":
+        if method == "numba":
+            raise ValueError(f'method="numba" runs on CPU tensors, got tensors on {device}')
+        return False
+    return method == "numba" or (method == "auto" and HAS_NUMBA)
 
 
 def row_results(
@@ -54,9 +69,10 @@ def row_results(
     inputs are validated. ``scores`` are the verifier's per-row scores (see
     ``gaccore.rows.with_scores``).
 
-    ``"auto"`` runs the Triton kernel on CUDA and the twin elsewhere,
-    ``"triton"`` forces the kernel (on CPU only under ``TRITON_INTERPRET=1``),
-    ``"torch"`` forces the twin.
+    ``"auto"`` runs the Triton kernel on CUDA, the numba pass on CPU where
+    numba is installed and the twin elsewhere; ``"triton"`` forces the kernel
+    (on CPU only under ``TRITON_INTERPRET=1``), ``"numba"`` the numba pass
+    (CPU tensors), ``"torch"`` the twin.
     """
     _check_method(method)
     check_inputs(logp, mask, adv, expert, ref_logp, sft_coef, scores)
@@ -64,6 +80,10 @@ def row_results(
         from gaccore.kernels import fused  # lazy: triton is imported only when the kernel runs
 
         rows = fused.kernel_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, checked=True)
+    elif uses_numba(method, logp.device):
+        from gaccore.kernels import cpu_rows  # lazy: numba is imported, and the pass compiled, when it first runs
+
+        rows = cpu_rows.cpu_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
     else:
         rows = reference.twin_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
     return with_scores(rows, None if scores is None else scores.detach())

@@ -48,14 +48,18 @@ def _run_numpy(ctrl, n_steps, **kwargs):
 @pytest.fixture
 def device_state(monkeypatch):
     """CPU tensors handled exactly as on a GPU: state in 0-d tensors, finalize
-    in torch (by default CPU state lives in host scalars)."""
+    in torch (by default CPU state lives in host scalars), statistics from the
+    twin, which runs on any device (the numba pass reads CPU memory through numpy)."""
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
+    monkeypatch.setattr(TORCH_BACKEND, "method", "torch")
 
 
 @pytest.fixture(params=["host", "device"])
 def cpu_state(request, monkeypatch):
-    """Both placements of a CPU controller's state."""
+    """Both placements of a CPU controller's state (the device one as in ``device_state``)."""
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", request.param == "host")
+    if request.param == "device":
+        monkeypatch.setattr(TORCH_BACKEND, "method", "torch")
     return request.param
 
 

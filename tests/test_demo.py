@@ -202,6 +202,7 @@ def test_reuse_loads_records_instead_of_training(
 def test_a_run_is_keyed_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "gaccore/controller.py" in method_sources("gac")
     assert "gaccore/kernels/reference.py" in method_sources("gac-no-prior")
+    assert "gaccore/kernels/cpu_rows.py" in method_sources("gac")
     assert "gaccore/kernels/fused.py" not in method_sources("gac")  # never runs on the demo's CPU tensors
     assert "gaccore/controller.py" not in method_sources("chord")
     assert {"gaccore/baselines.py", "gaccore/demo/train.py", "gaccore/bindings/losses.py"} <= set(method_sources("hpt"))
@@ -218,6 +219,13 @@ def test_a_run_is_keyed_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.
         assert old in text
         path.write_text(text.replace(old, new, 1))
 
+    # Which CPU path computes the statistics depends on numba: the GAC methods' keys name it.
+    assert run_identity("perfect", "gac", 0, TINY)["numba"] == runner.numba_version()
+    assert "numba" not in run_identity("perfect", "chord", 0, TINY)
+    installed = {method: key(method) for method in ("gac", "chord")}
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "numba_version", lambda: None)
+        assert key("gac") != installed["gac"] and key("chord") == installed["chord"]
     before = {method: key(method) for method in ("gac", "gac-no-prior", "chord", "pure-sft")}
     controller = copies["gaccore"] / "controller.py"
     # Docstrings, comments and layout change no number: nothing retrains.

@@ -17,10 +17,11 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # noqa: E402
 
-from gaccore.kernels import batch_stats, fused, reference  # noqa: E402
+from gaccore.kernels import batch_stats, fused, reference, torch_backend  # noqa: E402
 from gaccore.rows import RowResults, finalize  # noqa: E402
 
-FORCED_METHODS = ["torch", "triton"]
+needs_numba = pytest.mark.skipif(not torch_backend.HAS_NUMBA, reason="numba is not installed")
+FORCED_METHODS = ["torch", pytest.param("numba", marks=needs_numba), "triton"]
 SHAPES = [(1, 1), (3, 5), (7, 33), (37, 129)]
 
 

@@ -118,8 +118,10 @@ def actor_micro_batch(batch: DataProto) -> tuple[object, torch.Tensor, dict[str,
 def test_compute_mu_reads_the_device_once(monkeypatch, knobs: dict) -> None:
     """mu for meta_info and the logged metrics come from one device read, the
     verifier's scores and the filter included (state kept in tensors as on a
-    GPU; every host read of a tensor counted)."""
+    GPU, statistics from the twin, which runs on any device; every host read
+    of a tensor counted)."""
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
+    monkeypatch.setattr(TORCH_BACKEND, "method", "torch")
     ctrl = Controller(**knobs, **CONTROLLER)
     gac_verl.compute_mu(driver_batch(0), ctrl)  # the state moves to the device first
     reads = []

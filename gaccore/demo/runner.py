@@ -3,8 +3,10 @@ worker processes, keeping one record per run, and writing the report.
 
 Each finished run is written at once to ``OUT/runs/`` as JSON, under a key
 of everything its numbers depend on: the task, the method, the seed, the
-settings, the torch and numpy versions, and a digest of the source files
-the method's code runs through (``train.method_sources``). With
+settings, the torch and numpy versions (and for GAC methods numba's, or
+its absence: it decides which CPU path computes the statistics), and a
+digest of the source files the method's code runs through
+(``train.method_sources``). With
 ``reuse=True`` a run whose record exists under the same key is loaded
 instead of trained, so an interrupted suite resumes where it stopped and a
 new method extends a suite without retraining the others; an edit of the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
 import json
 import multiprocessing
 import time
@@ -33,7 +36,7 @@ from tqdm import tqdm
 
 from gaccore.demo.report import build_report, write_outputs
 from gaccore.demo.task import SUITE
-from gaccore.demo.train import METHODS, RunResult, RunSettings, method_sources, train_one
+from gaccore.demo.train import METHODS, RunResult, RunSettings, is_gac_method, method_sources, train_one
 
 # 2: keyed by the code of the sources (code_of), not their text.
 RECORD_SCHEMA = "gaccore.demo.run/2"
@@ -66,9 +69,17 @@ def sources_digest(method: str) -> str:
     return digest.hexdigest()
 
 
+def numba_version() -> str | None:
+    """The installed numba's version, ``None`` without numba."""
+    try:
+        return importlib.metadata.version("numba")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def run_identity(task: str, method: str, seed: int, settings: RunSettings) -> dict[str, Any]:
     """Everything a run's numbers depend on."""
-    return {
+    identity = {
         "task": task,
         "method": method,
         "seed": seed,
@@ -77,6 +88,9 @@ def run_identity(task: str, method: str, seed: int, settings: RunSettings) -> di
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
+    if is_gac_method(method):
+        identity["numba"] = numba_version()
+    return identity
 
 
 def run_key(identity: dict[str, Any]) -> str:

@@ -343,8 +343,9 @@ BASELINE_SOURCES = [
 
 
 # The torch side's modules a demo run never executes: it trains on CPU
-# tensors, where statistics come from the twin (not the Triton kernel), with
-# no process group and no compiled step. Editing them retrains nothing.
+# tensors, where statistics come from the numba pass or, without numba, the
+# twin (never the Triton kernel), with no process group and no compiled step.
+# Editing them retrains nothing.
 KERNELS_NOT_RUN = ("fused.py", "distributed.py", "graphs.py")
 
 

@@ -1,0 +1,185 @@
+"""The compiled CPU pass (gaccore.kernels.cpu_rows) against the float64 numpy
+reference and the torch twin: every output written, repeats bit-identical,
+the SFT coefficient and k3 at their extremes, and how "auto" picks it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("numba")
+
+import numpy as np  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # noqa: E402
+
+from gaccore.kernels import batch_stats, cpu_rows, reference, torch_backend  # noqa: E402
+from gaccore.rows import RowResults, finalize  # noqa: E402
+from gaccore.stats import k3 as gaccore_k3  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 12),
+    tokens=st.integers(0, 70),
+    seed=st.integers(0, 2**16),
+    adv_per_token=st.booleans(),
+    expert=st.booleans(),
+    ref=st.booleans(),
+    mask_rate=st.floats(0.0, 1.0),
+    sft_coef=st.sampled_from(["phi", "nll"]),
+)
+def test_property_matches_numpy(rows, tokens, seed, adv_per_token, expert, ref, mask_rate, sft_coef):
+    """Any small batch, with NaN and -inf padding, gives the reference's statistics."""
+    batch = make_batch(
+        rows, tokens, seed=seed, adv_per_token=adv_per_token, expert=expert, ref=ref, mask_rate=mask_rate
+    )
+    assert_stats_close(
+        batch_stats(**batch, sft_coef=sft_coef, method="numba"),
+        numpy_stats(batch, sft_coef=sft_coef),
+        RTOL[torch.float32],
+    )
+
+
+def _poisoned_runs(batch):
+    """Runs into an output poisoned with NaN, then a finite sentinel, then NaN:
+    equal bits show every output written (the unscored score, and kl_sum
+    without ref_logp, are NaN by design) and repeats bit-identical."""
+    rows = batch["logp"].shape[0]
+    runs = []
+    for poison in (math.nan, 1234.5, math.nan):
+        out = np.full((len(cpu_rows.ROW_FIELDS), rows), poison)
+        last = cpu_rows.cpu_row_results(**batch, out=out)
+        runs.append(out.copy())
+    for run in runs[1:]:
+        assert np.array_equal(run.view(np.int64), runs[0].view(np.int64)), (
+            "an output left unwritten, or a repeat differs"
+        )
+    return last
+
+
+@pytest.mark.parametrize("adv_per_token", [False, True])
+@pytest.mark.parametrize("ref", [True, False])
+def test_writes_every_output_and_is_bit_identical(adv_per_token, ref):
+    batch = make_batch(9, 131, seed=13, adv_per_token=adv_per_token, ref=ref)
+    rows = _poisoned_runs(batch)
+    assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
+
+
+@pytest.mark.parametrize("expert", ["bool", "int", "none"])
+@pytest.mark.parametrize("ref", [True, False])
+@pytest.mark.parametrize("adv_per_token", [False, True])
+def test_every_field_matches_the_twin(expert, ref, adv_per_token):
+    """ROW_FIELDS name each slot the pass writes: every field of every row
+    with tokens equals the twin's (the extremes of token-less rows are fill
+    values), the roles and the NaNs of no score and no ref_logp included."""
+    assert sorted(cpu_rows.ROW_FIELDS) == sorted(RowResults.__dataclass_fields__)
+    batch = make_batch(7, 40, seed=17, adv_per_token=adv_per_token, expert=expert != "none", ref=ref, mask_rate=0.5)
+    batch["mask"][2] = False
+    if expert == "int":
+        batch["expert"] = batch["expert"].to(torch.int32) * 3
+    got, want = cpu_rows.cpu_row_results(**batch), reference.twin_row_results(**batch)
+    rows = want.n_tokens > 0
+    for name in RowResults.__dataclass_fields__:
+        torch.testing.assert_close(
+            getattr(got, name)[rows],
+            getattr(want, name)[rows],
+            rtol=1e-5,
+            atol=1e-6,
+            equal_nan=name in ("score", "kl_sum"),
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
+
+
+@pytest.mark.parametrize("sft_coef", ["phi", "nll"])
+def test_extreme_log_probs_and_kl(sft_coef):
+    """The written-out exp and the expm1 series at their seams (x = -1,
+    exp's range reduction, below fp32's normal range), logp near 0 where
+    1 - p cancels, positive logp clamped, and k3 from its series to fp64's
+    direct form far from the reference."""
+    values = [0.0, -1e-9, -3e-7, -1e-4, -0.3466, -0.6931, -0.99999, -1.0, -1.00001, -2.5, -20.0, -86.9, -87.5]
+    values += [-100.0, -1e4, 1e-3, -1e-5, -0.05, -7.0, -40.0]
+    logp = torch.tensor(values).repeat(6, 1)
+    logp[1::2] = logp[1::2].flip(1)
+    shift = torch.tensor([0.0, 1e-5, -2e-4, 0.7, -3.0, 60.0])[:, None]
+    batch = {
+        "logp": logp,
+        "mask": torch.ones_like(logp, dtype=torch.bool),
+        "adv": torch.tensor([0.5, -1.0, 2.0, 0.0, 1.5, -0.25]),
+        "expert": torch.tensor([True, False, False, True, False, False]),
+        "ref_logp": logp.clamp(max=0.0) + shift,
+    }
+    assert_stats_close(
+        batch_stats(**batch, sft_coef=sft_coef, method="numba"),
+        numpy_stats(batch, sft_coef=sft_coef),
+        RTOL[torch.float32],
+    )
+
+
+def test_one_token_rows_give_each_coefficient_to_fp32_precision():
+    """Rows of one token: the row's mean_w is that token's w and its kl_sum
+    that token's k3, checked one by one (a statistic would average an error
+    away): w within 4 fp32 ulp of p (1 - p) or 1 - p in float64, from logp
+    near 0 (where 1 - exp(x) cancels) through exp's range reduction, and
+    below fp32's normal range, where w is 0 to within 2e-38; k3 of the fp32 difference to float64 precision,
+    across its series and its direct form."""
+    exponents = torch.linspace(-10.0, math.log10(87.0), 301, dtype=torch.float64)
+    x = torch.cat(
+        [-(10.0**exponents), torch.tensor([0.0, -1.0, -1.0000001, -0.9999999, -0.5, -2.0, -88.0, -103.0, -1e4])]
+    ).float()
+    ref = torch.cat(
+        [x[:150] + 10.0 ** torch.linspace(-9.0, 1.0, 150), x[150:] - 10.0 ** torch.linspace(-9.0, 2.0, 160)]
+    )
+    batch = {
+        "logp": x[:, None],
+        "mask": torch.ones(len(x), 1, dtype=torch.bool),
+        "adv": torch.zeros(len(x)),
+        "ref_logp": ref.float()[:, None],
+    }
+    x64 = x.double()
+    one_minus_p = -torch.expm1(x64)
+    for sft_coef, want in (("phi", torch.exp(x64) * one_minus_p), ("nll", one_minus_p)):
+        got = cpu_rows.cpu_row_results(**batch, sft_coef=sft_coef).mean_w
+        torch.testing.assert_close(got, want, rtol=4 * 2.0**-24, atol=2e-38, msg=lambda m, c=sft_coef: f"{c}: {m}")
+    diff = (batch["ref_logp"][:, 0] - batch["logp"][:, 0]).double()
+    want_k3 = torch.from_numpy(gaccore_k3(diff.numpy()))
+    torch.testing.assert_close(cpu_rows.cpu_row_results(**batch).kl_sum, want_k3, rtol=1e-13, atol=0.0)
+
+
+def test_out_is_checked():
+    batch = make_batch(3, 4)
+    with pytest.raises(ValueError, match="out must be a C-contiguous float64 array of shape"):
+        cpu_rows.cpu_row_results(**batch, out=np.zeros((len(cpu_rows.ROW_FIELDS), 3), np.float32))
+
+
+def test_auto_runs_the_pass_on_cpu(monkeypatch):
+    def unexpected(*args, **kwargs):
+        raise AssertionError("auto ran the twin on CPU although numba is installed")
+
+    monkeypatch.setattr(reference, "twin_row_results", unexpected)
+    batch = make_batch(5, 9, seed=3)
+    assert_stats_close(batch_stats(**batch), numpy_stats(batch), RTOL[torch.float32])
+
+
+def test_without_numba_auto_runs_the_twin_and_numba_is_refused(monkeypatch):
+    monkeypatch.setattr(torch_backend, "HAS_NUMBA", False)
+
+    def unexpected(*args, **kwargs):
+        raise AssertionError("the numba pass ran without numba")
+
+    monkeypatch.setattr(cpu_rows, "cpu_row_results", unexpected)
+    batch = make_batch(5, 9, seed=3)
+    assert_stats_close(batch_stats(**batch), numpy_stats(batch), RTOL[torch.float32])
+    with pytest.raises(ValueError, match=r'method="numba" needs numba: pip install gaccore\[cpu\]'):
+        batch_stats(**batch, method="numba")
+
+
+def test_numba_is_for_cpu_tensors():
+    assert torch_backend.uses_numba("auto", torch.device("cpu"))
+    assert not torch_backend.uses_numba("auto", torch.device("meta"))
+    assert not torch_backend.uses_numba("torch", torch.device("cpu"))
+    with pytest.raises(ValueError, match='method="numba" runs on CPU tensors, got tensors on meta'):
+        torch_backend.uses_numba("numba", torch.device("meta"))
