@@ -3,27 +3,33 @@
 The CPU counterpart of the fused Triton kernel (``gaccore.kernels.fused``):
 each row of the batch is read once, its tokens' statistics are accumulated
 in a few vectorized loops over the row, and every field of the row results,
-the roles included, is written by that row's iteration. It replaces the torch twin
-(``gaccore.kernels.reference``) on CPU where numba is installed
+the roles included, is written by that row's iteration. It replaces the
+torch twin (``gaccore.kernels.reference``) on CPU where numba is installed
 (``pip install gaccore[cpu]``): the twin makes some 40 passes over
 batch-sized temporaries, each a separate torch call, and at small shapes
 those calls cost more than the arithmetic.
 
-Element-wise numerics are the kernel's: values converted to fp32 right
-after they are read, masked-out positions replaced by 0 before any
-arithmetic (padding may be NaN or inf), logp clamped to ``<= 0``, the SFT
-coefficient from ``p = exp(x)`` and ``1 - p``, with ``1 - p = -expm1(x)`` by
-its series on (-1, 0] where ``1 - exp(x)`` would cancel. Sums and second
-moments accumulate in fp64, moments about the fp32-rounded row mean, as the
-twin's do; k3 is fp64 (``gaccore.stats.k3``'s series and direct form).
+Semantics are the twin's and the float64 reference's (SPEC §2): values
+converted to fp32 right after they are read, masked-out positions replaced
+by 0 before any arithmetic (padding may be NaN or inf), logp clamped to
+``<= 0``. Sums and second moments accumulate in fp64, moments about the
+fp32-rounded row mean, as the twin's do; k3 is fp64 (``gaccore.stats.k3``'s
+series and direct form).
 
-``exp`` is written out (Cody-Waite reduction, a degree-6 polynomial, 2^k
-from its exponent bits): numba calls the C library's scalar ``expf`` for
-``math.exp``, about 15 ns a token here, against well under 1 ns for the
-vectorized form, and the accuracy is the same (about 1 ulp).
-Fast-math flags allow reassociation (what lets sums vectorize) but not
-``nnan``/``ninf``: a NaN or inf that is masked in must reach the row's
-finite-probe and make the row invalid.
+The SFT coefficient comes from one written-out ``expm1`` per token: with
+``x = k ln2 + r`` (Cody-Waite, ``|r| <= ln2 / 2``) and ``e = expm1(r)`` by
+its Taylor polynomial, ``p = 2^k (1 + e)`` and ``1 - p = (1 - 2^k) - 2^k e``,
+both within 2 fp32 ulp, ``1 - p`` included where ``exp(x)`` is near 1
+(``k = 0`` there, so it is ``-e``, never a difference of close numbers).
+numba would call the C library's scalar ``expf``/``expm1f``, about 15 ns a
+token here; the polynomial vectorizes, under 1 ns.
+
+Fast-math: the loops allow reassociation, which lets their sums vectorize,
+but never ``nnan``/``ninf`` (a NaN or inf that is masked in must reach the
+row's finite-probe and make the row invalid). The coefficient is a function
+of its own without reassociation: with it, the compiler may rewrite
+``1 - p`` as the cancelling ``1 - 2^k (1 + e)``. Min and max are integer
+reductions of the floats' bits, which vectorize where float ones do not.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ import math
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba import types
+from numba.core.extending import intrinsic
 
 from gaccore.rows import RowResults
 from gaccore.stats import K3_SERIES_BELOW
@@ -82,144 +91,175 @@ NO_EXPERT_FLAGS = np.zeros(0, np.bool_)  # stands in for expert=None: never read
 
 FAST_MATH = {"reassoc", "contract", "arcp", "nsz"}
 f32 = np.float32
+i32 = np.int32
 ZERO = f32(0.0)
 ONE = f32(1.0)
 FLT_MAX = f32(np.finfo(np.float32).max)
-INT32_MAX = np.int32(np.iinfo(np.int32).max)
-INT32_MIN = np.int32(np.iinfo(np.int32).min)
-# exp(x) for x <= 0: x = k ln2 + r with ln2 split in two so k ln2 is exact,
-# then 2^k (1 + r + r^2 P(r)). Below EXP_MIN_X, 2^k leaves fp32's normal
-# range; p = exp(-87) = 1.6e-38 there is 0 to any statistic.
+INT32_MAX = i32(np.iinfo(np.int32).max)
+# x = k ln2 + r with ln2 split in two, so that k ln2 is exact for the k of
+# fp32's range. Below EXP_MIN_X, 2^k would leave fp32's normal range; p is
+# taken as exp(-87) = 1.6e-38 there, 0 to any statistic.
 LOG2E = f32(1.4426950408889634)
 LN2_HI = f32(0.693359375)
 LN2_LO = f32(-2.12194440e-4)
 EXP_MIN_X = f32(-87.0)
-P0, P1, P2, P3, P4, P5 = (
-    f32(5.0000001201e-1),
-    f32(1.6666665459e-1),
-    f32(4.1665795894e-2),
-    f32(8.3334519073e-3),
-    f32(1.3981999507e-3),
-    f32(1.9875691500e-4),
-)
-# Taylor coefficients 2 / (j + 2)! of Q in expm1(x) = x (1 + x/2 Q(x)), the
-# fused kernel's series (truncated after x^11/11!: < 5e-9 relative on |x| < 1).
-Q1, Q2, Q3, Q4, Q5, Q6, Q7, Q8, Q9 = (f32(2.0 / math.factorial(j + 2)) for j in range(1, 10))
+# expm1(r) = r + r^2 (1/2! + r/3! + ... + r^7/9!): on |r| <= ln2 / 2 the
+# next term is below 1e-8 of the value.
+E2, E3, E4, E5, E6, E7, E8, E9 = (f32(1.0 / math.factorial(j)) for j in range(2, 10))
+
+
+@intrinsic
+def _float_of_bits(typingctx, bits):  # pragma: no cover - compiled
+    """The fp32 whose bits are the int32 ``bits``."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _bits_of_float(typingctx, value):  # pragma: no cover - compiled
+    """The bits of the fp32 ``value`` as an int32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@numba.njit(fastmath={"contract"}, nogil=True, cache=True)
+def _sft_coefficient(x, phi):  # pragma: no cover - compiled
+    """``w``: ``p (1 - p)`` (``phi``) or ``1 - p``, for fp32 ``x = logp <= 0``."""
+    v = x if x > EXP_MIN_X else EXP_MIN_X
+    k = np.floor(v * LOG2E + f32(0.5))
+    r = v - k * LN2_HI - k * LN2_LO
+    s = E8 + r * E9
+    s = E7 + r * s
+    s = E6 + r * s
+    s = E5 + r * s
+    s = E4 + r * s
+    s = E3 + r * s
+    s = E2 + r * s
+    e = r + r * r * s
+    scale = _float_of_bits(i32((i32(k) + i32(127)) << i32(23)))
+    one_minus_p = (ONE - scale) - scale * e
+    return (scale + scale * e) * one_minus_p if phi else one_minus_p
+
+
+def _flip_negative(builder, bits):
+    """Negative floats' magnitude bits flipped: ``bits ^ ((bits >> 31) & INT32_MAX)``
+    in int32 (numba's own integer arithmetic would widen it to int64)."""
+    sign = builder.ashr(bits, ir.Constant(ir.IntType(32), 31))
+    return builder.xor(bits, builder.and_(sign, ir.Constant(ir.IntType(32), int(INT32_MAX))))
+
+
+@intrinsic
+def _order_key(typingctx, value):  # pragma: no cover - compiled
+    """An int32 key in the order of the fp32 ``value`` (the inverse is ``_float_of_key``)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _flip_negative(builder, builder.bitcast(args[0], ir.IntType(32)))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _float_of_key(typingctx, key):  # pragma: no cover - compiled
+    """The fp32 whose ``_order_key`` is ``key``."""
+    if key != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(_flip_negative(builder, args[0]), ir.FloatType())
+
+    return types.float32(types.int32), codegen
 
 
 @numba.njit(fastmath=FAST_MATH, nogil=True, cache=True)
-def _k3(x: float) -> float:  # pragma: no cover - compiled
+def _k3(x):  # pragma: no cover - compiled
     if abs(x) < K3_SERIES_BELOW:
         return 0.5 * x * x * (1.0 + x / 3.0 * (1.0 + x / 4.0 * (1.0 + x / 5.0 * (1.0 + x / 6.0))))
     return math.expm1(x) - x
 
 
-@numba.njit(nogil=True, cache=True)
-def _smallest(keys):  # pragma: no cover - compiled
-    low = INT32_MAX
-    for t in range(keys.shape[0]):
-        key = keys[t]
-        low = key if key < low else low
-    return low
-
-
-@numba.njit(nogil=True, cache=True)
-def _largest(keys):  # pragma: no cover - compiled
-    high = INT32_MIN
-    for t in range(keys.shape[0]):
-        key = keys[t]
-        high = key if key > high else high
-    return high
-
-
 @numba.njit(fastmath=FAST_MATH, nogil=True, cache=True)
 def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, phi, out):  # pragma: no cover - compiled
     rows, tokens = logp.shape
-    # Row scratch, reused row after row: each loop below is a separate
-    # vectorized sweep over these (a loop that also reduced a min or max
-    # would not vectorize).
+    # Row scratch, reused row after row. Each loop below is one vectorized
+    # sweep; fp32 work and fp64 sums run in separate loops (mixing the
+    # widths in one loop halves its vector width).
     x_row = np.empty(tokens, np.float32)  # clamped logp, 0 where masked out
     off_row = np.empty(tokens, np.float32)  # 0 where masked in, FLT_MAX where out
-    poly_row = np.empty(tokens, np.float32)  # exp(r) of x = k ln2 + r
-    scale_bits = np.empty(tokens, np.int32)  # 2^k, as fp32 bits
-    scale_row = scale_bits.view(np.float32)
-    w_row = np.empty(tokens, np.float32)
-    w_bits = w_row.view(np.int32)
-    lifted_row = np.empty(tokens, np.float32)  # w + off_row
-    lifted_bits = lifted_row.view(np.int32)
-    a_row = np.empty(tokens, np.float32)
-    a_bits = a_row.view(np.int32)
-    extreme_bits = np.empty(2, np.int32)  # an extreme's key turned back to fp32 bits
-    extreme = extreme_bits.view(np.float32)
+    w_row = np.empty(tokens, np.float32)  # 0 where masked out
+    a_row = np.empty(tokens, np.float32)  # 0 where masked out
     for i in range(rows):
         logp_i = logp[i]
         mask_i = mask[i]
-        n = 0
-        # The sum of 0 x every masked-in input: 0 exactly when all are finite
-        # (0 x inf is NaN), and never an overflow.
+        # The sum of 0 x every masked-in input: 0 exactly when all are
+        # finite (0 x inf is NaN), and never an overflow.
         probe = ZERO
-        logp_sum = 0.0
+        # w >= 0, and non-negative floats order as their bits do: the
+        # extremes are integer reductions, the minimum over w lifted to
+        # FLT_MAX where masked out, the maximum over w (0 where masked out).
+        low_w = _bits_of_float(FLT_MAX)
+        high_w = i32(0)
         for t in range(tokens):
             on = mask_i[t]
             raw = logp_i[t] if on else ZERO
             probe += raw * ZERO
-            n += 1 if on else 0
-            off_row[t] = ZERO if on else FLT_MAX
+            off = ZERO if on else FLT_MAX
             x = raw if raw < ZERO else ZERO  # NaN becomes 0 here; the probe has it
-            logp_sum += x
+            w = _sft_coefficient(x, phi)
+            off_row[t] = off
             x_row[t] = x
-            v = x if x > EXP_MIN_X else EXP_MIN_X
-            k = np.floor(v * LOG2E + f32(0.5))
-            r = v - k * LN2_HI - k * LN2_LO
-            p = P5 * r + P4
-            p = p * r + P3
-            p = p * r + P2
-            p = p * r + P1
-            p = p * r + P0
-            poly_row[t] = p * r * r + r + ONE
-            scale_bits[t] = (np.int32(k) + np.int32(127)) << np.int32(23)
+            w_row[t] = w
+            lifted = _bits_of_float(w + off)
+            bits = _bits_of_float(w)
+            low_w = lifted if lifted < low_w else low_w
+            high_w = bits if bits > high_w else high_w
+        n = 0.0
+        logp_sum = 0.0
         w_sum = 0.0
         for t in range(tokens):
-            x = x_row[t]
-            p = poly_row[t] * scale_row[t]
-            s = Q8 + x * Q9
-            s = Q7 + x * s
-            s = Q6 + x * s
-            s = Q5 + x * s
-            s = Q4 + x * s
-            s = Q3 + x * s
-            s = Q2 + x * s
-            s = Q1 + x * s
-            s = ONE + x * s
-            q = -(x * (ONE + f32(0.5) * x * s)) if x > -ONE else ONE - p  # 1 - p; 0 where masked out
-            w = p * q if phi else q
-            w_row[t] = w
-            lifted_row[t] = w + off_row[t]
-            w_sum += w
-        count = np.float64(max(n, 1))
+            n += 1.0 if off_row[t] == ZERO else 0.0
+            logp_sum += x_row[t]
+            w_sum += w_row[t]
+        count = max(n, 1.0)
         mean_w = w_sum / count
         mean_w32 = f32(mean_w)
         m2_w = 0.0
         for t in range(tokens):
             d = np.float64(w_row[t] - mean_w32) if off_row[t] == ZERO else 0.0
             m2_w += d * d
-        # Extremes as integer reductions of the fp32 bits (a float min or max
-        # reduction does not vectorize): w >= 0, and non-negative floats
-        # order as their bits do; masked-out tokens are lifted to FLT_MAX
-        # for the minimum and hold w = 0 for the maximum.
-        extreme_bits[0] = _smallest(lifted_bits)
-        extreme_bits[1] = _largest(w_bits)
-        min_w = extreme[0]
-        max_w = extreme[1]
+        out[MIN_W, i] = _float_of_bits(low_w)
+        out[MAX_W, i] = _float_of_bits(high_w)
 
         if per_token:
             adv_i = adv[i]
-            a_sum = 0.0
+            # Advantages have either sign: extremes over their order keys,
+            # masked-out tokens lifted to FLT_MAX for the minimum and lowered
+            # to -FLT_MAX for the maximum.
+            low_a = _order_key(FLT_MAX)
+            high_a = _order_key(-FLT_MAX)
             for t in range(tokens):
                 a = adv_i[t] if mask_i[t] else ZERO
-                a_row[t] = a
-                a_sum += a
                 probe += a * ZERO
+                a_row[t] = a
+                off = off_row[t]
+                low = _order_key(a + off)
+                high = _order_key(a - off)
+                low_a = low if low < low_a else low_a
+                high_a = high if high > high_a else high_a
+            a_sum = 0.0
+            for t in range(tokens):
+                a_sum += a_row[t]
             mean_a = a_sum / count
             mean_a32 = f32(mean_a)
             m2_a = 0.0
@@ -230,26 +270,8 @@ def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, p
                 dw = np.float64(w_row[t] - mean_w32) if on else 0.0
                 m2_a += da * da
                 c_aw += da * dw
-            # Advantages have either sign: each float's bits become an integer
-            # key in the floats' order (negative floats' magnitude bits
-            # flipped; the same map turns a key back), masked-out tokens at
-            # the ends of that order, where 0 is neither extreme.
-            low_key = INT32_MAX
-            high_key = INT32_MIN
-            for t in range(tokens):
-                bits = a_bits[t]
-                key = bits ^ ((bits >> np.int32(31)) & INT32_MAX)
-                on = off_row[t] == ZERO
-                low = key if on else INT32_MAX
-                high = key if on else INT32_MIN
-                low_key = low if low < low_key else low_key
-                high_key = high if high > high_key else high_key
-            extreme_bits[0] = low_key ^ ((low_key >> np.int32(31)) & INT32_MAX)
-            extreme_bits[1] = high_key ^ ((high_key >> np.int32(31)) & INT32_MAX)
-            min_a = extreme[0] if low_key != INT32_MAX else FLT_MAX
-            max_a = extreme[1] if high_key != INT32_MIN else -FLT_MAX
-            out[MIN_A, i] = min_a
-            out[MAX_A, i] = max_a
+            out[MIN_A, i] = _float_of_key(low_a)
+            out[MAX_A, i] = _float_of_key(high_a)
         else:
             # One advantage per row: a_t is constant along the row, so its mean
             # and extremes are adv_i, its M2 and co-moment exactly 0.
@@ -274,7 +296,7 @@ def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, p
         # The roles (SPEC §2), as gaccore.rows.with_roles sets them: without
         # expert flags every valid row is an RL row and the SFT statistic is
         # taken over the same rows, and no row is a demonstration.
-        valid = 1.0 if n > 0 and probe == ZERO else 0.0
+        valid = 1.0 if n > 0.0 and probe == ZERO else 0.0
         demo = valid if has_expert and expert[i] else 0.0
         out[N_TOKENS, i] = n
         out[VALID, i] = valid
@@ -289,8 +311,6 @@ def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, p
         out[M2_A, i] = m2_a
         out[M2_W, i] = m2_w
         out[C_AW, i] = c_aw
-        out[MIN_W, i] = min_w
-        out[MAX_W, i] = max_w
 
 
 def _fp32(value: torch.Tensor) -> np.ndarray:
