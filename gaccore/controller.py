@@ -181,9 +181,11 @@ def _advance_steps(
     expert_reward: A | None,
     policy_reward: A | None,
 ) -> ControllerState[A]:
-    s = state
+    # The new state's values by name, filled in step by step and read back by
+    # the later steps; one ControllerState at the end (each dataclasses.replace
+    # of its 23 fields costs more than a step's arithmetic on host scalars).
+    s = dict(vars(state))
     kD, kS, kR = config.scale
-    updates: dict[str, Any] = {}
 
     # 1. Proxies into their EMAs.
     if batch is not None:
@@ -195,26 +197,21 @@ def _advance_steps(
             ("var_sft", var_sft),
             ("var_rl", var_rl),
         ):
-            ema, has, finite = _fold(getattr(s, f"ema_{name}"), getattr(s, f"has_{name}"), value, config.stat_beta)
-            updates[f"ema_{name}"], updates[f"has_{name}"] = ema, has
-            updates[f"n_skipped_{name}"] = getattr(s, f"n_skipped_{name}") + where(finite, 0.0, 1.0)
-        updates["n_dropped"] = clip(s.n_dropped + batch.n_dropped, 0.0, FLOAT_MAX)
-        s = dataclasses.replace(s, **updates)
+            ema, has, finite = _fold(s[f"ema_{name}"], s[f"has_{name}"], value, config.stat_beta)
+            s[f"ema_{name}"], s[f"has_{name}"] = ema, has
+            s[f"n_skipped_{name}"] = s[f"n_skipped_{name}"] + where(finite, 0.0, 1.0)
+        s["n_dropped"] = clip(s["n_dropped"] + batch.n_dropped, 0.0, FLOAT_MAX)
 
     # 2. KL-controlled rho: the caller's kl when finite, else the batch's.
     observation = kl
     if batch is not None:
         observation = batch.kl if kl is None else where(isfinite(kl), kl, batch.kl)
     if observation is not None:
-        ema_kl, has_kl, observed = _fold(s.ema_kl, s.has_kl, observation, config.kl_beta)
+        ema_kl, has_kl, observed = _fold(s["ema_kl"], s["has_kl"], observation, config.kl_beta)
         excess = clip(where(observed, observation, 0.0) - config.kl_target, 0.0, FLOAT_MAX)
-        s = dataclasses.replace(
-            s,
-            ema_kl=ema_kl,
-            has_kl=has_kl,
-            rho=rho_step(s.rho, ema_kl, observed, config),
-            kl_drift_area=clip(s.kl_drift_area + where(observed, excess, 0.0), 0.0, FLOAT_MAX),
-        )
+        s["ema_kl"], s["has_kl"] = ema_kl, has_kl
+        s["rho"] = rho_step(s["rho"], ema_kl, observed, config)
+        s["kl_drift_area"] = clip(s["kl_drift_area"] + where(observed, excess, 0.0), 0.0, FLOAT_MAX)
 
     # 2b. The verifier's success rates (the caller's when finite, else the batch's
     # from its scores); in mode "verified" they set rho once both are known.
@@ -223,22 +220,21 @@ def _advance_steps(
             measured = getattr(batch, name)
             reward = measured if reward is None else where(isfinite(reward), reward, measured)
         if reward is not None:
-            ema, has, _ = _fold(getattr(s, f"ema_{name}"), getattr(s, f"has_{name}"), reward, config.stat_beta)
-            s = dataclasses.replace(s, **{f"ema_{name}": ema, f"has_{name}": has})
+            s[f"ema_{name}"], s[f"has_{name}"], _ = _fold(s[f"ema_{name}"], s[f"has_{name}"], reward, config.stat_beta)
     if config.mode == "verified":
-        verified = s.has_expert_reward & s.has_policy_reward
-        rho = verified_rho(s.ema_expert_reward, s.ema_policy_reward, config)
-        s = dataclasses.replace(s, rho=where(verified, rho, s.rho))
+        verified = s["has_expert_reward"] & s["has_policy_reward"]
+        rho = verified_rho(s["ema_expert_reward"], s["ema_policy_reward"], config)
+        s["rho"] = where(verified, rho, s["rho"])
 
     # 3. Estimate (Eq. 12, with Eq. 3).
-    ready = s.has_disagreement & s.has_var_sft & s.has_var_rl
-    raw = mu_star(kD * s.ema_disagreement, kS * s.ema_var_sft, kR * s.ema_var_rl, s.rho)
+    ready = s["has_disagreement"] & s["has_var_sft"] & s["has_var_rl"]
+    raw = mu_star(kD * s["ema_disagreement"], kS * s["ema_var_sft"], kR * s["ema_var_rl"], s["rho"])
     defined = ready & isfinite(raw)
     estimate = clip(where(defined, raw, 0.0), 0.0, 1.0)
 
     # 4. EMA of the estimate; 5. prior blend; 6. cap (Eq. 13).
     beta = config.ema_beta
-    mu_bar = where(defined, beta * s.mu_bar + (1.0 - beta) * estimate, s.mu_bar)
+    mu_bar = where(defined, beta * s["mu_bar"] + (1.0 - beta) * estimate, s["mu_bar"])
     target = mu_bar
     if prior_value is not None:
         has_prior = isfinite(prior_value)
@@ -246,15 +242,13 @@ def _advance_steps(
         target = where(has_prior, blended, mu_bar)
 
     # 7. Telemetry: large jumps of the defined estimate.
-    jump = defined & s.has_estimate & (absolute(estimate - s.estimate) > config.large_shift)
-    return dataclasses.replace(
-        s,
-        mu=capped_step(s.mu, target, config),
-        mu_bar=mu_bar,
-        estimate=where(defined, estimate, s.estimate),
-        has_estimate=s.has_estimate | defined,
-        n_large_shifts=s.n_large_shifts + where(jump, 1.0, 0.0),
-    )
+    jump = defined & s["has_estimate"] & (absolute(estimate - s["estimate"]) > config.large_shift)
+    s["mu"] = capped_step(s["mu"], target, config)
+    s["mu_bar"] = mu_bar
+    s["n_large_shifts"] = s["n_large_shifts"] + where(jump, 1.0, 0.0)
+    s["estimate"] = where(defined, estimate, s["estimate"])
+    s["has_estimate"] = s["has_estimate"] | defined
+    return ControllerState(**s)
 
 
 def close_step(
