@@ -35,6 +35,7 @@ reductions of the floats' bits, which vectorize where float ones do not.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import numba
 import numpy as np
@@ -46,27 +47,9 @@ from numba.core.extending import intrinsic
 from gaccore.rows import RowResults
 from gaccore.stats import K3_SERIES_BELOW
 
-# The row results this pass writes, every field of RowResults, in this order.
-ROW_FIELDS = (
-    "n_tokens",
-    "valid",
-    "rl",
-    "sft",
-    "nll",
-    "seq_adv",
-    "mean_a",
-    "mean_w",
-    "m2_a",
-    "m2_w",
-    "c_aw",
-    "min_a",
-    "max_a",
-    "min_w",
-    "max_w",
-    "kl_sum",
-    "demo",
-    "score",
-)
+# The row results this pass writes: every field of RowResults, in its order,
+# one row of the output each (the slots below name them in that order).
+ROW_FIELDS = tuple(f.name for f in fields(RowResults))
 (
     N_TOKENS,
     VALID,
@@ -328,9 +311,10 @@ def cpu_row_results(
     out: np.ndarray | None = None,
 ) -> RowResults:
     """Row results of one batch of CPU tensors (inputs already validated by
-    the caller). ``out``, a float64 ``[len(ROW_FIELDS), B]`` array, receives
-    them (tests poison it to see that every output is written); the fields
-    are views of it."""
+    the caller), as numpy arrays: the controller finalizes CPU rows on the
+    host (``gaccore.kernels.tensors.as_tensors`` views them as tensors).
+    ``out``, a float64 ``[len(ROW_FIELDS), B]`` array, receives them (tests
+    poison it to see that every output is written); the fields are views of it."""
     rows = logp.shape[0]
     if out is None:
         out = np.empty((len(ROW_FIELDS), rows), np.float64)
@@ -348,4 +332,4 @@ def cpu_row_results(
         flags = (expert.detach() if expert.dtype == torch.bool else expert.detach() != 0).contiguous().numpy()
     has = (ref_logp is not None, expert is not None)
     _rows_kernel(logp32, on, adv32, ref32, flags, adv.ndim == 2, *has, sft_coef == "phi", out)
-    return RowResults(**dict(zip(ROW_FIELDS, torch.from_numpy(out).unbind(0), strict=True)))
+    return RowResults(*out)

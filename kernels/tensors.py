@@ -1,5 +1,6 @@
 """What the kernel, the twin and the torch backend share about torch tensors:
-input validation, the row results' dtype, and numpy views of CPU row results.
+input validation, the row results' dtype, and CPU row results as numpy views
+of tensors and back.
 
 It imports torch only (no triton), so the twin works where triton is missing
 and the kernel module is imported only when it is used.
@@ -10,12 +11,13 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
 import torch
 
 from gaccore.rows import RowResults
 from gaccore.validation import check_batch
 
-__all__ = ["ROW_DTYPE", "check_inputs", "numpy_kind", "on_host"]
+__all__ = ["ROW_DTYPE", "as_tensors", "check_inputs", "is_host", "numpy_kind", "on_host"]
 
 ROW_DTYPE = torch.float64
 
@@ -52,6 +54,16 @@ def check_inputs(
     return shape
 
 
+def is_host(rows: RowResults) -> bool:
+    """Whether ``rows`` hold numpy arrays (else tensors)."""
+    return isinstance(rows.n_tokens, np.ndarray)
+
+
 def on_host(rows: RowResults) -> RowResults:
     """Row results of CPU tensors as numpy views of the same memory (no copy)."""
     return RowResults(**{f.name: getattr(rows, f.name).numpy() for f in fields(rows)})
+
+
+def as_tensors(rows: RowResults) -> RowResults:
+    """Row results of numpy arrays as CPU tensors viewing the same memory (no copy)."""
+    return RowResults(**{f.name: torch.from_numpy(getattr(rows, f.name)) for f in fields(rows)})

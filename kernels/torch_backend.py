@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from gaccore.kernels import reference
-from gaccore.kernels.tensors import check_inputs, on_host
+from gaccore.kernels.tensors import ROW_DTYPE, as_tensors, check_inputs, is_host, on_host
 from gaccore.rows import BatchStats, RowResults, finalize, with_scores
 from gaccore.validation import check_filter_demos, check_trim
 
@@ -74,6 +74,22 @@ def row_results(
     (on CPU only under ``TRITON_INTERPRET=1``), ``"numba"`` the numba pass
     (CPU tensors), ``"torch"`` the twin.
     """
+    rows = _row_results(logp, mask, adv, expert, ref_logp, sft_coef, method, scores)
+    return as_tensors(rows) if is_host(rows) else rows
+
+
+def _row_results(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    adv: torch.Tensor,
+    expert: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    sft_coef: str,
+    method: str,
+    scores: torch.Tensor | None,
+) -> RowResults:
+    """``row_results`` as its path gives them: numpy arrays from the numba
+    pass, tensors from the kernel and the twin."""
     _check_method(method)
     check_inputs(logp, mask, adv, expert, ref_logp, sft_coef, scores)
     if uses_triton(method, logp.device):
@@ -86,7 +102,11 @@ def row_results(
         rows = cpu_rows.cpu_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
     else:
         rows = reference.twin_row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef)
-    return with_scores(rows, None if scores is None else scores.detach())
+    if scores is not None:
+        scores = scores.detach()
+        if is_host(rows):
+            scores = scores.to(ROW_DTYPE).numpy()  # with_scores copies it
+    return with_scores(rows, scores)
 
 
 def batch_stats(
@@ -158,9 +178,12 @@ class TorchBackend:
         sft_coef: str,
         scores: Any,
     ) -> RowResults:
-        return row_results(
-            logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, method=self.method, scores=scores
-        )
+        """Row results as tensors, or as numpy arrays where the state lives on
+        the host and the numba pass wrote them there (``finalize`` reads them
+        as they are; 18 tensor views and back cost more than the pass's
+        bookkeeping)."""
+        rows = _row_results(logp, mask, adv, expert, ref_logp, sft_coef, self.method, scores)
+        return as_tensors(rows) if is_host(rows) and not self._host(logp.device) else rows
 
     def merge(self, a: RowResults, b: RowResults) -> RowResults:
         return a.merge(b)
@@ -168,7 +191,7 @@ class TorchBackend:
     def reduce(self, rows: RowResults, process_group: Any) -> RowResults:
         from gaccore.kernels.distributed import all_gather_row_results  # lazy: needs torch.distributed
 
-        return all_gather_row_results(rows, process_group)
+        return all_gather_row_results(as_tensors(rows) if is_host(rows) else rows, process_group)
 
     def mean_over_group(self, value: Any, process_group: Any, device: torch.device | None) -> torch.Tensor:
         from gaccore.kernels.distributed import mean_over_group  # lazy: needs torch.distributed
@@ -226,7 +249,7 @@ class TorchBackend:
         return close
 
     def finalize(self, rows: RowResults, *, trim: float, filter_demos: float | None) -> BatchStats[Any, Any]:
-        if self._host(rows.n_tokens.device):
+        if not is_host(rows) and self._host(rows.n_tokens.device):
             rows = on_host(rows)
         return finalize(rows, trim=trim, filter_demos=filter_demos)
 

