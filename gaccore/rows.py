@@ -2,8 +2,9 @@
 
 Every statistics path reduces each row of a batch to a fixed set of numbers,
 ``RowResults``: one float64 array of length ``B`` per field. The float64
-numpy reference (``gaccore.stats``), the fused Triton kernel and its torch
-twin (``gaccore.kernels``) differ only in how they get there. Everything after
+numpy reference (``gaccore.stats``), the fused Triton kernel, its torch
+twin and the compiled CPU pass (``gaccore.kernels``) differ only in how they
+get there. Everything after
 that is shared and happens here: micro-batches merge by concatenating rows,
 ranks by gathering them in rank order, and ``finalize`` combines the rows
 exactly in float64.

@@ -25,11 +25,14 @@ numba would call the C library's scalar ``expf``/``expm1f``, about 15 ns a
 token here; the polynomial vectorizes, under 1 ns.
 
 Fast-math: the loops allow reassociation, which lets their sums vectorize,
-but never ``nnan``/``ninf`` (a NaN or inf that is masked in must reach the
-row's finite-probe and make the row invalid). The coefficient is a function
-of its own without reassociation: with it, the compiler may rewrite
-``1 - p`` as the cancelling ``1 - 2^k (1 + e)``. Min and max are integer
-reductions of the floats' bits, which vectorize where float ones do not.
+but never ``nnan``/``ninf``. Nothing that decides a result leans on float
+semantics under those flags: a row's validity (every masked-in input
+finite) is an integer test of the inputs' exponent bits, since LLVM 14
+(numba 0.60) folds a float probe such as ``0 x`` to 0; min and max are
+integer reductions of the floats' bits, which also vectorize where float
+ones do not; and the coefficient is a function of its own without
+reassociation, with which the compiler may rewrite ``1 - p`` as the
+cancelling ``1 - 2^k (1 + e)``.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ ZERO = f32(0.0)
 ONE = f32(1.0)
 FLT_MAX = f32(np.finfo(np.float32).max)
 INT32_MAX = i32(np.iinfo(np.int32).max)
+EXPONENT_BITS = i32(0x7F800000)  # of fp32: all set for NaN and inf, and only for them
 # x = k ln2 + r with ln2 split in two, so that k ln2 is exact for the k of
 # fp32's range. Below EXP_MIN_X, 2^k would leave fp32's normal range; p is
 # taken as exp(-87) = 1.6e-38 there, 0 to any statistic.
@@ -142,6 +146,21 @@ def _flip_negative(builder, bits):
 
 
 @intrinsic
+def _exponent_bits(typingctx, value):  # pragma: no cover - compiled
+    """The exponent bits of the fp32 ``value`` as an int32: ``EXPONENT_BITS``
+    exactly for NaN and inf. Integer work, which no fast-math flag can fold
+    (a float test such as ``0 x`` is folded to 0 by some LLVM versions)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], ir.IntType(32))
+        return builder.and_(bits, ir.Constant(ir.IntType(32), int(EXPONENT_BITS)))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
 def _order_key(typingctx, value):  # pragma: no cover - compiled
     """An int32 key in the order of the fp32 ``value`` (the inverse is ``_float_of_key``)."""
     if value != types.float32:
@@ -185,9 +204,9 @@ def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, p
     for i in range(rows):
         logp_i = logp[i]
         mask_i = mask[i]
-        # The sum of 0 x every masked-in input: 0 exactly when all are
-        # finite (0 x inf is NaN), and never an overflow.
-        probe = ZERO
+        # The largest exponent field of every masked-in input: EXPONENT_BITS
+        # exactly when one of them is NaN or inf.
+        exponent = i32(0)
         # w >= 0, and non-negative floats order as their bits do: the
         # extremes are integer reductions, the minimum over w lifted to
         # FLT_MAX where masked out, the maximum over w (0 where masked out).
@@ -196,9 +215,10 @@ def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, p
         for t in range(tokens):
             on = mask_i[t]
             raw = logp_i[t] if on else ZERO
-            probe += raw * ZERO
+            e = _exponent_bits(raw)
+            exponent = e if e > exponent else exponent
             off = ZERO if on else FLT_MAX
-            x = raw if raw < ZERO else ZERO  # NaN becomes 0 here; the probe has it
+            x = raw if raw < ZERO else ZERO  # NaN becomes 0 here; `exponent` has it
             w = _sft_coefficient(x, phi)
             off_row[t] = off
             x_row[t] = x
@@ -233,7 +253,8 @@ def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, p
             high_a = _order_key(-FLT_MAX)
             for t in range(tokens):
                 a = adv_i[t] if mask_i[t] else ZERO
-                probe += a * ZERO
+                e = _exponent_bits(a)
+                exponent = e if e > exponent else exponent
                 a_row[t] = a
                 off = off_row[t]
                 low = _order_key(a + off)
@@ -259,7 +280,8 @@ def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, p
             # One advantage per row: a_t is constant along the row, so its mean
             # and extremes are adv_i, its M2 and co-moment exactly 0.
             mean_a = np.float64(adv[i, 0])
-            probe += adv[i, 0] * ZERO
+            e = _exponent_bits(adv[i, 0])
+            exponent = e if e > exponent else exponent
             m2_a = 0.0
             c_aw = 0.0
             out[MIN_A, i] = mean_a
@@ -270,7 +292,8 @@ def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, p
             kl_sum = 0.0
             for t in range(tokens):
                 r = ref_i[t] if mask_i[t] else ZERO
-                probe += r * ZERO
+                e = _exponent_bits(r)
+                exponent = e if e > exponent else exponent
                 kl_sum += _k3(np.float64(r - x_row[t]))  # k3(0) = 0 where masked out
             out[KL_SUM, i] = kl_sum
         else:
@@ -279,7 +302,7 @@ def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, p
         # The roles (SPEC §2), as gaccore.rows.with_roles sets them: without
         # expert flags every valid row is an RL row and the SFT statistic is
         # taken over the same rows, and no row is a demonstration.
-        valid = 1.0 if n > 0.0 and probe == ZERO else 0.0
+        valid = 1.0 if n > 0.0 and exponent != EXPONENT_BITS else 0.0
         demo = valid if has_expert and expert[i] else 0.0
         out[N_TOKENS, i] = n
         out[VALID, i] = valid

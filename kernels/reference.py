@@ -1,8 +1,9 @@
 """The torch twin of the fused kernel: the same row results in plain torch ops.
 
-It is the statistics path wherever the Triton kernel does not run
-(``batch_stats(method="auto")`` off CUDA, the Controller on CPU tensors), and
-the torch reference that benchmarks compare the kernel with. It follows the
+It is the statistics path wherever neither the Triton kernel nor the numba
+pass runs (``batch_stats(method="auto")`` off CUDA where numba is not
+installed, any device but CUDA and CPU, ``method="torch"``), and the torch
+reference that benchmarks compare the kernel with. It follows the
 kernel's element-wise numerics (fp32 work on values converted right after
 they are read) and reduces in its own way, suited to whole-tensor torch ops:
 sums that become means in fp64, second moments about the fp32-rounded row

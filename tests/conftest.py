@@ -31,12 +31,13 @@ IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "default"))
 
-# What the extras that ./dev installs in .venv (dev, torch, demo, trl, verl) provide; trinity
+# What the extras that ./dev installs in .venv (dev, torch, cpu, demo, trl, verl) provide; trinity
 # lives in .venv-trinity, so its tests skip in .venv.
 DEV_LIBRARIES = frozenset(
     {
         "torch",
         "triton",
+        "numba",
         "matplotlib",
         "tqdm",
         "trl",

@@ -202,3 +202,31 @@ def test_a_host_controller_keeps_the_rows_in_numpy(monkeypatch):
     assert isinstance(device_rows.n_tokens, torch.Tensor)
     for name in RowResults.__dataclass_fields__:
         np.testing.assert_array_equal(getattr(device_rows, name).numpy(), getattr(host_rows, name), err_msg=name)
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 9, 33, 64, 100])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("logp", math.nan),
+        ("logp", math.inf),
+        ("logp", -math.inf),
+        ("adv", math.inf),
+        ("adv_t", math.nan),
+        ("ref", math.nan),
+    ],
+)
+def test_a_masked_in_non_finite_value_invalidates_its_row_only(tokens, field, value):
+    """At every row length (vectorized loop, remainder, both), in every input."""
+    batch = make_batch(3, tokens, seed=tokens, adv_per_token=field == "adv_t", mask_rate=0.0)
+    position = tokens // 2
+    if field == "logp":
+        batch["logp"][1, position] = value
+    elif field == "adv":
+        batch["adv"][1] = value
+    elif field == "adv_t":
+        batch["adv"][1, position] = value
+    else:
+        batch["ref_logp"][1, position] = value
+    rows = cpu_rows.cpu_row_results(**batch)
+    np.testing.assert_array_equal(rows.valid, [1.0, 0.0, 1.0])

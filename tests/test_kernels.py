@@ -20,7 +20,7 @@ from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # no
 from gaccore.kernels import batch_stats, fused, reference, torch_backend  # noqa: E402
 from gaccore.rows import RowResults, finalize  # noqa: E402
 
-needs_numba = pytest.mark.skipif(not torch_backend.HAS_NUMBA, reason="numba is not installed")
+needs_numba = pytest.mark.skipif(not torch_backend.HAS_NUMBA, reason="could not import 'numba'")
 FORCED_METHODS = ["torch", pytest.param("numba", marks=needs_numba), "triton"]
 DEVICE_METHODS = ["torch", "triton"]  # what runs on a GPU
 SHAPES = [(1, 1), (3, 5), (7, 33), (37, 129)]
