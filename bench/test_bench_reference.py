@@ -5,7 +5,9 @@
 Each (B, T) times, side by side in one pytest-benchmark group, one step of:
 the reference re-implementation (``bench/reference_gac.py``: statistics and
 its mu update, with its ``.item()`` calls), gaccore's ``Controller.update`` on
-torch CPU tensors, and on the same batch as numpy arrays. One torch thread;
+torch CPU tensors (statistics from the numba pass, what "auto" runs on CPU
+where numba is installed, and from the torch twin, what it runs without
+numba), and on the same batch as numpy arrays. One torch thread;
 logp float32 with 10% right padding (zeros, which the reference's ``m * x``
 needs), a quarter expert rows, advantages one per row ``[B]`` and per token
 ``[B, T]``, no ref_logp. Compare the ratios of one run: the machine is shared,
@@ -21,6 +23,7 @@ torch = pytest.importorskip("torch")
 from reference_gac import ReferenceMuController  # noqa: E402
 
 from gaccore import Controller  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND  # noqa: E402
 
 SHAPES = [(64, 1024, False), (64, 1024, True), (256, 4096, False), (256, 4096, True)]
 IDS = [f"{b}x{t}-adv{'BT' if per_token else 'B'}" for b, t, per_token in SHAPES]
@@ -67,6 +70,16 @@ def test_reference_update_stats(benchmark, rows, tokens, per_token):
 
 @pytest.mark.parametrize("rows,tokens,per_token", SHAPES, ids=IDS)
 def test_gaccore_update_torch_cpu(benchmark, rows, tokens, per_token):
+    pytest.importorskip("numba")  # else "auto" runs the twin, timed below
+    batch = _batch(rows, tokens, per_token)
+    ctrl = Controller()
+    _run(benchmark, rows, tokens, per_token, lambda: ctrl.update(**batch))
+    assert 0.05 <= ctrl.mu <= 0.9
+
+
+@pytest.mark.parametrize("rows,tokens,per_token", SHAPES, ids=IDS)
+def test_gaccore_update_torch_cpu_without_numba(benchmark, rows, tokens, per_token, monkeypatch):
+    monkeypatch.setattr(TORCH_BACKEND, "method", "torch")
     batch = _batch(rows, tokens, per_token)
     ctrl = Controller()
     _run(benchmark, rows, tokens, per_token, lambda: ctrl.update(**batch))
