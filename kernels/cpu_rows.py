@@ -96,7 +96,7 @@ E2, E3, E4, E5, E6, E7, E8, E9 = (f32(1.0 / math.factorial(j)) for j in range(2,
 
 
 @intrinsic
-def _float_of_bits(typingctx, bits):  # pragma: no cover - compiled
+def _float_of_bits(typingctx, bits):
     """The fp32 whose bits are the int32 ``bits``."""
     if bits != types.int32:
         return None
@@ -108,7 +108,7 @@ def _float_of_bits(typingctx, bits):  # pragma: no cover - compiled
 
 
 @intrinsic
-def _bits_of_float(typingctx, value):  # pragma: no cover - compiled
+def _bits_of_float(typingctx, value):
     """The bits of the fp32 ``value`` as an int32."""
     if value != types.float32:
         return None
@@ -120,7 +120,7 @@ def _bits_of_float(typingctx, value):  # pragma: no cover - compiled
 
 
 @numba.njit(fastmath={"contract"}, nogil=True, cache=True)
-def _sft_coefficient(x, phi):  # pragma: no cover - compiled
+def _sft_coefficient(x, phi):
     """``w``: ``p (1 - p)`` (``phi``) or ``1 - p``, for fp32 ``x = logp <= 0``."""
     v = x if x > EXP_MIN_X else EXP_MIN_X
     k = np.floor(v * LOG2E + f32(0.5))
@@ -146,7 +146,7 @@ def _flip_negative(builder, bits):
 
 
 @intrinsic
-def _exponent_bits(typingctx, value):  # pragma: no cover - compiled
+def _exponent_bits(typingctx, value):
     """The exponent bits of the fp32 ``value`` as an int32: ``EXPONENT_BITS``
     exactly for NaN and inf. Integer work, which no fast-math flag can fold
     (a float test such as ``0 x`` is folded to 0 by some LLVM versions)."""
@@ -161,7 +161,7 @@ def _exponent_bits(typingctx, value):  # pragma: no cover - compiled
 
 
 @intrinsic
-def _order_key(typingctx, value):  # pragma: no cover - compiled
+def _order_key(typingctx, value):
     """An int32 key in the order of the fp32 ``value`` (the inverse is ``_float_of_key``)."""
     if value != types.float32:
         return None
@@ -173,7 +173,7 @@ def _order_key(typingctx, value):  # pragma: no cover - compiled
 
 
 @intrinsic
-def _float_of_key(typingctx, key):  # pragma: no cover - compiled
+def _float_of_key(typingctx, key):
     """The fp32 whose ``_order_key`` is ``key``."""
     if key != types.int32:
         return None
@@ -185,14 +185,17 @@ def _float_of_key(typingctx, key):  # pragma: no cover - compiled
 
 
 @numba.njit(fastmath=FAST_MATH, nogil=True, cache=True)
-def _k3(x):  # pragma: no cover - compiled
+def _k3(x):
+    """``gaccore.stats.k3`` of one float64, compiled (that one is written for
+    numpy arrays and tensors): its series below ``K3_SERIES_BELOW``,
+    ``expm1(x) - x`` above."""
     if abs(x) < K3_SERIES_BELOW:
         return 0.5 * x * x * (1.0 + x / 3.0 * (1.0 + x / 4.0 * (1.0 + x / 5.0 * (1.0 + x / 6.0))))
     return math.expm1(x) - x
 
 
 @numba.njit(fastmath=FAST_MATH, nogil=True, cache=True)
-def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, phi, out):  # pragma: no cover - compiled
+def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, phi, out):
     rows, tokens = logp.shape
     # Row scratch, reused row after row. Each loop below is one vectorized
     # sweep; fp32 work and fp64 sums run in separate loops (mixing the
@@ -319,8 +322,14 @@ def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, p
         out[C_AW, i] = c_aw
 
 
-def _fp32(value: torch.Tensor) -> np.ndarray:
-    return value.detach().to(torch.float32).contiguous().numpy()
+def _fp32(values: torch.Tensor) -> np.ndarray:
+    return values.detach().to(torch.float32).contiguous().numpy()
+
+
+def _flags(values: torch.Tensor) -> np.ndarray:
+    """A mask or expert flags as numpy bools (nonzero: set)."""
+    values = values.detach()
+    return (values if values.dtype == torch.bool else values != 0).contiguous().numpy()
 
 
 def cpu_row_results(
@@ -344,15 +353,18 @@ def cpu_row_results(
     elif out.shape != (len(ROW_FIELDS), rows) or out.dtype != np.float64 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float64 array of shape {(len(ROW_FIELDS), rows)}")
     logp32 = _fp32(logp)
-    on = (mask.detach() if mask.dtype == torch.bool else mask.detach() != 0).contiguous().numpy()
-    adv32 = _fp32(adv if adv.ndim == 2 else adv.reshape(rows, 1))
     # Without ref_logp the kernel never reads `ref`: logp stands in, so both
     # cases compile to one signature.
-    ref32 = logp32 if ref_logp is None else _fp32(ref_logp)
-    if expert is None:
-        flags = NO_EXPERT_FLAGS
-    else:
-        flags = (expert.detach() if expert.dtype == torch.bool else expert.detach() != 0).contiguous().numpy()
-    has = (ref_logp is not None, expert is not None)
-    _rows_kernel(logp32, on, adv32, ref32, flags, adv.ndim == 2, *has, sft_coef == "phi", out)
+    _rows_kernel(
+        logp32,
+        _flags(mask),
+        _fp32(adv if adv.ndim == 2 else adv.reshape(rows, 1)),
+        logp32 if ref_logp is None else _fp32(ref_logp),
+        NO_EXPERT_FLAGS if expert is None else _flags(expert),
+        adv.ndim == 2,
+        ref_logp is not None,
+        expert is not None,
+        sft_coef == "phi",
+        out,
+    )
     return RowResults(*out)
