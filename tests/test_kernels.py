@@ -254,20 +254,30 @@ def test_micro_batches_merge_exactly():
         torch.testing.assert_close(value, other, rtol=0, atol=0, equal_nan=True, msg=name)  # bit-identical
 
 
+@pytest.mark.parametrize("method", ["torch", pytest.param("numba", marks=needs_numba)])
 @settings(max_examples=40, deadline=None)
 @given(
     rows=st.integers(1, 12),
-    tokens=st.integers(1, 24),
+    tokens=st.integers(0, 70),
     seed=st.integers(0, 2**16),
     adv_per_token=st.booleans(),
     expert=st.booleans(),
+    ref=st.booleans(),
     mask_rate=st.floats(0.0, 1.0),
+    sft_coef=st.sampled_from(["phi", "nll"]),
 )
-def test_twin_property(rows, tokens, seed, adv_per_token, expert, mask_rate):
-    """The twin equals the numpy reference on arbitrary small batches (within
-    fp32 tolerances: it follows the kernel's fp32 element-wise numerics)."""
-    batch = make_batch(rows, tokens, seed=seed, adv_per_token=adv_per_token, expert=expert, mask_rate=mask_rate)
-    assert_stats_close(batch_stats(**batch, method="torch"), numpy_stats(batch), RTOL[torch.float32])
+def test_twin_and_cpu_pass_property(method, rows, tokens, seed, adv_per_token, expert, ref, mask_rate, sft_coef):
+    """The twin and the numba pass equal the numpy reference on arbitrary
+    small batches, NaN and -inf padding included (within fp32 tolerances:
+    both do the kernel's fp32 element-wise work)."""
+    batch = make_batch(
+        rows, tokens, seed=seed, adv_per_token=adv_per_token, expert=expert, ref=ref, mask_rate=mask_rate
+    )
+    assert_stats_close(
+        batch_stats(**batch, sft_coef=sft_coef, method=method),
+        numpy_stats(batch, sft_coef=sft_coef),
+        RTOL[torch.float32],
+    )
 
 
 def test_validation_names_the_argument():

@@ -16,7 +16,8 @@ L_RL is the on-policy GRPO policy gradient (one update per batch, so the
 PPO ratio is 1 and clipping never acts); L_SFT is the token-weighted SFT
 loss of CHORD, ``phi(p) = p (1 - p)`` detached, or plain NLL
 (``gaccore.bindings.losses.sft_loss``). The rules get torch tensors: GAC's
-statistics run through ``gaccore.kernels`` (the torch twin on CPU).
+statistics run through ``gaccore.kernels`` (on CPU, the numba pass where
+numba is installed, else the torch twin).
 
 The KL reference. The policy is trained from scratch, so there is no
 pretrained reference to stay close to; the KL that the KL-controlled rules
@@ -475,7 +476,7 @@ class Trainer:
             kl = k3(ref_logp - logp[: P * G].detach()).mean()
 
         # The rule reads detached tensors; GAC computes its statistics on them
-        # with gaccore.kernels (on CPU, the plain-torch twin of the Triton kernel).
+        # with gaccore.kernels (on CPU, the numba pass, or without numba the torch twin).
         adv_rows = torch.cat([advantages.reshape(-1), torch.zeros(P)])
         args = (logp.detach(), self.mask, adv_rows, self.expert)
         demo_scores = torch.from_numpy(task.train_demo_score[chosen])
