@@ -38,7 +38,9 @@ cancelling ``1 - 2^k (1 + e)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import fields
+from typing import Any
 
 import numba
 import numpy as np
@@ -95,6 +97,22 @@ EXP_MIN_X = f32(-87.0)
 E2, E3, E4, E5, E6, E7, E8, E9 = (f32(1.0 / math.factorial(j)) for j in range(2, 10))
 
 
+def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit``, keeping the machine code on disk where numba finds a
+    writable place (``NUMBA_CACHE_DIR``, ``__pycache__``, the user's cache
+    directory); where it finds none (a read-only install and home), numba
+    refuses ``cache=True`` at import, and the pass compiles in each process
+    instead."""
+
+    def compile_(function: Callable[..., Any]) -> Any:
+        try:
+            return numba.njit(nogil=True, cache=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(nogil=True, **options)(function)
+
+    return compile_
+
+
 @intrinsic
 def _float_of_bits(typingctx, bits):
     """The fp32 whose bits are the int32 ``bits``."""
@@ -119,7 +137,7 @@ def _bits_of_float(typingctx, value):
     return types.int32(types.float32), codegen
 
 
-@numba.njit(fastmath={"contract"}, nogil=True, cache=True)
+@_compiled(fastmath={"contract"})
 def _sft_coefficient(x, phi):
     """``w``: ``p (1 - p)`` (``phi``) or ``1 - p``, for fp32 ``x = logp <= 0``."""
     v = x if x > EXP_MIN_X else EXP_MIN_X
@@ -184,7 +202,7 @@ def _float_of_key(typingctx, key):
     return types.float32(types.int32), codegen
 
 
-@numba.njit(fastmath=FAST_MATH, nogil=True, cache=True)
+@_compiled(fastmath=FAST_MATH)
 def _k3(x):
     """``gaccore.stats.k3`` of one float64, compiled (that one is written for
     numpy arrays and tensors): its series below ``K3_SERIES_BELOW``,
@@ -194,7 +212,7 @@ def _k3(x):
     return math.expm1(x) - x
 
 
-@numba.njit(fastmath=FAST_MATH, nogil=True, cache=True)
+@_compiled(fastmath=FAST_MATH)
 def _rows_kernel(logp, mask, adv, ref, expert, per_token, has_ref, has_expert, phi, out):
     rows, tokens = logp.shape
     # Row scratch, reused row after row. Each loop below is one vectorized

@@ -7,6 +7,9 @@ test_kernels.py)."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -207,3 +210,20 @@ def test_a_masked_in_non_finite_value_invalidates_its_row_only(tokens, field, va
         batch["ref_logp"][1, position] = value
     rows = cpu_rows.cpu_row_results(**batch)
     np.testing.assert_array_equal(rows.valid, [1.0, 0.0, 1.0])
+
+
+@pytest.mark.skipif(
+    not hasattr(__import__("numba").config, "CACHE_LOCATOR_CLASSES"), reason="this numba has no locator setting"
+)
+def test_without_a_writable_cache_the_pass_compiles_in_the_process():
+    """Where numba finds no place to keep machine code (a read-only install and
+    home; here no cache locator applies), the pass still imports and runs."""
+    code = (
+        "import torch\n"
+        "from gaccore.kernels import batch_stats, cpu_rows\n"
+        "assert type(cpu_rows._rows_kernel._cache).__name__ == 'NullCache'\n"
+        "stats = batch_stats(-torch.rand(3, 5), torch.ones(3, 5, dtype=torch.bool), torch.randn(3), method='numba')\n"
+        "assert stats.n_rl.item() == 3\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}  # applies to zipped modules only
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
