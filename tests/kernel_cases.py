@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 import gaccore
+from gaccore.kernels.reference import twin_row_results
+from gaccore.rows import RowResults
 
 # float32 inputs: 1e-5 relative (SPEC §5). Low-precision logp is read exactly
 # into fp32 by every path, so the arithmetic, and its tolerance, is the same;
@@ -99,3 +101,21 @@ def assert_stats_close(got: gaccore.BatchStats, want: gaccore.BatchStats, rtol: 
             assert abs(g - w) <= rtol * abs(w) + ATOL[f.name], (
                 f"{f.name}: got {g!r}, want {w!r} (rel err {abs(g - w) / max(abs(w), 1e-300):.2e})"
             )
+
+
+def assert_rows_match_twin(got: RowResults, batch: dict[str, torch.Tensor | None]) -> None:
+    """Every field of every row with tokens equals the torch twin's on
+    ``batch`` (the extremes of token-less rows are fill values of each path's
+    float type), the roles and the NaN of an unscored row or of a batch
+    without ref_logp included; the message names the field."""
+    want = twin_row_results(**batch)
+    rows = want.n_tokens > 0
+    for name in RowResults.__dataclass_fields__:
+        torch.testing.assert_close(
+            getattr(got, name)[rows],
+            getattr(want, name)[rows],
+            rtol=1e-5,
+            atol=1e-6,
+            equal_nan=name in ("score", "kl_sum"),  # no row is scored here; no KL without ref_logp
+            msg=lambda m, name=name: f"{name}: {m}",
+        )

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("numba")
 
 import numpy as np  # noqa: E402
-from kernel_cases import RTOL, assert_stats_close, make_batch, numpy_stats  # noqa: E402
+from kernel_cases import RTOL, assert_rows_match_twin, assert_stats_close, make_batch, numpy_stats  # noqa: E402
 
 from gaccore.kernels import batch_stats, cpu_rows, reference, torch_backend  # noqa: E402
 from gaccore.kernels.tensors import as_tensors  # noqa: E402
@@ -61,17 +61,7 @@ def test_every_field_matches_the_twin(expert, ref, adv_per_token):
     batch["mask"][2] = False
     if expert == "int":
         batch["expert"] = batch["expert"].to(torch.int32) * 3
-    got, want = as_tensors(cpu_rows.cpu_row_results(**batch)), reference.twin_row_results(**batch)
-    rows = want.n_tokens > 0
-    for name in RowResults.__dataclass_fields__:
-        torch.testing.assert_close(
-            getattr(got, name)[rows],
-            getattr(want, name)[rows],
-            rtol=1e-5,
-            atol=1e-6,
-            equal_nan=name in ("score", "kl_sum"),
-            msg=lambda m, name=name: f"{name}: {m}",
-        )
+    assert_rows_match_twin(as_tensors(cpu_rows.cpu_row_results(**batch)), batch)
 
 
 @pytest.mark.parametrize("sft_coef", ["phi", "nll"])
