@@ -9,8 +9,8 @@ call timed with CUDA events, host launch cost included), the kernel with its
 finalize, the torch twin (eager), ``torch.compile`` of the twin (at the
 target shapes only), and a naive baseline written the way per-statistic
 implementations usually are (separate torch ops with boolean indexing and
-``.item()`` per statistic) and the public reference's statistics path
-(``bench/reference_gac.py``: its ``update_stats``, mu update included, against
+``.item()`` per statistic) and the public GAC implementation's statistics path
+(``bench/public_gac.py``: its ``update_stats``, mu update included, against
 a whole eager ``update``, both as host wall time per call). It reports the
 kernel's GB/s (every input byte once plus its outputs), that as a percentage of a device-to-device copy
 measured in the same run, the host syncs of one ``Controller.update`` and of
@@ -18,7 +18,7 @@ one naive call, the time of a whole ``update`` (device time between events,
 host wall time per call when many run back to back, and the summed duration
 of the GPU work it causes beyond the statistics kernel and the number of GPU
 kernels and copies it launches, from ``torch.profiler``; eager, an update
-is two launches: the statistics kernel and ``gaccore.kernels.close_step``),
+is two launches: the statistics kernel and ``gaccore.kernels.close_step``'s kernel),
 the same for ``compile_step="reduce-overhead"`` (both kernels replayed from
 one CUDA graph, after a copy of the inputs into its buffers) at every shape
 and for ``Controller(compile_step=True)`` (finalize + advance through
@@ -34,7 +34,7 @@ runs first: it is short, and it holds the kernel's bandwidth at
 run out of time.
 
 ``bench/gpu_summary.py`` reads the JSON (with ``bench/gpu_host.py``'s and
-``bench/cpu_reference.py``'s) and prints the targets' table; ``TARGET_SHAPES``
+``bench/cpu_public_gac.py``'s) and prints the targets' table; ``TARGET_SHAPES``
 says at which shapes it reads each row.
 """
 
@@ -86,13 +86,15 @@ if ARGS.device == "cpu":
 
 import torch  # noqa: E402
 
-# -P (gpu-run.sh) keeps the script's folder off sys.path; the reference lives there.
+# -P (gpu-run.sh) keeps the script's folder off sys.path; the public implementation lives there.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_gac import ReferenceMuController  # noqa: E402
+from public_gac import PublicGACController  # noqa: E402
 
 import gaccore  # noqa: E402
-from gaccore.kernels import TORCH_BACKEND, fused, reference  # noqa: E402
-from gaccore.rows import finalize  # noqa: E402
+from gaccore.batch import TokenBatch  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND  # noqa: E402
+from gaccore.kernels.row_stats import fused, launch, twin  # noqa: E402
+from gaccore.rows import ROW_FIELDS, finalize  # noqa: E402
 
 # -- timing ----------------------------------------------------------------------
 
@@ -166,7 +168,7 @@ def kernel_bytes(batch: dict[str, torch.Tensor]) -> int:
     included), plus its outputs."""
     rows = batch["logp"].shape[0]
     read = sum(batch[k].numel() * batch[k].element_size() for k in ("logp", "mask", "adv", "ref_logp"))
-    return read + len(fused.KERNEL_FIELDS) * rows * 8
+    return read + len(ROW_FIELDS) * rows * 8
 
 
 def naive_stats(logp, mask, adv, expert, ref_logp, trim=0.1):
@@ -347,13 +349,13 @@ def measure_shape(
     batch = make_inputs(rows, tokens, dtype, device)
     nbytes = kernel_bytes(batch)
     row: dict[str, Any] = {"B": rows, "T": tokens, "logp": str(dtype).removeprefix("torch."), "MB": nbytes / 1e6}
-    out = fused.empty_out(rows, device)
-    row["kernel_call_s"] = timer.median_s(lambda: fused.kernel_row_results(**batch, out=out))
-    row["kernel_s"] = graph_time_s(lambda: fused.kernel_row_results(**batch, out=out), timer)
+    out = launch.empty_out(rows, device)
+    row["kernel_call_s"] = timer.median_s(lambda: fused.row_results(TokenBatch(**batch), "phi", out=out))
+    row["kernel_s"] = graph_time_s(lambda: fused.row_results(TokenBatch(**batch), "phi", out=out), timer)
     row["kernel_GBps"] = nbytes / row["kernel_s"] / 1e9
     row["kernel_pct_copy"] = 100 * row["kernel_GBps"] / copy_gbs
-    row["triton_stats_s"] = timer.median_s(lambda: finalize(fused.kernel_row_results(**batch, out=out)))
-    row["twin_s"] = timer.median_s(lambda: finalize(reference.twin_row_results(**batch)))
+    row["triton_stats_s"] = timer.median_s(lambda: finalize(fused.row_results(TokenBatch(**batch), "phi", out=out)))
+    row["twin_s"] = timer.median_s(lambda: finalize(twin.row_results(TokenBatch(**batch), "phi")))
     if compiled is not None and (rows, tokens) in compile_step_shapes(args):
         try:
             compiled(**batch)  # compiles outside the timing, whatever the timer's warm-up
@@ -373,13 +375,13 @@ def measure_shape(
     row["update_s"] = timer.median_s(lambda: ctrl.update(**batch, kl=kl))
     row["update_wall_s"] = timer.wall_per_call_s(lambda: ctrl.update(**batch, kl=kl), calls)
     row["update_beyond_kernel_s"] = row["update_s"] - row["kernel_s"]
-    # Both sides as host wall time per call: the reference waits for the GPU
+    # Both sides as host wall time per call: the public implementation waits for the GPU
     # at each .item(), the update never does, so only the wall clock charges
     # each for what it makes the host wait.
-    public = ReferenceMuController()
+    public = PublicGACController()
     ref_args = (batch["logp"], batch["mask"], batch["adv"], batch["expert"])
-    row["reference_wall_s"] = timer.wall_per_call_s(lambda: public.update_stats(*ref_args), calls)
-    row["speedup_vs_reference"] = row["reference_wall_s"] / row["update_wall_s"]
+    row["public_wall_s"] = timer.wall_per_call_s(lambda: public.update_stats(*ref_args), calls)
+    row["speedup_vs_public"] = row["public_wall_s"] / row["update_wall_s"]
     record_busy(row, "update", lambda: ctrl.update(**batch, kl=kl), timer)
     # The replayed update records a graph per layout and compiles nothing
     # with torch.compile, so it is timed at every shape: its device time
@@ -416,7 +418,7 @@ def measure_compiled_update(
     """Device time, host wall time per call and host syncs of one ``update``
     with ``compile_step=mode`` (compiled, or recorded, and warmed up first).
     ``"reduce-overhead"``: one graph replay of the statistics kernel and the
-    close-step kernel per update (``gaccore.kernels.graphs.UpdateGraphs``;
+    close-step kernel per update (``gaccore.kernels.close_step.graphs.UpdateGraphs``;
     on CPU its stand-in, the same buffers and copies)."""
     try:
         ctrl = gaccore.Controller(compile_step=mode)
@@ -439,11 +441,13 @@ def measure_split(rows: int, tokens: int, args: argparse.Namespace, timer: Timer
     device = torch.device(args.device)
     batch = make_inputs(rows, tokens, torch.bfloat16, device)
     nbytes = kernel_bytes(batch)
-    out = fused.empty_out(rows, device)
-    chunks = fused.chunk_count(rows, tokens)
+    out = launch.empty_out(rows, device)
+    chunks = launch.chunk_count(rows, tokens)
     row: dict[str, Any] = {"B": rows, "T": tokens, "MB": nbytes / 1e6, "chunks": chunks}
     for name, count in (("split", chunks), ("unsplit", 1)):
-        seconds = graph_time_s(lambda count=count: fused.kernel_row_results(**batch, out=out, chunks=count), timer)
+        seconds = graph_time_s(
+            lambda count=count: fused.row_results(TokenBatch(**batch), "phi", out=out, chunks=count), timer
+        )
         row[f"{name}_s"] = seconds
         row[f"{name}_GBps"] = nbytes / seconds / 1e9
         row[f"{name}_pct_copy"] = 100 * row[f"{name}_GBps"] / copy_gbs
@@ -495,7 +499,7 @@ def launch_warps(count: int | None):
     finally:
         fused.warps = original
     if not asked:
-        raise RuntimeError("kernel_row_results did not ask fused.warps: the warp count was not applied")
+        raise RuntimeError("row_results did not ask fused.warps: the warp count was not applied")
 
 
 def measure_sweep(args: argparse.Namespace, timer: Timer, copy_gbs: float) -> list[dict[str, Any]]:
@@ -505,22 +509,24 @@ def measure_sweep(args: argparse.Namespace, timer: Timer, copy_gbs: float) -> li
     for (rows, tokens), settings in (QUICK_SWEEP if args.quick else SWEEP).items():
         batch = make_inputs(rows, tokens, torch.bfloat16, device)
         nbytes = kernel_bytes(batch)
-        out = fused.empty_out(rows, device)
+        out = launch.empty_out(rows, device)
         for block_t, chunks, warps in settings:
-            block_t = block_t or fused.block_size(tokens)
-            chunks = chunks or fused.chunk_count(rows, tokens)
+            block_t = block_t or launch.block_size(tokens)
+            chunks = chunks or launch.chunk_count(rows, tokens)
             warps = warps or fused.warps(block_t)
             default = (block_t, chunks, warps) == (
-                fused.block_size(tokens),
-                fused.chunk_count(rows, tokens),
-                fused.warps(fused.block_size(tokens)),
+                launch.block_size(tokens),
+                launch.chunk_count(rows, tokens),
+                fused.warps(launch.block_size(tokens)),
             )
             row: dict[str, Any] = {"B": rows, "T": tokens, "block_t": block_t, "chunks": chunks, "warps": warps}
             row["default"] = "yes" if default else ""
-            launch = functools.partial(fused.kernel_row_results, **batch, out=out, block_t=block_t, chunks=chunks)
+            run = functools.partial(
+                fused.row_results, TokenBatch(**batch), "phi", out=out, block_t=block_t, chunks=chunks
+            )
             try:
                 with launch_warps(None if default else warps):
-                    seconds = graph_time_s(launch, timer)
+                    seconds = graph_time_s(run, timer)
                 row["kernel_s"], row["GBps"] = seconds, nbytes / seconds / 1e9
                 row["pct_copy"] = 100 * row["GBps"] / copy_gbs
             except Exception as exc:  # one setting may not fit the GPU; time the rest
@@ -538,7 +544,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     # not the host scalars CPU tensors get by default, and the Triton kernels
     # (interpreted) for the statistics and the closing step, not the twin.
     TORCH_BACKEND.host_on_cpu = False
-    TORCH_BACKEND.method = "triton"
+    TORCH_BACKEND.implementation = "triton"
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     # Quick: one call per timing, since on CPU each is an interpreted kernel.
     timer = Timer(device, reps=1 if args.quick else 20, warmup=0 if args.quick else 3)
@@ -546,7 +552,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     copy_gbs = copy_bandwidth_gbs(timer, (1 << 20) if args.quick else (1 << 30), device)
     compiled = None
     if not args.no_compile:
-        compiled = torch.compile(reference.twin_row_results, dynamic=True)
+        compiled = torch.compile(twin.row_results, dynamic=True)
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -597,8 +603,8 @@ COLUMNS = [
     ("naive_s", "naive us", 10, 1),
     ("speedup_vs_naive", "x naive", 8, 1),
     ("naive_syncs", "naive syncs", 11, None),
-    ("reference_wall_s", "ref wall us", 11, 1),
-    ("speedup_vs_reference", "x ref", 6, 2),
+    ("public_wall_s", "public wall us", 11, 1),
+    ("speedup_vs_public", "x public", 6, 2),
     ("update_syncs", "upd syncs", 9, None),
     ("update_s", "upd us", 8, 1),
     ("update_wall_s", "upd wall us", 11, 1),

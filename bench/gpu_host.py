@@ -42,34 +42,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu import Timer, make_inputs  # noqa: E402
 
 import gaccore  # noqa: E402
-from gaccore.controller import ControllerState  # noqa: E402
-from gaccore.kernels import TORCH_BACKEND, close_step, fused, graphs  # noqa: E402
-from gaccore.kernels.tensors import check_inputs  # noqa: E402
+from gaccore.batch import TokenBatch  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND  # noqa: E402
+from gaccore.kernels.close_step import graphs, launch, layout  # noqa: E402
+from gaccore.kernels.row_stats import fused  # noqa: E402
+from gaccore.kernels.row_stats.launch import empty_out  # noqa: E402
+from gaccore.kernels.tensors import check_tensors  # noqa: E402
+from gaccore.state import ControllerState  # noqa: E402
 
 
 def main() -> None:
     device = torch.device(ARGS.device)
     TORCH_BACKEND.host_on_cpu = False
-    TORCH_BACKEND.method = "triton"  # what "auto" is on CUDA; on CPU, interpreted
+    TORCH_BACKEND.implementation = "triton"  # what "auto" is on CUDA; on CPU, interpreted
     rows, tokens = (8, 64) if ARGS.quick else (256, 4096)
     calls = 5 if ARGS.quick else 300
     batch = make_inputs(rows, tokens, torch.bfloat16, device)
     kl = torch.zeros((), device=device)
-    out = fused.empty_out(rows, device)
+    out = empty_out(rows, device)
     results: dict[str, Any] = {"device": str(device), "B": rows, "T": tokens, "torch": torch.__version__}
-    checked = {k: batch[k] for k in ("logp", "mask", "adv", "expert")}
-    row_results = fused.kernel_row_results(**batch, out=out)
+    tokens_batch = TokenBatch(**batch)
+    row_results = fused.row_results(tokens_batch, "phi", out=out)
     scalar = torch.zeros((), dtype=torch.float64, device=device)
     pieces: dict[str, Callable[[], Any]] = {
         "one 0-d op (add_)": lambda: scalar.add_(1.0),
-        "check_inputs": lambda: check_inputs(**checked, ref_logp=batch["ref_logp"], sft_coef="phi"),
-        "kernel_row_results (checked)": lambda: fused.kernel_row_results(**batch, out=out, checked=True),
+        "check_tensors": lambda: check_tensors(tokens_batch),
+        "fused row_results": lambda: fused.row_results(tokens_batch, "phi", out=out),
     }
     config = gaccore.Config()
     state = ControllerState.place(ControllerState.initial(config), TORCH_BACKEND, device)
-    packed, outputs = close_step.pack_state(state), close_step.empty_outputs(device, has_rows=True)
+    packed, outputs = layout.pack_state(state), layout.empty_outputs(device, has_rows=True)
     observations = {"kl": kl, "expert_reward": None, "policy_reward": None}
-    pieces["kernel_close_step"] = lambda: close_step.kernel_close_step(
+    pieces["kernel_close_step"] = lambda: launch.kernel_close_step(
         packed, config, observations, 0.5, row_results, *outputs
     )
     controllers = {
@@ -80,9 +84,8 @@ def main() -> None:
     for _ in range(3):  # compile, record
         for ctrl in controllers.values():
             ctrl.update(**batch, kl=kl)
-    (recording,) = controllers["reduce-overhead"]._update_replay._recordings.values()
-    inputs = {name: batch.get(name) for name in graphs.TOKEN_INPUTS}
-    pieces["copy into the graph's buffers"] = lambda: graphs._load(recording, inputs, observations, 0.5)
+    (recording,) = controllers["reduce-overhead"]._runners["torch"]._updates._recordings.values()
+    pieces["copy into the graph's buffers"] = lambda: graphs._load(recording, tokens_batch, observations, 0.5)
     pieces["graph replay alone"] = recording.replay
     results["host_us"] = {}
     timer = Timer(device, reps=1, warmup=3)

@@ -29,7 +29,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gaccore.kernels import fused
+from gaccore.kernels.row_stats import fused, launch
 
 # SASS opcodes by kind (the opcode's first word, modifiers dropped).
 KINDS = {
@@ -62,7 +62,7 @@ def sass(block: int, adv_per_token: bool) -> tuple[str, str]:
     aligned = ("p_logp", "p_mask", "p_adv", "p_ref", "p_out", "T", "s_logp_b", "s_mask_b", "s_ref_b")
     attrs = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": fused.warps(block)})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": launch.warps(block)})
     cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"gaccore_row_stats_{os.getpid()}.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -84,13 +84,13 @@ def loop_counts(text: str) -> collections.Counter[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--block", type=int, default=fused.block_size(32768), help="BLOCK_T (default: T = 32768's)")
+    parser.add_argument("--block", type=int, default=launch.block_size(32768), help="BLOCK_T (default: T = 32768's)")
     parser.add_argument("--adv-per-token", action="store_true", help="adv of shape [B, T] instead of [B]")
     args = parser.parse_args()
     code, usage = sass(args.block, args.adv_per_token)
     counts = loop_counts(code)
-    per_thread = args.block / (32 * fused.warps(args.block))  # tokens per thread per iteration
-    print(f"BLOCK_T={args.block}, {fused.warps(args.block)} warps, {per_thread:g} tokens per thread per iteration")
+    per_thread = args.block / (32 * launch.warps(args.block))  # tokens per thread per iteration
+    print(f"BLOCK_T={args.block}, {launch.warps(args.block)} warps, {per_thread:g} tokens per thread per iteration")
     print("resources per thread:", " ".join(re.findall(r"(?:REG|STACK|LOCAL):\d+", usage)))
     print("| kind | per token |\n|---|---|")
     for kind, opcodes in KINDS.items():

@@ -18,7 +18,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import gaccore  # noqa: E402
-from gaccore import kernels  # noqa: E402
 
 SHAPES = [(64, 1024), (256, 4096)]
 
@@ -50,7 +49,7 @@ def _batch(rows: int, tokens: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("rows,tokens", SHAPES, ids=[f"{b}x{t}" for b, t in SHAPES])
 def test_torch_twin(benchmark, rows, tokens):
     batch = _batch(rows, tokens)
-    stats = benchmark.pedantic(lambda: kernels.batch_stats(**batch, method="torch"), rounds=10, warmup_rounds=1)
+    stats = benchmark.pedantic(lambda: gaccore.batch_stats(**batch, implementation="torch"), rounds=10, warmup_rounds=1)
     assert stats.n_rl.item() > 0
 
 

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
+from gaccore.schedules import WarmupCosine, warmup_cosine
 from gaccore.validation import SFT_COEFS, SftCoef, check_filter_demos
 
 # "paper": SPEC.md §3 as written. "verified": rho follows the verifier's
@@ -116,6 +117,11 @@ class Config:
         require(self.kl_target > 0.0, "kl_target", "kl_target > 0")
         require(self.kl_band >= 0.0, "kl_band", "kl_band >= 0")
         require(self.large_shift >= 0.0, "large_shift", "large_shift >= 0")
+
+    def schedule_prior(self) -> WarmupCosine:
+        """The controller's default prior: warmup-cosine from ``mu_init`` to
+        ``mu_peak`` over ``warmup_steps``, then to ``mu_valley`` over ``decay_steps``."""
+        return warmup_cosine(self.warmup_steps, self.decay_steps, self.mu_peak, self.mu_valley, mu_start=self.mu_init)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (``scale`` as a list)."""

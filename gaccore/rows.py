@@ -91,6 +91,12 @@ class RowResults:
         return RowResults(**{f.name: _concat(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
 
 
+# The field orders every path that packs these into one buffer follows (the
+# Triton kernels' outputs, the numba pass's rows, the distributed gather).
+ROW_FIELDS = tuple(f.name for f in fields(RowResults))
+BATCH_FIELDS = tuple(f.name for f in fields(BatchStats))
+
+
 def with_roles(rows: RowResults, expert: Any) -> RowResults:
     """Fill ``rl``/``sft``/``demo`` from ``valid`` and the expert flags (SPEC
     §2), with every row unscored (``with_scores`` adds the verifier's scores).

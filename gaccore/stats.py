@@ -1,11 +1,15 @@
-"""Batch statistics (Eq. 8-10 and the k3 KL) in float64 numpy: the reference.
+"""Batch statistics (Eq. 8-10 and the k3 KL) in float64 numpy: the reference,
+the numpy backend, and ``batch_stats``.
 
 The statistics are computed in two stages so that micro-batches of one
 optimizer step (and, in ``gaccore.kernels``, ranks of a process group) can be
 merged exactly: ``row_results`` reduces one batch to its row results
 (``gaccore.rows.RowResults``), ``RowResults.merge`` concatenates two of them,
 and ``gaccore.rows.finalize`` (shared with the torch paths) turns them into
-``BatchStats``. ``batch_stats`` is the three in a row.
+``BatchStats``. ``batch_stats`` is the three in a row, for numpy arrays here
+and for torch tensors through the torch side's backend. Every implementation
+of ``row_results`` (``gaccore.registry.IMPLEMENTATIONS``) is held to this one
+in the tests.
 
 Conventions (SPEC.md §2): the mask is binarized; masked-out positions never
 enter arithmetic, so padding may hold NaN or -inf; logp is clamped to <= 0.
@@ -22,16 +26,20 @@ memory-mapped pages, whose page faults cost more than the arithmetic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from gaccore._array import absolute, expm1, where
+from gaccore._array import absolute, expm1, is_torch, where
+from gaccore.batch import TokenBatch
+from gaccore.registry import backend, check_implementation, checked, library_of
 from gaccore.rows import BatchStats, RowResults, finalize, with_roles, with_scores
-from gaccore.validation import check_batch, check_filter_demos, check_trim
+from gaccore.step import PlainRunner
+from gaccore.validation import check_batch, check_filter_demos, check_sft_coef, check_trim
 
-__all__ = ["batch_stats", "check_inputs", "k3", "row_results"]
+__all__ = ["NUMPY_BACKEND", "NumpyBackend", "batch_stats", "k3", "row_results"]
 
 ArrayT = TypeVar("ArrayT")
 FloatArray = npt.NDArray[np.float64]
@@ -56,26 +64,6 @@ def k3(x: ArrayT) -> ArrayT:
     return where(absolute(x) < K3_SERIES_BELOW, series, direct)
 
 
-def check_inputs(
-    logp: np.ndarray,
-    mask: np.ndarray,
-    adv: np.ndarray,
-    expert: np.ndarray | None,
-    ref_logp: np.ndarray | None,
-    sft_coef: str,
-    scores: np.ndarray | None = None,
-) -> tuple[int, int]:
-    """Validate one batch of numpy arrays (types, shapes, dtype kinds)
-    without reading any value; returns ``(B, T)``."""
-    return check_batch(
-        {"logp": logp, "mask": mask, "adv": adv, "expert": expert, "ref_logp": ref_logp, "scores": scores},
-        array_type=np.ndarray,
-        type_name="a numpy array",
-        kind_of=lambda dtype: dtype.kind,
-        sft_coef=sft_coef,
-    )
-
-
 def _finite_rows(values: FloatArray) -> FloatArray:
     """Rows whose values are all finite (max and min propagate NaN)."""
     if values.shape[1] == 0:
@@ -87,10 +75,9 @@ def _row_min(on: np.ndarray, values: FloatArray) -> FloatArray:
     return np.where(on, values, np.inf).min(axis=1, initial=np.inf)
 
 
-def _block_rows(
-    logp: np.ndarray, on: np.ndarray, adv: np.ndarray, ref_logp: np.ndarray | None, sft_coef: str
-) -> dict[str, FloatArray]:
-    """Row results of a block of rows in float64, without the roles."""
+def _block_rows(block: TokenBatch[np.ndarray], on: np.ndarray, sft_coef: str) -> dict[str, FloatArray]:
+    """Row results of a block of rows in float64, without the roles (``on``: the block's binarized mask)."""
+    logp, adv, ref_logp = block.logp, block.adv, block.ref_logp
     n_tokens = np.count_nonzero(on, axis=1).astype(np.float64)
     count = np.maximum(n_tokens, 1.0)
     logp64 = np.where(on, logp, _ZERO)
@@ -146,51 +133,35 @@ def _block_rows(
     }
 
 
-def row_results(
-    logp: np.ndarray,
-    mask: np.ndarray,
-    adv: np.ndarray,
-    expert: np.ndarray | None = None,
-    *,
-    ref_logp: np.ndarray | None = None,
-    sft_coef: str = "phi",
-    scores: np.ndarray | None = None,
-) -> RowResults:
-    """Reduce one batch to its mergeable row results (float64 throughout);
-    ``scores`` are the verifier's per-row scores (see ``rows.with_scores``)."""
-    rows, tokens = check_inputs(logp, mask, adv, expert, ref_logp, sft_coef, scores)
-
-    on = mask != 0
-    step = max(1, HOST_BLOCK_TOKENS // max(tokens, 1))
+def row_results(batch: TokenBatch[np.ndarray], sft_coef: str) -> RowResults:
+    """Reduce one checked batch to its mergeable row results (float64
+    throughout), the verifier's scores joined (``rows.with_scores``)."""
+    on = batch.mask != 0
+    step = max(1, HOST_BLOCK_TOKENS // max(batch.tokens, 1))
     with np.errstate(all="ignore"):  # invalid rows compute NaN/inf; their values are never read
         blocks = [
-            _block_rows(
-                logp[start : start + step],
-                on[start : start + step],
-                adv[start : start + step],
-                None if ref_logp is None else ref_logp[start : start + step],
-                sft_coef,
-            )
-            for start in range(0, rows, step)
-        ] or [_block_rows(logp, on, adv, ref_logp, sft_coef)]
+            _block_rows(batch.row_block(start, start + step), on[start : start + step], sft_coef)
+            for start in range(0, batch.rows, step)
+        ] or [_block_rows(batch, on, sft_coef)]
     fields: dict[str, Any] = {name: np.concatenate([block[name] for block in blocks]) for name in blocks[0]}
     placeholder = fields["valid"]  # rl and sft are set from valid by with_roles
-    return with_scores(with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), expert), scores)
+    return with_scores(with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), batch.expert), batch.scores)
 
 
 def batch_stats(
-    logp: np.ndarray,
-    mask: np.ndarray,
-    adv: np.ndarray,
-    expert: np.ndarray | None = None,
+    logp: Any,
+    mask: Any,
+    adv: Any,
+    expert: Any = None,
     *,
-    ref_logp: np.ndarray | None = None,
+    ref_logp: Any = None,
     trim: float = 0.1,
     sft_coef: str = "phi",
-    scores: np.ndarray | None = None,
+    scores: Any = None,
     filter_demos: float | None = None,
-) -> BatchStats[float, int]:
-    """The proxies of SPEC.md §2 for one batch, in float64.
+    implementation: str = "auto",
+) -> BatchStats[Any, Any]:
+    """The proxies of SPEC.md §2 for one batch.
 
     ``logp``/``mask``/``ref_logp`` are ``[B, T]``, ``adv`` is ``[B]`` or
     ``[B, T]``, ``expert`` is ``[B]`` (nonzero marks an SFT/expert row).
@@ -198,8 +169,97 @@ def batch_stats(
     scored); they give the success rates, and with ``filter_demos`` a
     demonstration scored below it leaves the SFT statistic (``kept_demos``).
     Never raises on valid shapes and dtypes; undefined statistics are NaN.
+
+    numpy arrays give Python floats and ints, computed in float64. torch
+    tensors give 0-d tensors on their device (floats float64, counts int64)
+    with no host-device synchronization, from the implementation
+    ``implementation`` names (``gaccore.registry.IMPLEMENTATIONS``):
+    ``"auto"`` runs the Triton kernel on CUDA, the numba pass on CPU where
+    numba is installed and the torch twin elsewhere; ``"triton"`` forces the
+    kernel (on CPU only under ``TRITON_INTERPRET=1``), ``"numba"`` the numba
+    pass (CPU tensors), ``"torch"`` the twin.
     """
     check_trim(trim)
     check_filter_demos(filter_demos)
-    rows = row_results(logp, mask, adv, expert, ref_logp=ref_logp, sft_coef=sft_coef, scores=scores)
-    return finalize(rows, trim=trim, filter_demos=filter_demos)
+    check_sft_coef(sft_coef)
+    batch = TokenBatch(logp, mask, adv, expert, ref_logp, scores)
+    check_implementation(implementation, library_of(logp))
+    side = checked(batch)
+    return side.batch_stats(
+        batch, sft_coef=sft_coef, trim=trim, filter_demos=filter_demos, implementation=implementation
+    )
+
+
+class NumpyBackend:
+    """float64 numpy statistics; state as numpy float64 / bool scalars
+    (``gaccore.registry.StatsBackend``)."""
+
+    name = "numpy"
+
+    def check(self, batch: TokenBatch[Any]) -> None:
+        check_batch(batch, array_type=np.ndarray, type_name="a numpy array", kind_of=lambda dtype: dtype.kind)
+
+    def row_results(self, batch: TokenBatch[np.ndarray], sft_coef: str) -> RowResults:
+        return row_results(batch, sft_coef)
+
+    def batch_stats(
+        self,
+        batch: TokenBatch[np.ndarray],
+        *,
+        sft_coef: str,
+        trim: float,
+        filter_demos: float | None,
+        implementation: str,
+    ) -> BatchStats[float, int]:
+        return finalize(row_results(batch, sft_coef), trim=trim, filter_demos=filter_demos)
+
+    def merge(self, a: RowResults, b: RowResults) -> RowResults:
+        return a.merge(b)
+
+    def reduce(self, rows: RowResults, process_group: Any) -> RowResults:
+        raise TypeError(
+            "process_group needs torch tensors: pass logp, mask and adv as torch tensors "
+            "(numpy inputs are never reduced across ranks)"
+        )
+
+    def mean_over_group(self, value: Any, process_group: Any, device: Any) -> Any:
+        """Process groups are torch's: the mean over one comes from the torch side."""
+        return backend("torch").mean_over_group(value, process_group, device)
+
+    def finalize(self, rows: RowResults, *, trim: float, filter_demos: float | None) -> BatchStats[float, int]:
+        return finalize(rows, trim=trim, filter_demos=filter_demos)
+
+    def device_of(self, value: Any) -> None:
+        return None
+
+    def placement(self, device: Any) -> None:
+        return None
+
+    def scalar(self, value: Any, device: Any) -> np.float64:
+        if is_torch(value):  # a torch kl on a host state: its value, never its graph
+            value = value.detach()
+        return np.float64(value)
+
+    def flag(self, value: bool, device: Any) -> np.bool_:
+        return np.bool_(value)
+
+    def to_host(self, value: Any) -> float | bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        return float(value)
+
+    def to_host_all(self, values: Sequence[Any]) -> list[float]:
+        return [float(value) for value in values]
+
+    def output(self, mu: Any) -> float:
+        return float(mu)
+
+    def as_tensor(self, value: Any, device: Any) -> Any:
+        return backend("torch").as_tensor(value, device)
+
+    def runner(self, compile_step: bool | str) -> PlainRunner:
+        """Host scalars have nothing to compile: every step runs ``close_step`` as written."""
+        return PlainRunner()
+
+
+NUMPY_BACKEND = NumpyBackend()

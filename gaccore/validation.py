@@ -11,6 +11,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
+from gaccore.batch import TokenBatch
+
 # numpy dtype kinds: b bool, i signed int, u unsigned int, f float.
 FLOAT_KINDS = "f"
 MASK_KINDS = "biuf"
@@ -20,30 +22,26 @@ SftCoef = Literal["phi", "nll"]
 SFT_COEFS: tuple[str, ...] = get_args(SftCoef)
 
 
-def check_batch_shapes(
-    logp: Sequence[int],
-    mask: Sequence[int],
-    adv: Sequence[int],
-    expert: Sequence[int] | None = None,
-    ref_logp: Sequence[int] | None = None,
-    scores: Sequence[int] | None = None,
-) -> tuple[int, int]:
-    """Validate the shapes of one batch and return ``(B, T)``."""
-    logp, mask, adv = tuple(logp), tuple(mask), tuple(adv)
+def check_batch_shapes(shapes: Mapping[str, Sequence[int]]) -> None:
+    """Validate the shapes of one batch's inputs (``TokenBatch`` field names;
+    an absent optional input is not in ``shapes``)."""
+    logp = tuple(shapes["logp"])
     if len(logp) != 2:
         raise ValueError(f"logp must have shape [B, T], got a tensor of shape {list(logp)}")
-    rows, tokens = logp
+    rows = logp[0]
+    mask, adv = tuple(shapes["mask"]), tuple(shapes["adv"])
     if mask != logp:
         raise ValueError(f"mask must have the shape of logp [B, T] = {list(logp)}, got {list(mask)}")
     if adv not in ((rows,), logp):
         raise ValueError(f"adv must have shape [B] = [{rows}] or [B, T] = {list(logp)}, got {list(adv)}")
-    if expert is not None and tuple(expert) != (rows,):
-        raise ValueError(f"expert must have shape [B] = [{rows}], got {list(expert)}")
-    if scores is not None and tuple(scores) != (rows,):
-        raise ValueError(f"scores must have shape [B] = [{rows}], one verifier score per row, got {list(scores)}")
-    if ref_logp is not None and tuple(ref_logp) != logp:
-        raise ValueError(f"ref_logp must have the shape of logp [B, T] = {list(logp)}, got {list(ref_logp)}")
-    return rows, tokens
+    if "expert" in shapes and tuple(shapes["expert"]) != (rows,):
+        raise ValueError(f"expert must have shape [B] = [{rows}], got {list(shapes['expert'])}")
+    if "scores" in shapes and tuple(shapes["scores"]) != (rows,):
+        raise ValueError(
+            f"scores must have shape [B] = [{rows}], one verifier score per row, got {list(shapes['scores'])}"
+        )
+    if "ref_logp" in shapes and tuple(shapes["ref_logp"]) != logp:
+        raise ValueError(f"ref_logp must have the shape of logp [B, T] = {list(logp)}, got {list(shapes['ref_logp'])}")
 
 
 # The dtype kinds each input of a batch may have.
@@ -58,31 +56,22 @@ INPUT_KINDS = {
 
 
 def check_batch(
-    inputs: Mapping[str, Any],
+    batch: TokenBatch[Any],
     *,
     array_type: type,
     type_name: str,
     kind_of: Callable[[Any], str],
-    sft_coef: str,
-) -> tuple[int, int]:
-    """Validate one batch and return ``(B, T)``: every input given is an
-    ``array_type`` (``type_name`` in the error), then the shapes, the dtype
-    kinds (``kind_of`` maps a dtype to its numpy kind) and ``sft_coef``.
-
-    ``inputs`` maps the names of ``INPUT_KINDS`` to arrays, ``None`` for an
-    optional input that is absent."""
-    for name, value in inputs.items():
-        if value is not None and not isinstance(value, array_type):
+) -> None:
+    """Validate one batch without reading a value: every input given is an
+    ``array_type`` (``type_name`` in the error), then the shapes and the
+    dtype kinds (``kind_of`` maps a dtype to its numpy kind)."""
+    given = batch.given()
+    for name, value in given.items():
+        if not isinstance(value, array_type):
             raise TypeError(f"{name} must be {type_name}, got {type(value).__name__}")
-    optional = {
-        name: None if inputs.get(name) is None else inputs[name].shape for name in ("expert", "ref_logp", "scores")
-    }
-    shape = check_batch_shapes(inputs["logp"].shape, inputs["mask"].shape, inputs["adv"].shape, **optional)
-    for name, value in inputs.items():
-        if value is not None:
-            check_dtype_kind(name, kind_of(value.dtype), INPUT_KINDS[name], value.dtype)
-    check_sft_coef(sft_coef)
-    return shape
+    check_batch_shapes({name: value.shape for name, value in given.items()})
+    for name, value in given.items():
+        check_dtype_kind(name, kind_of(value.dtype), INPUT_KINDS[name], value.dtype)
 
 
 def check_dtype_kind(name: str, kind: str, allowed: str, dtype: object) -> None:

@@ -1,9 +1,8 @@
-"""What the kernel, the twin and the torch backend share about torch tensors:
-input validation, the row results' dtype, and CPU row results as numpy views
-of tensors and back.
+"""What every torch path shares about tensors: the batch check, the row
+results' dtype, and CPU row results as numpy views of tensors and back.
 
 It imports torch only (no triton), so the twin works where triton is missing
-and the kernel module is imported only when it is used.
+and the kernel modules are imported only when they are used.
 """
 
 from __future__ import annotations
@@ -14,10 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from gaccore.batch import TokenBatch
 from gaccore.rows import RowResults
 from gaccore.validation import check_batch
 
-__all__ = ["ROW_DTYPE", "as_tensors", "check_inputs", "is_host", "numpy_kind", "on_host"]
+__all__ = ["ROW_DTYPE", "as_tensors", "check_tensors", "is_host", "numpy_kind", "on_host"]
 
 ROW_DTYPE = torch.float64
 
@@ -33,25 +33,14 @@ def numpy_kind(dtype: torch.dtype) -> str:
     return "i" if dtype.is_signed else "u"
 
 
-def check_inputs(
-    logp: Any,
-    mask: Any,
-    adv: Any,
-    expert: Any,
-    ref_logp: Any,
-    sft_coef: str,
-    scores: Any = None,
-) -> tuple[int, int]:
+def check_tensors(batch: TokenBatch[Any]) -> None:
     """Validate one batch of torch tensors (types, shapes, dtype kinds, one
-    device) without reading any value; returns ``(B, T)``."""
-    named = {"logp": logp, "mask": mask, "adv": adv, "expert": expert, "ref_logp": ref_logp, "scores": scores}
-    shape = check_batch(
-        named, array_type=torch.Tensor, type_name="a torch.Tensor", kind_of=numpy_kind, sft_coef=sft_coef
-    )
-    for name, value in named.items():
-        if value is not None and value.device != logp.device:
-            raise ValueError(f"{name} is on {value.device} but logp is on {logp.device}: put all inputs on one device")
-    return shape
+    device) without reading any value."""
+    check_batch(batch, array_type=torch.Tensor, type_name="a torch.Tensor", kind_of=numpy_kind)
+    device = batch.logp.device
+    for name, value in batch.given().items():
+        if value.device != device:
+            raise ValueError(f"{name} is on {value.device} but logp is on {device}: put all inputs on one device")
 
 
 def is_host(rows: RowResults) -> bool:

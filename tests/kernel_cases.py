@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
+from typing import Any
 
 import numpy as np
 import torch
 
 import gaccore
-from gaccore.kernels.reference import twin_row_results
+from gaccore.batch import TokenBatch
+from gaccore.kernels.row_stats import twin
 from gaccore.rows import RowResults
 
 # float32 inputs: 1e-5 relative (SPEC §5). Low-precision logp is read exactly
@@ -108,7 +110,7 @@ def assert_rows_match_twin(got: RowResults, batch: dict[str, torch.Tensor | None
     ``batch`` (the extremes of token-less rows are fill values of each path's
     float type), the roles and the NaN of an unscored row or of a batch
     without ref_logp included; the message names the field."""
-    want = twin_row_results(**batch)
+    want = rows_from(twin, batch)
     rows = want.n_tokens > 0
     for name in RowResults.__dataclass_fields__:
         torch.testing.assert_close(
@@ -119,3 +121,10 @@ def assert_rows_match_twin(got: RowResults, batch: dict[str, torch.Tensor | None
             equal_nan=name in ("score", "kl_sum"),  # no row is scored here; no KL without ref_logp
             msg=lambda m, name=name: f"{name}: {m}",
         )
+
+
+def rows_from(
+    implementation: Any, batch: dict[str, torch.Tensor | None], sft_coef: str = "phi", **options: Any
+) -> RowResults:
+    """``implementation.row_results`` (a module of ``gaccore.kernels.row_stats``) on a batch dict."""
+    return implementation.row_results(TokenBatch(**batch), sft_coef, **options)

@@ -22,12 +22,13 @@ from kernel_cases import make_batch  # noqa: E402
 
 import gaccore  # noqa: E402
 from gaccore._array import FLOAT_MAX  # noqa: E402
-from gaccore.backend import NUMPY_BACKEND  # noqa: E402
 from gaccore.config import Config  # noqa: E402
-from gaccore.controller import ControllerState, close_step  # noqa: E402
 from gaccore.kernels import TORCH_BACKEND, TorchBackend  # noqa: E402
-from gaccore.kernels import close_step as kernel  # noqa: E402
-from gaccore.rows import BatchStats, RowResults  # noqa: E402
+from gaccore.kernels.close_step import launch, layout  # noqa: E402
+from gaccore.rows import ROW_FIELDS, BatchStats, RowResults  # noqa: E402
+from gaccore.state import ControllerState  # noqa: E402
+from gaccore.stats import NUMPY_BACKEND  # noqa: E402
+from gaccore.step import PlainRunner, close_step  # noqa: E402
 
 CPU = torch.device("cpu")
 PLAIN = TorchBackend("torch", host_on_cpu=False)  # the torch close_step, state as 0-d tensors
@@ -72,7 +73,7 @@ def random_rows(rng: np.random.Generator, n_rows: int, *, expert: bool, scored: 
         "demo": demo,
         "score": np.where(rng.random(n_rows) < 0.1, math.inf, score) if hostile else score,
     }
-    for name in kernel.ROW_FIELDS:
+    for name in ROW_FIELDS:
         if name in ("n_tokens", "valid", "rl", "sft", "demo", "score"):
             continue
         column = np.where(valid == 0, rng.choice([math.nan, math.inf, -math.inf, 1e308, -1e308], n_rows), columns[name])
@@ -149,12 +150,12 @@ def torch_close(host_state, config, observations, prior, rows, device=CPU):
 def kernel_close(host_state, config, observations, prior, rows, *, poison=math.nan, device=CPU):
     """The fused kernel, its outputs poisoned first so an unwritten one shows."""
     state = ControllerState.place(host_state, PLAIN, device)
-    out, out_flags, out_mu = kernel.empty_outputs(device, has_rows=rows is not None)
+    out, out_flags, out_mu = layout.empty_outputs(device, has_rows=rows is not None)
     out.fill_(poison)
     out_flags.view(torch.uint8).fill_(2)  # neither False nor True
     out_mu.fill_(poison)
-    new_state, batch, mu = kernel.kernel_close_step(
-        kernel.pack_state(state), config, observations, prior, torch_rows(rows, device), out, out_flags, out_mu
+    new_state, batch, mu = launch.kernel_close_step(
+        layout.pack_state(state), config, observations, prior, torch_rows(rows, device), out, out_flags, out_mu
     )
     assert int(out_flags.view(torch.uint8).max()) <= 1, "the kernel left a flag unwritten"
     assert mu is out_mu and torch.equal(mu, new_state.mu.to(torch.float32)), "mu as float32 is the state's, cast"
@@ -287,17 +288,17 @@ def test_more_than_max_rows_is_refused():
     config = Config()
     state = ControllerState.place(ControllerState.initial(config), PLAIN, CPU)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kernel, "MAX_ROWS", 4)
+        patch.setattr(launch, "MAX_ROWS", 4)
         with pytest.raises(ValueError, match="at most MAX_ROWS = 4 rows, got 5"):
-            kernel.kernel_close_step(
-                kernel.pack_state(state),
+            launch.kernel_close_step(
+                layout.pack_state(state),
                 config,
                 dict.fromkeys(OBSERVATIONS),
                 None,
                 rows,
-                *kernel.empty_outputs(CPU, has_rows=True),
+                *layout.empty_outputs(CPU, has_rows=True),
             )
-        assert kernel.CloseStepKernel()(CPU, state, config, dict.fromkeys(OBSERVATIONS), None, rows) is None
+        assert launch.CloseStepKernel()(CPU, state, config, dict.fromkeys(OBSERVATIONS), None, rows) is None
 
 
 COMPILE_FOR_A_GPU = r"""
@@ -306,7 +307,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from gaccore.config import Config
-from gaccore.kernels import close_step as cs
+from gaccore.kernels.close_step import kernel as cs, launch
 
 fn = cs._close_step_kernel
 scalars = {"n_rows": "i32", "kl_value": "fp64", "expert_reward_value": "fp64", "policy_reward_value": "fp64",
@@ -318,7 +319,7 @@ variants = [
     (Config(), dict(HAS_ROWS=False, KL_FROM=0, EXPERT_REWARD_FROM=1, POLICY_REWARD_FROM=2, PRIOR_FROM=0, BLOCK_B=1, CHUNK_B=1)),
 ]
 for config, layout in variants:
-    source = ASTSource(fn=fn, signature=signature, constexprs={**cs._constants(config), **layout})
+    source = ASTSource(fn=fn, signature=signature, constexprs={**launch._constants(config), **layout})
     ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, "enable_fp_fusion": False}).asm["ptx"]
     assert not re.search(r"\bfma\.\w+\.f64", ptx), "a product and a sum fused into an fma"
     assert not re.search(r"\b0f[0-9A-F]{8}\b", ptx), "an fp32 constant"
@@ -358,18 +359,18 @@ def test_cuda_kernel_matches_the_plain_step(n_rows, config):
         "expert_reward": 0.9,
         "policy_reward": torch.tensor(math.nan, dtype=torch.float64, device=cuda_device),
     }
-    state = kernel.pack_state(ControllerState.place(host_state, PLAIN, cuda_device))
+    state = layout.pack_state(ControllerState.place(host_state, PLAIN, cuda_device))
     on_gpu = torch_rows(rows, cuda_device)
-    buffers = [kernel.empty_outputs(cuda_device, has_rows=rows is not None) for _ in range(3)]
+    buffers = [layout.empty_outputs(cuda_device, has_rows=rows is not None) for _ in range(3)]
     for (out, out_flags, out_mu), poison in zip(buffers, (math.nan, 1234.5, math.nan), strict=True):
         out.fill_(poison)
         out_flags.view(torch.uint8).fill_(2)
         out_mu.fill_(poison)
-    kernel.kernel_close_step(state, config, observations, 0.3, on_gpu, *buffers[0])  # compiles outside the check
+    launch.kernel_close_step(state, config, observations, 0.3, on_gpu, *buffers[0])  # compiles outside the check
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        runs = [kernel.kernel_close_step(state, config, observations, 0.3, on_gpu, *b) for b in buffers[1:]]
+        runs = [launch.kernel_close_step(state, config, observations, 0.3, on_gpu, *b) for b in buffers[1:]]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     (out_a, flags_a, mu_a), (out_b, flags_b, mu_b) = buffers[1:]
@@ -391,12 +392,12 @@ def kernel_state(monkeypatch):
     """CPU tensors handled as on a GPU with the Triton kernels (interpreted):
     state in 0-d tensors, statistics from the kernel, the fused close step."""
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
-    monkeypatch.setattr(TORCH_BACKEND, "method", "triton")
+    monkeypatch.setattr(TORCH_BACKEND, "implementation", "triton")
 
 
 def plain(ctrl: gaccore.Controller) -> gaccore.Controller:
-    """The same controller with the plain close_step: its fused step declines every call."""
-    ctrl._fused_close = lambda *args: None
+    """The same controller with the plain close_step: its torch steps run ``close_step`` as written."""
+    ctrl._runners["torch"] = PlainRunner()
     return ctrl
 
 
@@ -411,7 +412,7 @@ def _schedule(n_steps: int):
         kl = (torch.tensor(0.002 * t, dtype=torch.float64), 0.004, None)[t % 3]
         rewards = {"expert_reward": 0.8, "policy_reward": torch.tensor(0.1 + 0.02 * t)} if t % 5 == 1 else {}
         if t == 6:
-            yield "update_stats", (gaccore.kernels.batch_stats(**batch, method="torch"),), {"kl": kl, **rewards}
+            yield "update_stats", (gaccore.batch_stats(**batch, implementation="torch"),), {"kl": kl, **rewards}
         elif t == 8:
             yield "observe+step", (batch, make_batch(4, 7, seed=100 + t)), {"kl": kl, **rewards}
         elif t == 9:
@@ -485,7 +486,7 @@ def test_a_failed_launch_leaves_the_controller_unchanged(kernel_state, monkeypat
         if t in (3, 5):
             before = ctrl.state_dict()
             with monkeypatch.context() as failing:
-                failing.setattr(kernel, "_close_step_kernel", _FailingLaunch())
+                failing.setattr(launch, "_close_step_kernel", _FailingLaunch())
                 with pytest.raises(RuntimeError, match="launch failed"):
                     _take(ctrl, *step)
             assert ctrl.state_dict() == before and ctrl.step_count == before["step"]
@@ -508,12 +509,12 @@ def test_which_steps_run_the_kernel(monkeypatch, method, host_on_cpu, max_rows, 
     """The kernel runs where the method runs Triton's kernels and the state
     lives on a device (CUDA with "auto"; CPU with "triton", interpreted), for
     at most MAX_ROWS rows; elsewhere the plain close_step gives the same mu."""
-    monkeypatch.setattr(TORCH_BACKEND, "method", method)
+    monkeypatch.setattr(TORCH_BACKEND, "implementation", method)
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", host_on_cpu)
-    monkeypatch.setattr(kernel, "MAX_ROWS", max_rows)
+    monkeypatch.setattr(launch, "MAX_ROWS", max_rows)
     calls = []
-    launch = kernel.kernel_close_step
-    monkeypatch.setattr(kernel, "kernel_close_step", lambda *a, **k: calls.append(1) or launch(*a, **k))
+    close = launch.kernel_close_step
+    monkeypatch.setattr(launch, "kernel_close_step", lambda *a, **k: calls.append(1) or close(*a, **k))
     batch = make_batch(6, 9, seed=3)
     ctrl, reference = gaccore.Controller(update_every=1), plain(gaccore.Controller(update_every=1))
     for _ in range(2):

@@ -51,7 +51,7 @@ def device_state(monkeypatch):
     in torch (by default CPU state lives in host scalars), statistics from the
     twin, which runs on any device (the numba pass reads CPU memory through numpy)."""
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
-    monkeypatch.setattr(TORCH_BACKEND, "method", "torch")
+    monkeypatch.setattr(TORCH_BACKEND, "implementation", "torch")
 
 
 @pytest.fixture(params=["host", "device"])
@@ -59,7 +59,7 @@ def cpu_state(request, monkeypatch):
     """Both placements of a CPU controller's state (the device one as in ``device_state``)."""
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", request.param == "host")
     if request.param == "device":
-        monkeypatch.setattr(TORCH_BACKEND, "method", "torch")
+        monkeypatch.setattr(TORCH_BACKEND, "implementation", "torch")
     return request.param
 
 
@@ -214,7 +214,7 @@ def test_inputs_with_an_autograd_graph_never_reach_the_controller(backend, compi
     reaches the replayed update's static buffers."""
     from gaccore.kernels import TORCH_BACKEND
 
-    monkeypatch.setattr(TORCH_BACKEND, "method", backend)
+    monkeypatch.setattr(TORCH_BACKEND, "implementation", backend)
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)  # the state as tensors, as on a GPU
     weight = torch.nn.Parameter(torch.zeros(()))
     ctrl = gaccore.Controller(**CONFIG, compile_step=compile_step)
@@ -226,7 +226,7 @@ def test_inputs_with_an_autograd_graph_never_reach_the_controller(backend, compi
         assert _carries_no_graph(ctrl, mu), f"step {t}"
     assert ctrl._state.mu_bar.grad_fn is None
     if compile_step:
-        recordings = ctrl._update_replay._recordings.values()
+        recordings = ctrl._runners["torch"]._updates._recordings.values()
         tokens = [t for r in recordings if r.tokens for t in r.tokens.tensors.values()]
         static = [t for t in (*tokens, *(o for r in recordings for o in r.observations.values())) if t is not None]
         assert static and not any(t.requires_grad for t in static)
@@ -356,7 +356,7 @@ def _varied_steps(n_steps, device="cpu"):
         policy = torch.tensor(0.1 + 0.02 * t, device=device)
         rewards = {"expert_reward": 0.8, "policy_reward": policy} if t % 5 == 1 else {}
         if t % 7 == 6:
-            yield "update_stats", (gaccore.kernels.batch_stats(**batch, method="torch"),), {"kl": kl, **rewards}
+            yield "update_stats", (gaccore.batch_stats(**batch, implementation="torch"),), {"kl": kl, **rewards}
         else:
             yield "update", (), {**batch, "kl": kl, **rewards}
 
@@ -386,7 +386,7 @@ def test_replayed_step_gives_the_eager_trajectory(device_state, eager_compile, m
             state = _json_round_trip(replayed.state_dict())
             eager.load_state_dict(state)
             replayed.load_state_dict(state)
-    assert len(replayed._compiled_close._recordings) >= 4
+    assert len(replayed._runners["torch"]._close._recordings) >= 4
     # Same layout twice (no statistics, no kl): the state is the recording's static state.
     replayed.update_stats(None)
     first = replayed._state
@@ -397,7 +397,7 @@ def test_replayed_step_gives_the_eager_trajectory(device_state, eager_compile, m
 def test_replayed_step_records_again_after_dropping_a_layout(device_state, eager_compile, monkeypatch):
     """At most MAX_GRAPHS layouts of close_step are kept (twin statistics, as
     above); a dropped one is recorded again and still gives the eager mu."""
-    from gaccore.kernels import graphs
+    from gaccore.kernels.close_step import graphs
 
     monkeypatch.setattr(graphs, "MAX_GRAPHS", 2)
     config = {**CONFIG, "update_every": 1}
@@ -405,7 +405,7 @@ def test_replayed_step_records_again_after_dropping_a_layout(device_state, eager
     for t, rows in enumerate([3, 5, 7, 3, 5, 3]):
         batch = make_batch(rows, 9, seed=t)
         assert replayed.update(**batch).item() == eager.update(**batch).item()
-    assert [key[1][2] for key in replayed._compiled_close._recordings] == [(5,), (3,)]
+    assert [key[1][2] for key in replayed._runners["torch"]._close._recordings] == [(5,), (3,)]
 
 
 # -- compile_step="reduce-overhead": the whole update replayed ------------------------
@@ -417,7 +417,7 @@ def triton_state(monkeypatch):
     state in 0-d tensors, statistics from the kernel, the fused close step.
     Where the whole-update replay applies."""
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
-    monkeypatch.setattr(TORCH_BACKEND, "method", "triton")
+    monkeypatch.setattr(TORCH_BACKEND, "implementation", "triton")
 
 
 def _replay_steps(n_steps, device="cpu"):
@@ -472,8 +472,8 @@ def test_replayed_update_gives_the_eager_trajectory(triton_state, config):
             state = _json_round_trip(replayed.state_dict())
             eager.load_state_dict(state)
             replayed.load_state_dict(state)
-    assert len(replayed._update_replay._recordings) >= 8
-    assert not replayed._compiled_close._recordings
+    assert len(replayed._runners["torch"]._updates._recordings) >= 8
+    assert not replayed._runners["torch"]._close._recordings
 
 
 def test_replayed_updates_hand_over_to_observe_and_step(triton_state, eager_compile, monkeypatch):
@@ -483,9 +483,9 @@ def test_replayed_updates_hand_over_to_observe_and_step(triton_state, eager_comp
     The state passes between the two replays both ways; the eager
     controller's mu at every step (its fused close step and the plain
     close_step differ in the last bits of their sums over rows)."""
-    from gaccore.kernels import close_step
+    from gaccore.kernels.close_step import launch
 
-    monkeypatch.setattr(close_step, "MAX_ROWS", 8)
+    monkeypatch.setattr(launch, "MAX_ROWS", 8)
     config = {**CONFIG, "update_every": 1}
     eager = gaccore.Controller(**config)
     replayed = gaccore.Controller(**config, compile_step="reduce-overhead")
@@ -497,26 +497,26 @@ def test_replayed_updates_hand_over_to_observe_and_step(triton_state, eager_comp
                 ctrl.observe(**make_batch(4, 9, seed=50))
                 mu = ctrl.step(kl=0.01)
             elif t == 4:
-                mu = ctrl.update_stats(gaccore.kernels.batch_stats(**batch, method="torch"), kl=0.01)
+                mu = ctrl.update_stats(gaccore.batch_stats(**batch, implementation="torch"), kl=0.01)
             else:
                 mu = ctrl.update(**batch, kl=0.01)
             if ctrl is eager:
                 want = mu.item()
         assert mu.item() == pytest.approx(want, rel=1e-12, abs=0), f"step {t}"
     assert replayed.metrics() == pytest.approx(eager.metrics(), rel=1e-12, nan_ok=True)
-    assert len(replayed._update_replay._recordings) == 1  # 5 rows, a kl and the prior: steps 0, 1, 3, 6, 7
-    assert len(replayed._compiled_close._recordings) >= 2  # steps 2, 4 and 5
+    assert len(replayed._runners["torch"]._updates._recordings) == 1  # 5 rows, a kl and the prior: steps 0, 1, 3, 6, 7
+    assert len(replayed._runners["torch"]._close._recordings) >= 2  # steps 2, 4 and 5
 
 
 def test_replayed_update_reuses_a_recorded_layout(triton_state, monkeypatch):
     """A layout met again replays its recording: nothing is recorded or
     allocated again, and the state, the home's, is not copied. A layout that
     differs only in an observation shares the static token buffers."""
-    from gaccore.kernels import graphs
+    from gaccore.kernels.close_step import graphs
 
     ctrl = gaccore.Controller(**{**CONFIG, "update_every": 1}, compile_step="reduce-overhead")
     ctrl.update(**make_batch(5, 9, seed=1), kl=0.01)
-    replay = ctrl._update_replay
+    replay = ctrl._runners["torch"]._updates
     (recording,) = replay._recordings.values()
     state = ctrl._state
     copies = []
@@ -532,7 +532,7 @@ def test_replayed_update_records_again_after_dropping_a_layout(triton_state, mon
     """At most MAX_GRAPHS recordings are kept; the token buffers of a dropped
     one are freed with it, and a dropped layout is recorded again with the
     eager mu."""
-    from gaccore.kernels import graphs
+    from gaccore.kernels.close_step import graphs
 
     monkeypatch.setattr(graphs, "MAX_GRAPHS", 2)
     config = {**CONFIG, "update_every": 1}
@@ -541,9 +541,9 @@ def test_replayed_update_records_again_after_dropping_a_layout(triton_state, mon
     for t, rows in enumerate([3, 5, 7, 3, 5, 3]):
         batch = make_batch(rows, 9, seed=t)
         assert replayed.update(**batch).item() == eager.update(**batch).item()
-    recordings = replayed._update_replay._recordings
+    recordings = replayed._runners["torch"]._updates._recordings
     assert [key[1][0][0][0] for key in recordings] == [5, 3]  # logp's rows, oldest first
-    assert len(replayed._update_replay._tokens) == 2
+    assert len(replayed._runners["torch"]._updates._tokens) == 2
 
 
 def test_replayed_update_never_aliases_its_inputs(triton_state):
@@ -558,7 +558,7 @@ def test_replayed_update_never_aliases_its_inputs(triton_state):
     want = eager.update(**{k: v.clone() for k, v in batch.items()}, kl=kl.clone()).item()
     mu = replayed.update(**batch, kl=kl)
     metrics = replayed.metrics()
-    (recording,) = replayed._update_replay._recordings.values()
+    (recording,) = replayed._runners["torch"]._updates._recordings.values()
     inputs = [v for v in (*batch.values(), kl) if v is not None]
     static = [t for t in (*recording.tokens.tensors.values(), *recording.observations.values()) if t is not None]
     ours = {t.untyped_storage().data_ptr() for t in static}
@@ -618,7 +618,7 @@ def test_a_replayed_update_launches_four_things(triton_state):
     ctrl = gaccore.Controller(compile_step="reduce-overhead")
     batch, kl = make_batch(6, 11, seed=0), torch.tensor(0.01)
     ctrl.update(**batch, kl=kl)  # records
-    (recording,) = ctrl._update_replay._recordings.values()
+    (recording,) = ctrl._runners["torch"]._updates._recordings.values()
     with _DeviceWork(recording) as dispatched:
         ctrl.update(**batch, kl=kl)
     assert [op for op in dispatched.ops if op not in ("view", "detach")] == [
@@ -689,7 +689,7 @@ def test_cuda_replayed_step_across_layouts():
             state = _json_round_trip(replayed.state_dict())
             eager.load_state_dict(state)
             replayed.load_state_dict(state)
-    assert len(replayed._update_replay._recordings) >= 4 and replayed._compiled_close._recordings
+    assert len(replayed._runners["torch"]._updates._recordings) >= 4 and replayed._runners["torch"]._close._recordings
 
 
 @cuda
@@ -713,7 +713,9 @@ def test_cuda_replayed_update_is_the_eager_update_without_syncs():
         torch.cuda.set_sync_debug_mode("default")
     assert [m.item() for m in mus] == [eager.update(**step).item() for step in steps]
     assert all(m.device.type == "cuda" and m.dtype == torch.float32 for m in mus)
-    assert len(replayed._update_replay._recordings) >= 8 and not replayed._compiled_close._recordings
+    assert (
+        len(replayed._runners["torch"]._updates._recordings) >= 8 and not replayed._runners["torch"]._close._recordings
+    )
 
 
 @cuda

@@ -1,4 +1,4 @@
-"""The compiled CPU pass (gaccore.kernels.cpu_rows) against the float64 numpy
+"""The compiled CPU pass (gaccore.kernels.row_stats.cpu_pass) against the float64 numpy
 reference and the torch twin: every output written, repeats bit-identical,
 the SFT coefficient and k3 at their extremes, validity at every row length,
 and how "auto" picks it (its property test beside the twin's is in
@@ -17,11 +17,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("numba")
 
 import numpy as np  # noqa: E402
-from kernel_cases import RTOL, assert_rows_match_twin, assert_stats_close, make_batch, numpy_stats  # noqa: E402
+from kernel_cases import RTOL, assert_rows_match_twin, assert_stats_close, make_batch, numpy_stats, rows_from  # noqa: E402
 
-from gaccore.kernels import batch_stats, cpu_rows, reference, torch_backend  # noqa: E402
+from gaccore import batch_stats, registry  # noqa: E402
+from gaccore.batch import TokenBatch  # noqa: E402
+from gaccore.kernels import TORCH_BACKEND  # noqa: E402
+from gaccore.kernels.row_stats import cpu_pass, twin  # noqa: E402
 from gaccore.kernels.tensors import as_tensors  # noqa: E402
-from gaccore.rows import RowResults, finalize  # noqa: E402
+from gaccore.rows import ROW_FIELDS, RowResults, finalize  # noqa: E402
 from gaccore.stats import k3 as gaccore_k3  # noqa: E402
 
 
@@ -32,8 +35,8 @@ def _poisoned_runs(batch):
     rows = batch["logp"].shape[0]
     runs = []
     for poison in (math.nan, 1234.5, math.nan):
-        out = np.full((len(cpu_rows.ROW_FIELDS), rows), poison)
-        last = as_tensors(cpu_rows.cpu_row_results(**batch, out=out))
+        out = np.full((len(ROW_FIELDS), rows), poison)
+        last = as_tensors(rows_from(cpu_pass, batch, out=out))
         runs.append(out.copy())
     for run in runs[1:]:
         assert np.array_equal(run.view(np.int64), runs[0].view(np.int64)), (
@@ -61,7 +64,7 @@ def test_every_field_matches_the_twin(expert, ref, adv_per_token):
     batch["mask"][2] = False
     if expert == "int":
         batch["expert"] = batch["expert"].to(torch.int32) * 3
-    assert_rows_match_twin(as_tensors(cpu_rows.cpu_row_results(**batch)), batch)
+    assert_rows_match_twin(as_tensors(rows_from(cpu_pass, batch)), batch)
 
 
 @pytest.mark.parametrize("sft_coef", ["phi", "nll"])
@@ -83,7 +86,7 @@ def test_extreme_log_probs_and_kl(sft_coef):
         "ref_logp": logp.clamp(max=0.0) + shift,
     }
     assert_stats_close(
-        batch_stats(**batch, sft_coef=sft_coef, method="numba"),
+        batch_stats(**batch, sft_coef=sft_coef, implementation="numba"),
         numpy_stats(batch, sft_coef=sft_coef),
         RTOL[torch.float32],
     )
@@ -112,63 +115,61 @@ def test_one_token_rows_give_each_coefficient_to_fp32_precision():
     x64 = x.double()
     one_minus_p = -torch.expm1(x64)
     for sft_coef, want in (("phi", torch.exp(x64) * one_minus_p), ("nll", one_minus_p)):
-        got = torch.from_numpy(cpu_rows.cpu_row_results(**batch, sft_coef=sft_coef).mean_w)
+        got = torch.from_numpy(rows_from(cpu_pass, batch, sft_coef).mean_w)
         torch.testing.assert_close(got, want, rtol=4 * 2.0**-24, atol=2e-38, msg=lambda m, c=sft_coef: f"{c}: {m}")
     diff = (batch["ref_logp"][:, 0] - batch["logp"][:, 0]).double()
     want_k3 = torch.from_numpy(gaccore_k3(diff.numpy()))
-    torch.testing.assert_close(
-        torch.from_numpy(cpu_rows.cpu_row_results(**batch).kl_sum), want_k3, rtol=1e-13, atol=0.0
-    )
+    torch.testing.assert_close(torch.from_numpy(rows_from(cpu_pass, batch).kl_sum), want_k3, rtol=1e-13, atol=0.0)
 
 
 def test_out_is_checked():
     batch = make_batch(3, 4)
     with pytest.raises(ValueError, match="out must be a C-contiguous float64 array of shape"):
-        cpu_rows.cpu_row_results(**batch, out=np.zeros((len(cpu_rows.ROW_FIELDS), 3), np.float32))
+        rows_from(cpu_pass, batch, out=np.zeros((len(ROW_FIELDS), 3), np.float32))
 
 
 def test_auto_runs_the_pass_on_cpu(monkeypatch):
     def unexpected(*args, **kwargs):
         raise AssertionError("auto ran the twin on CPU although numba is installed")
 
-    monkeypatch.setattr(reference, "twin_row_results", unexpected)
+    monkeypatch.setattr(twin, "row_results", unexpected)
     batch = make_batch(5, 9, seed=3)
     assert_stats_close(batch_stats(**batch), numpy_stats(batch), RTOL[torch.float32])
 
 
 def test_without_numba_auto_runs_the_twin_and_numba_is_refused(monkeypatch):
-    monkeypatch.setattr(torch_backend, "HAS_NUMBA", False)
+    monkeypatch.setattr(registry, "installed", lambda package: package != "numba")
 
     def unexpected(*args, **kwargs):
         raise AssertionError("the numba pass ran without numba")
 
-    monkeypatch.setattr(cpu_rows, "cpu_row_results", unexpected)
+    monkeypatch.setattr(cpu_pass, "row_results", unexpected)
     batch = make_batch(5, 9, seed=3)
     assert_stats_close(batch_stats(**batch), numpy_stats(batch), RTOL[torch.float32])
-    with pytest.raises(ValueError, match=r'method="numba" needs numba: pip install gaccore\[cpu\]'):
-        batch_stats(**batch, method="numba")
+    with pytest.raises(ValueError, match=r'implementation="numba" needs numba: pip install gaccore\[cpu\]'):
+        batch_stats(**batch, implementation="numba")
 
 
 def test_numba_is_for_cpu_tensors():
-    assert torch_backend.uses_numba("auto", torch.device("cpu"))
-    assert not torch_backend.uses_numba("auto", torch.device("meta"))
-    assert not torch_backend.uses_numba("torch", torch.device("cpu"))
-    with pytest.raises(ValueError, match='method="numba" runs on CPU tensors, got tensors on meta'):
-        torch_backend.uses_numba("numba", torch.device("meta"))
+    assert registry.choose("auto", "torch", "cpu").name == "numba"
+    assert registry.choose("auto", "torch", "meta").name != "numba"
+    assert registry.choose("torch", "torch", "cpu").name != "numba"
+    with pytest.raises(ValueError, match='implementation="numba" runs on CPU tensors, got tensors on meta'):
+        registry.choose("numba", "torch", "meta")
 
 
 def test_a_host_controller_keeps_the_rows_in_numpy(monkeypatch):
     """Where the state lives on the host, the pass's rows stay numpy arrays
     up to finalize; tensors wherever a caller or a device state needs them."""
     batch = make_batch(5, 9, seed=4)
-    options = {"ref_logp": batch["ref_logp"], "sft_coef": "phi", "scores": torch.rand(5, dtype=torch.float64)}
-    args = (batch["logp"], batch["mask"], batch["adv"], batch["expert"])
-    host_rows = torch_backend.TORCH_BACKEND.row_results(*args, **options)
+    scores = torch.rand(5, dtype=torch.float64)
+    tokens = TokenBatch(**batch, scores=scores)
+    host_rows = TORCH_BACKEND.row_results(tokens, "phi")
     assert isinstance(host_rows.n_tokens, np.ndarray) and isinstance(host_rows.score, np.ndarray)
-    assert not np.shares_memory(host_rows.score, options["scores"].numpy())
-    assert isinstance(torch_backend.row_results(*args, **options).n_tokens, torch.Tensor)
-    monkeypatch.setattr(torch_backend.TORCH_BACKEND, "host_on_cpu", False)
-    device_rows = torch_backend.TORCH_BACKEND.row_results(*args, **options)
+    assert not np.shares_memory(host_rows.score, scores.numpy())
+    assert isinstance(batch_stats(**batch, scores=scores).n_rl, torch.Tensor)
+    monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
+    device_rows = TORCH_BACKEND.row_results(tokens, "phi")
     assert isinstance(device_rows.n_tokens, torch.Tensor)
     for name in RowResults.__dataclass_fields__:
         np.testing.assert_array_equal(getattr(device_rows, name).numpy(), getattr(host_rows, name), err_msg=name)
@@ -198,7 +199,7 @@ def test_a_masked_in_non_finite_value_invalidates_its_row_only(tokens, field, va
         batch["adv"][1, position] = value
     else:
         batch["ref_logp"][1, position] = value
-    rows = cpu_rows.cpu_row_results(**batch)
+    rows = rows_from(cpu_pass, batch)
     np.testing.assert_array_equal(rows.valid, [1.0, 0.0, 1.0])
 
 
@@ -210,9 +211,11 @@ def test_without_a_writable_cache_the_pass_compiles_in_the_process():
     home; here no cache locator applies), the pass still imports and runs."""
     code = (
         "import torch\n"
-        "from gaccore.kernels import batch_stats, cpu_rows\n"
-        "assert type(cpu_rows._rows_kernel._cache).__name__ == 'NullCache'\n"
-        "stats = batch_stats(-torch.rand(3, 5), torch.ones(3, 5, dtype=torch.bool), torch.randn(3), method='numba')\n"
+        "from gaccore import batch_stats\n"
+        "from gaccore.kernels.row_stats import cpu_pass\n"
+        "assert type(cpu_pass._rows_kernel._cache).__name__ == 'NullCache'\n"
+        "stats = batch_stats(-torch.rand(3, 5), torch.ones(3, 5, dtype=torch.bool), torch.randn(3), "
+        "implementation='numba')\n"
         "assert stats.n_rl.item() == 3\n"
     )
     env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}  # applies to zipped modules only

@@ -45,8 +45,8 @@ from hypothesis.stateful import (
 torch = pytest.importorskip("torch")
 
 import gaccore  # noqa: E402
+from gaccore import batch_stats as torch_batch_stats  # noqa: E402
 from gaccore.config import MODES  # noqa: E402
-from gaccore.kernels import batch_stats as torch_batch_stats  # noqa: E402
 
 EXAMPLES, STEPS_PER_EXAMPLE = 250, 50
 MIN_CALLS = 10_000

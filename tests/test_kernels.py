@@ -1,4 +1,4 @@
-"""gaccore.kernels.batch_stats: the torch twin and the Triton kernel against
+"""gaccore.batch_stats on torch tensors: the torch twin and the Triton kernel against
 the float64 numpy reference, edge cases, validation, determinism."""
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ torch = pytest.importorskip("torch")
 import numpy as np  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from kernel_cases import RTOL, assert_rows_match_twin, assert_stats_close, make_batch, numpy_stats  # noqa: E402
+from kernel_cases import RTOL, assert_rows_match_twin, assert_stats_close, make_batch, numpy_stats, rows_from  # noqa: E402
 
-from gaccore.kernels import batch_stats, fused, reference, torch_backend  # noqa: E402
-from gaccore.rows import RowResults, finalize  # noqa: E402
+from gaccore import batch_stats, registry  # noqa: E402
+from gaccore.kernels.row_stats import fused, launch, twin  # noqa: E402
+from gaccore.rows import ROW_FIELDS, RowResults, finalize  # noqa: E402
 
-needs_numba = pytest.mark.skipif(not torch_backend.HAS_NUMBA, reason="could not import 'numba'")
+needs_numba = pytest.mark.skipif(not registry.installed("numba"), reason="could not import 'numba'")
 FORCED_METHODS = ["torch", pytest.param("numba", marks=needs_numba), "triton"]
 DEVICE_METHODS = ["torch", "triton"]  # what runs on a GPU
 SHAPES = [(1, 1), (3, 5), (7, 33), (37, 129)]
@@ -31,7 +32,7 @@ SHAPES = [(1, 1), (3, 5), (7, 33), (37, 129)]
 @pytest.mark.parametrize("adv_per_token", [False, True])
 def test_matches_numpy_on_odd_shapes(method, rows, tokens, adv_per_token):
     batch = make_batch(rows, tokens, seed=rows * 1000 + tokens, adv_per_token=adv_per_token)
-    got = batch_stats(**batch, method=method)
+    got = batch_stats(**batch, implementation=method)
     assert_stats_close(got, numpy_stats(batch), RTOL[torch.float32])
 
 
@@ -40,7 +41,7 @@ def test_matches_numpy_on_odd_shapes(method, rows, tokens, adv_per_token):
 @pytest.mark.parametrize("sft_coef", ["phi", "nll"])
 def test_logp_dtypes_and_sft_coefs(method, dtype, sft_coef):
     batch = make_batch(9, 65, seed=3, dtype=dtype, adv_per_token=True)
-    got = batch_stats(**batch, sft_coef=sft_coef, method=method)
+    got = batch_stats(**batch, sft_coef=sft_coef, implementation=method)
     assert_stats_close(got, numpy_stats(batch, sft_coef=sft_coef), RTOL[dtype])
 
 
@@ -49,14 +50,14 @@ def test_logp_dtypes_and_sft_coefs(method, dtype, sft_coef):
 def test_large_advantage_offset(method, adv_per_token):
     """Advantages around 1e3 with unit spread, log-probs near 0 (SPEC §5)."""
     batch = make_batch(37, 129, seed=11, adv_per_token=adv_per_token, adv_offset=1e3)
-    assert_stats_close(batch_stats(**batch, method=method), numpy_stats(batch), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**batch, implementation=method), numpy_stats(batch), RTOL[torch.float32])
 
 
 @pytest.mark.parametrize("method", FORCED_METHODS)
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int64, torch.uint8, torch.float32])
 def test_mask_dtypes(method, mask_dtype):
     batch = make_batch(5, 17, seed=5, mask_dtype=mask_dtype)
-    assert_stats_close(batch_stats(**batch, method=method), numpy_stats(batch), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**batch, implementation=method), numpy_stats(batch), RTOL[torch.float32])
 
 
 @pytest.mark.parametrize("method", FORCED_METHODS)
@@ -72,7 +73,7 @@ def test_adv_ref_and_expert_dtypes(method, adv_dtype, adv_per_token):
         "expert": batch["expert"].to(torch.int32) * 3,
     }
     host = {**batch, "adv": batch["adv"].to(torch.float64)}
-    assert_stats_close(batch_stats(**batch, method=method), numpy_stats(host), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**batch, implementation=method), numpy_stats(host), RTOL[torch.float32])
 
 
 @pytest.mark.parametrize("method", FORCED_METHODS)
@@ -87,7 +88,7 @@ def test_non_contiguous_inputs(method):
         "ref_logp": torch.stack([base["ref_logp"], base["ref_logp"]], dim=2)[:, :, 1],
     }
     assert not strided["logp"].is_contiguous() and not strided["mask"].is_contiguous()
-    assert_stats_close(batch_stats(**strided, method=method), numpy_stats(base), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**strided, implementation=method), numpy_stats(base), RTOL[torch.float32])
 
 
 def _edge_batches():
@@ -118,7 +119,7 @@ def _edge_batches():
 @pytest.mark.parametrize("method", FORCED_METHODS)
 @pytest.mark.parametrize("name,batch", list(_edge_batches()), ids=[n for n, _ in _edge_batches()])
 def test_edge_cases(method, name, batch):
-    assert_stats_close(batch_stats(**batch, method=method), numpy_stats(batch), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**batch, implementation=method), numpy_stats(batch), RTOL[torch.float32])
 
 
 @pytest.mark.parametrize("adv_offset", [0.0, 1e3])
@@ -126,15 +127,15 @@ def test_edge_cases(method, name, batch):
 def test_kernel_merges_many_blocks(adv_per_token, adv_offset):
     """Rows longer than a block: Chan merges across 9 blocks of 16 tokens."""
     batch = make_batch(5, 129, seed=12, adv_per_token=adv_per_token, adv_offset=adv_offset)
-    rows = fused.kernel_row_results(**batch, block_t=16)
+    rows = rows_from(fused, batch, block_t=16)
     assert_stats_close(finalize(rows), numpy_stats(batch), RTOL[torch.float32])
 
 
 def test_kernel_default_blocks_with_a_partial_last_block():
     """T = 4100 at the default block size: four full 1024-token blocks and a partial one."""
     batch = make_batch(2, 4100, seed=16, adv_per_token=True, adv_offset=1e3, mask_rate=0.1)
-    assert fused.block_size(4100) == fused.MAX_BLOCK_T
-    assert_stats_close(batch_stats(**batch, method="triton"), numpy_stats(batch), RTOL[torch.float32])
+    assert launch.block_size(4100) == launch.MAX_BLOCK_T
+    assert_stats_close(batch_stats(**batch, implementation="triton"), numpy_stats(batch), RTOL[torch.float32])
 
 
 @settings(max_examples=15, deadline=None)
@@ -150,7 +151,7 @@ def test_kernel_default_blocks_with_a_partial_last_block():
 def test_kernel_property(rows, tokens, seed, adv_per_token, mask_rate, block_t, chunks):
     """The kernel equals the numpy reference for any batch, block size and split."""
     batch = make_batch(rows, tokens, seed=seed, adv_per_token=adv_per_token, mask_rate=mask_rate)
-    rows_out = fused.kernel_row_results(**batch, block_t=block_t, chunks=chunks)
+    rows_out = rows_from(fused, batch, block_t=block_t, chunks=chunks)
     assert_stats_close(finalize(rows_out), numpy_stats(batch), RTOL[torch.float32])
 
 
@@ -161,8 +162,8 @@ def poisoned_runs(batch, rows, device="cpu", **options):
     repeats are bit-identical."""
     runs = []
     for poison in (math.nan, 1234.5, math.nan):
-        out = torch.full((len(fused.KERNEL_FIELDS), rows), poison, dtype=torch.float64, device=device)
-        last = fused.kernel_row_results(**batch, out=out, **options)
+        out = torch.full((len(ROW_FIELDS), rows), poison, dtype=torch.float64, device=device)
+        last = rows_from(fused, batch, out=out, **options)
         runs.append(out.clone())
     for run in runs[1:]:
         assert torch.equal(run.view(torch.int64), runs[0].view(torch.int64)), (
@@ -193,54 +194,54 @@ def test_kernel_split_rows(rows, tokens, adv_per_token):
 
 def test_chunk_count_splits_few_long_rows_only():
     """A function of (B, T): long rows of small batches split, others do not."""
-    assert fused.chunk_count(8, 131072) == 16 and fused.chunk_count(4, 524288) == 64
-    assert fused.chunk_count(256, 4096) == 1 and fused.chunk_count(1, 100) == 1
-    assert fused.chunk_count(1024, 1 << 20) == 1
+    assert launch.chunk_count(8, 131072) == 16 and launch.chunk_count(4, 524288) == 64
+    assert launch.chunk_count(256, 4096) == 1 and launch.chunk_count(1, 100) == 1
+    assert launch.chunk_count(1024, 1 << 20) == 1
 
 
 def test_kernel_many_rows():
     """Hundreds of rows (one program each; the interpreter runs them one by
     one, so thousands are left to the CUDA test) with B not a power of two."""
     batch = make_batch(300, 3, seed=14)
-    assert_stats_close(batch_stats(**batch, method="triton"), numpy_stats(batch), RTOL[torch.float32])
+    assert_stats_close(batch_stats(**batch, implementation="triton"), numpy_stats(batch), RTOL[torch.float32])
 
 
 def test_kernel_out_is_checked():
     batch = make_batch(3, 4)
     with pytest.raises(ValueError, match="out must be a contiguous float64 tensor"):
-        fused.kernel_row_results(**batch, out=torch.zeros(len(fused.KERNEL_FIELDS), 3))
+        rows_from(fused, batch, out=torch.zeros(len(ROW_FIELDS), 3))
 
 
 @pytest.mark.parametrize("expert", ["bool", "int", "none"])
 @pytest.mark.parametrize("ref", [True, False])
 def test_kernel_field_order_matches_row_results(expert, ref):
-    """KERNEL_FIELDS lists RowResults' fields in order, and the kernel stores
+    """ROW_FIELDS lists RowResults' fields in order, and the kernel stores
     each field in its slot: every field of every row equals the twin's, the
     roles the epilogue writes (bool, integer and no expert flags) and the
     NaN of an unscored row or of a batch without ref_logp included."""
-    assert fused.KERNEL_FIELDS == tuple(RowResults.__dataclass_fields__)
+    assert tuple(RowResults.__dataclass_fields__) == ROW_FIELDS
     batch = make_batch(7, 40, seed=17, adv_per_token=True, expert=expert != "none", ref=ref)
     if expert == "int":
         batch["expert"] = batch["expert"].to(torch.int32) * 3
-    assert_rows_match_twin(fused.kernel_row_results(**batch), batch)
+    assert_rows_match_twin(rows_from(fused, batch), batch)
 
 
 @pytest.mark.parametrize("trim", [0.0, 0.1, 0.25, 0.49])
 def test_trim_drops_exact_counts(trim):
     batch = make_batch(23, 11, seed=6)
     assert_stats_close(
-        batch_stats(**batch, trim=trim, method="torch"), numpy_stats(batch, trim=trim), RTOL[torch.float32]
+        batch_stats(**batch, trim=trim, implementation="torch"), numpy_stats(batch, trim=trim), RTOL[torch.float32]
     )
 
 
 def test_micro_batches_merge_exactly():
     """Rows of two micro-batches concatenated = one batch holding both."""
     a, b = make_batch(5, 13, seed=1, adv_per_token=True), make_batch(8, 13, seed=2, adv_per_token=True)
-    merged = reference.twin_row_results(**a).merge(reference.twin_row_results(**b))
+    merged = rows_from(twin, a).merge(rows_from(twin, b))
     whole = {k: torch.cat([a[k], b[k]]) for k in a}
     assert_stats_close(finalize(merged), numpy_stats(whole), RTOL[torch.float32])
     for name, value in finalize(merged).__dict__.items():
-        other = getattr(batch_stats(**whole, method="torch"), name)
+        other = getattr(batch_stats(**whole, implementation="torch"), name)
         torch.testing.assert_close(value, other, rtol=0, atol=0, equal_nan=True, msg=name)  # bit-identical
 
 
@@ -264,7 +265,7 @@ def test_twin_and_cpu_pass_property(method, rows, tokens, seed, adv_per_token, e
         rows, tokens, seed=seed, adv_per_token=adv_per_token, expert=expert, ref=ref, mask_rate=mask_rate
     )
     assert_stats_close(
-        batch_stats(**batch, sft_coef=sft_coef, method=method),
+        batch_stats(**batch, sft_coef=sft_coef, implementation=method),
         numpy_stats(batch, sft_coef=sft_coef),
         RTOL[torch.float32],
     )
@@ -272,16 +273,16 @@ def test_twin_and_cpu_pass_property(method, rows, tokens, seed, adv_per_token, e
 
 def test_validation_names_the_argument():
     batch = make_batch(3, 4)
-    with pytest.raises(TypeError, match=r"logp must be a torch\.Tensor"):
-        batch_stats(**{**batch, "logp": np.zeros((3, 4))})
+    with pytest.raises(TypeError, match=r"mask must be a torch\.Tensor"):
+        batch_stats(**{**batch, "mask": np.zeros((3, 4))})
     with pytest.raises(ValueError, match=r"adv must have shape \[B\] = \[3\]"):
         batch_stats(**{**batch, "adv": torch.zeros(4)})
     with pytest.raises(TypeError, match="logp must have a floating-point dtype"):
         batch_stats(**{**batch, "logp": torch.zeros(3, 4, dtype=torch.int32)})
     with pytest.raises(TypeError, match="expert must have a bool or integer dtype"):
         batch_stats(**{**batch, "expert": torch.zeros(3)})
-    with pytest.raises(ValueError, match="method must be one of"):
-        batch_stats(**batch, method="cuda")
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        batch_stats(**batch, implementation="cuda")
     with pytest.raises(ValueError, match="trim must be"):
         batch_stats(**batch, trim=0.5)
     with pytest.raises(ValueError, match="sft_coef must be"):
@@ -298,7 +299,7 @@ def test_importing_kernels_does_not_import_triton():
 
 
 def test_outputs_are_0d_on_the_inputs_device():
-    stats = batch_stats(**make_batch(3, 4), method="torch")
+    stats = batch_stats(**make_batch(3, 4), implementation="torch")
     for value in stats.__dict__.values():
         assert value.shape == () and value.device == torch.device("cpu")
     assert stats.var_rl.dtype == torch.float64 and stats.n_rl.dtype == torch.int64
@@ -317,7 +318,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def test_cuda_matches_numpy(method, dtype, rows, tokens, adv_per_token):
     batch = make_batch(rows, tokens, seed=rows + tokens, dtype=dtype, adv_per_token=adv_per_token, adv_offset=1e3)
     on_gpu = {k: None if v is None else v.cuda() for k, v in batch.items()}
-    got = batch_stats(**on_gpu, method=method)
+    got = batch_stats(**on_gpu, implementation=method)
     assert got.var_rl.device.type == "cuda"
     assert_stats_close(got, numpy_stats(batch), RTOL[dtype])
 
@@ -335,6 +336,6 @@ def test_kl_of_a_policy_far_from_its_reference_stays_finite(method):
     on = batch["mask"]
     batch["logp"] = torch.where(on, torch.full_like(batch["logp"], -95.0), batch["logp"])
     batch["ref_logp"] = torch.where(on, torch.full_like(batch["logp"], -0.1), batch["ref_logp"])
-    got = batch_stats(**batch, method=method)
+    got = batch_stats(**batch, implementation=method)
     assert math.isfinite(got.kl.item()) and got.kl.item() > 1e40
     assert_stats_close(got, numpy_stats(batch), RTOL[torch.float32])

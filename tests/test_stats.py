@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gaccore import batch_stats
+from gaccore.batch import TokenBatch
 from gaccore.rows import finalize
 from gaccore.stats import row_results
 
@@ -115,8 +116,8 @@ def test_merged_micro_batches_equal_the_whole_batch(seed, rows, cut):
     cut = min(cut, rows - 1)
     logp, mask, adv, expert, ref = random_batch(seed, rows, 9)
     whole = batch_stats(logp, mask, adv, expert, ref_logp=ref)
-    first = row_results(logp[:cut], mask[:cut], adv[:cut], expert[:cut], ref_logp=ref[:cut])
-    second = row_results(logp[cut:], mask[cut:], adv[cut:], expert[cut:], ref_logp=ref[cut:])
+    first = row_results(TokenBatch(logp[:cut], mask[:cut], adv[:cut], expert[:cut], ref_logp=ref[:cut]), "phi")
+    second = row_results(TokenBatch(logp[cut:], mask[cut:], adv[cut:], expert[cut:], ref_logp=ref[cut:]), "phi")
     assert_stats_match(finalize(first.merge(second)), whole.__dict__, rel=1e-12)
 
 
@@ -199,10 +200,10 @@ def test_trim_drops_exactly_k_values_with_ties():
 def test_a_micro_batch_of_expert_rows_needs_no_reference():
     logp, mask, adv, expert, ref = random_batch(8, 10, 6, poison=False)
     expert[:] = False
-    with_ref = row_results(logp, mask, adv, expert, ref_logp=ref)
-    experts_only = row_results(logp, mask, adv, ~expert)
+    with_ref = row_results(TokenBatch(logp, mask, adv, expert, ref_logp=ref), "phi")
+    experts_only = row_results(TokenBatch(logp, mask, adv, ~expert), "phi")
     assert finalize(with_ref.merge(experts_only)).kl == pytest.approx(finalize(with_ref).kl, rel=1e-12)
-    rl_without_ref = row_results(logp, mask, adv, expert)
+    rl_without_ref = row_results(TokenBatch(logp, mask, adv, expert), "phi")
     assert math.isnan(finalize(with_ref.merge(rl_without_ref)).kl)
 
 

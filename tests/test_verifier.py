@@ -170,7 +170,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.mark.parametrize("method", ["torch", "triton"])
 def test_the_torch_paths_agree_with_numpy(method: str) -> None:
-    from gaccore.kernels import batch_stats as torch_batch_stats
+    from gaccore import batch_stats as torch_batch_stats
 
     batch = numpy_batch(5, rows=9, tokens=13)
     scores = np.random.default_rng(5).random(9)
@@ -178,7 +178,7 @@ def test_the_torch_paths_agree_with_numpy(method: str) -> None:
     want = batch_stats(**batch, scores=scores, filter_demos=0.4)
     tensors = {name: torch.from_numpy(value) for name, value in batch.items()}
     tensors = {**tensors, "logp": tensors["logp"].float(), "ref_logp": tensors["ref_logp"].float()}
-    got = torch_batch_stats(**tensors, scores=torch.from_numpy(scores), filter_demos=0.4, method=method)
+    got = torch_batch_stats(**tensors, scores=torch.from_numpy(scores), filter_demos=0.4, implementation=method)
     for field in dataclasses.fields(want):
         g, w = getattr(got, field.name).item(), getattr(want, field.name)
         assert (math.isnan(g) and math.isnan(w)) or g == pytest.approx(w, rel=1e-5, abs=1e-6), field.name

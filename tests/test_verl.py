@@ -121,7 +121,7 @@ def test_compute_mu_reads_the_device_once(monkeypatch, knobs: dict) -> None:
     GPU, statistics from the twin, which runs on any device; every host read
     of a tensor counted)."""
     monkeypatch.setattr(TORCH_BACKEND, "host_on_cpu", False)
-    monkeypatch.setattr(TORCH_BACKEND, "method", "torch")
+    monkeypatch.setattr(TORCH_BACKEND, "implementation", "torch")
     ctrl = Controller(**knobs, **CONTROLLER)
     gac_verl.compute_mu(driver_batch(0), ctrl)  # the state moves to the device first
     reads = []

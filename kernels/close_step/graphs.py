@@ -6,8 +6,8 @@ a GPU (some 10 us on an H200's host), and Triton's launcher more (about
 of launches in one call. Two recordings live here.
 
 ``UpdateGraphs``: a whole single-micro-batch ``update``, the statistics
-kernel (``gaccore.kernels.fused``) and the closing step
-(``gaccore.kernels.close_step``) in one graph per layout of the step: the
+kernel (``row_stats/fused.py``) and the closing step (``kernel.py`` beside
+this file) in one graph per layout of the step: the
 token tensors' shapes and dtypes, which of them and of the observations are
 given, whether the prior is. A graph reads fixed addresses, so each call
 copies the caller's tensors into static buffers first, in one
@@ -48,19 +48,16 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from gaccore.controller import ControllerState
-from gaccore.kernels.torch_backend import uses_triton
-from gaccore.rows import BatchStats, RowResults, with_scores
+from gaccore.batch import INPUT_NAMES, TokenBatch
+from gaccore.rows import BATCH_FIELDS, ROW_FIELDS, BatchStats, RowResults, with_scores
+from gaccore.state import STATE_FIELDS, ControllerState
+from gaccore.step import OBSERVATIONS, Closed
 
-OBSERVATIONS = ("kl", "expert_reward", "policy_reward")
-STATE_NAMES = tuple(f.name for f in fields(ControllerState))
-ROW_NAMES = tuple(f.name for f in fields(RowResults))
-BATCH_NAMES = tuple(f.name for f in fields(BatchStats))
 # Graphs kept per controller by each of the two recorders; a run whose batch
 # size keeps changing records again once its oldest layouts are dropped,
 # instead of holding memory (static token buffers included) for each.
@@ -83,11 +80,11 @@ class _Arguments:
     batch: BatchStats[Any, Any] | None
 
     def flat(self) -> list[torch.Tensor]:
-        tensors = [getattr(self.state, name) for name in STATE_NAMES]
+        tensors = [getattr(self.state, name) for name in STATE_FIELDS]
         tensors += [self.observations[name] for name in OBSERVATIONS if self.observations[name] is not None]
         tensors += [] if self.prior is None else [self.prior]
-        tensors += [] if self.rows is None else [getattr(self.rows, name) for name in ROW_NAMES]
-        tensors += [] if self.batch is None else [getattr(self.batch, name) for name in BATCH_NAMES]
+        tensors += [] if self.rows is None else [getattr(self.rows, name) for name in ROW_FIELDS]
+        tensors += [] if self.batch is None else [getattr(self.batch, name) for name in BATCH_FIELDS]
         return tensors
 
     def layout(self) -> tuple[Any, ...]:
@@ -95,17 +92,17 @@ class _Arguments:
         and the rows' count or the batch's dtypes (the state's shape is fixed)."""
         given = tuple(self.observations[name] is not None for name in OBSERVATIONS)
         rows = None if self.rows is None else tuple(self.rows.n_tokens.shape)
-        batch = None if self.batch is None else tuple(getattr(self.batch, n).dtype for n in BATCH_NAMES)
+        batch = None if self.batch is None else tuple(getattr(self.batch, n).dtype for n in BATCH_FIELDS)
         return given, self.prior is not None, rows, batch
 
     def like(self, tensors: Sequence[torch.Tensor]) -> _Arguments:
         """The same structure over ``tensors`` (as ``flat()`` orders them)."""
         values = iter(tensors)
-        state = ControllerState(**{name: next(values) for name in STATE_NAMES})
+        state = ControllerState(**{name: next(values) for name in STATE_FIELDS})
         observations = {name: None if self.observations[name] is None else next(values) for name in OBSERVATIONS}
         prior = None if self.prior is None else next(values)
-        rows = None if self.rows is None else RowResults(**{name: next(values) for name in ROW_NAMES})
-        batch = None if self.batch is None else BatchStats(**{name: next(values) for name in BATCH_NAMES})
+        rows = None if self.rows is None else RowResults(**{name: next(values) for name in ROW_FIELDS})
+        batch = None if self.batch is None else BatchStats(**{name: next(values) for name in BATCH_FIELDS})
         return _Arguments(state, observations, prior, rows, batch)
 
 
@@ -158,7 +155,7 @@ class CloseStepGraphs:
     def _record(self, backend: Any, device: torch.device, config: Any, arguments: _Arguments) -> _Recording:
         inputs = [tensor.detach().clone() for tensor in arguments.flat()]
         static = arguments.like(inputs)
-        state_inputs = inputs[: len(STATE_NAMES)]
+        state_inputs = inputs[: len(STATE_FIELDS)]
         input_storage = {tensor.untyped_storage().data_ptr() for tensor in inputs}
 
         def run() -> list[torch.Tensor]:
@@ -168,7 +165,7 @@ class CloseStepGraphs:
             new_state, new_batch = self._close(
                 backend, device, static.state, config, static.observations, static.prior, static.rows, static.batch
             )
-            state = [getattr(new_state, name) for name in STATE_NAMES]
+            state = [getattr(new_state, name) for name in STATE_FIELDS]
             # A field passed on from another input would be overwritten while
             # still being read: own it first. One left alone is not copied at all.
             state = [
@@ -176,7 +173,7 @@ class CloseStepGraphs:
                 for t, old in zip(state, state_inputs, strict=True)
             ]
             _copy_into(state_inputs, state)
-            return [] if new_batch is None else [getattr(new_batch, name) for name in BATCH_NAMES]
+            return [] if new_batch is None else [getattr(new_batch, name) for name in BATCH_FIELDS]
 
         has_batch = arguments.rows is not None or arguments.batch is not None
         if device.type == "cuda":
@@ -189,18 +186,14 @@ class CloseStepGraphs:
             def replay() -> None:
                 _copy_into(batch_outputs, run())
 
-        batch = BatchStats(**dict(zip(BATCH_NAMES, batch_outputs, strict=True))) if has_batch else None
+        batch = BatchStats(**dict(zip(BATCH_FIELDS, batch_outputs, strict=True))) if has_batch else None
         return _Recording(inputs, static.state, batch, replay)
 
 
-# The token tensors of an update, in the order they are copied.
-TOKEN_INPUTS = ("logp", "mask", "adv", "expert", "ref_logp", "scores")
 # Offsets of the static token buffers inside their one allocation: the
 # caching allocator's alignment, so a kernel sees the alignment (and compiles
 # the variant) it sees for a caller's fresh tensor.
 ALIGN_BYTES = 512
-
-Closed = tuple[ControllerState[Any], BatchStats[Any, Any] | None, torch.Tensor]
 
 
 def _bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -224,23 +217,23 @@ class _Tokens:
     layout with these tokens (held weakly by ``UpdateGraphs``)."""
 
     def __init__(self, layout: tuple[Any, ...], device: torch.device) -> None:
-        from gaccore.kernels import fused  # lazy: imports triton
+        from ..row_stats.launch import empty_out  # lazy: imports triton
 
         spans: dict[str, tuple[int, int, torch.Size, torch.dtype]] = {}
         size = 0
-        for name, given in zip(TOKEN_INPUTS, layout, strict=True):
+        for name, given in zip(INPUT_NAMES, layout, strict=True):
             if given is not None:
                 shape, dtype = given
                 nbytes = shape.numel() * dtype.itemsize
                 spans[name] = (size, nbytes, shape, dtype)
                 size += -(-nbytes // ALIGN_BYTES) * ALIGN_BYTES
         self.memory = torch.empty(size, dtype=torch.uint8, device=device)
-        self.tensors: dict[str, torch.Tensor | None] = dict.fromkeys(TOKEN_INPUTS)
+        self.tensors: dict[str, torch.Tensor | None] = dict.fromkeys(INPUT_NAMES)
         self.bytes: dict[str, torch.Tensor] = {}
         for name, (start, n, shape, dtype) in spans.items():
             static = self.memory[start : start + n].view(dtype).view(shape)
             self.tensors[name], self.bytes[name] = static, _bytes(static)
-        self.rows_out = fused.empty_out(layout[0][0][0], device)  # logp's [B, T]
+        self.rows_out = empty_out(layout[0][0][0], device)  # logp's [B, T]
 
 
 @dataclass
@@ -259,23 +252,19 @@ class _Home:
 
     @classmethod
     def on(cls, device: torch.device) -> _Home:
-        from gaccore.kernels import close_step  # lazy: imports triton
+        from .layout import empty_outputs, views  # lazy: imports triton
 
-        floats = torch.empty(len(close_step.STATE_FLOATS), dtype=torch.float64, device=device)
-        flags = torch.empty(len(close_step.STATE_FLAGS), dtype=torch.bool, device=device)
-        out, out_flags, out_mu = close_step.empty_outputs(device, has_rows=True)
-        state = ControllerState(
-            **dict(zip(close_step.STATE_FLOATS, floats.unbind(), strict=True)),
-            **dict(zip(close_step.STATE_FLAGS, flags.unbind(), strict=True)),
-        )
-        batch_values = out[len(close_step.STATE_FLOATS) :].unbind()
-        batch = BatchStats(**dict(zip(close_step.BATCH_FIELDS, batch_values, strict=True)))
+        out, out_flags, out_mu = empty_outputs(device, has_rows=True)
+        floats, flags = torch.empty_like(out[: -len(BATCH_FIELDS)]), torch.empty_like(out_flags)
+        state, _ = views(floats, flags, has_rows=False)
+        _, batch = views(out, out_flags, has_rows=True)
+        assert batch is not None
         return cls(floats, flags, out, out_flags, out_mu, state, batch)
 
     def load(self, state: ControllerState[Any]) -> None:
         """Make ``state`` the home's, unless it already is."""
         if state is not self.state:
-            _copy_into([getattr(self.state, n) for n in STATE_NAMES], [getattr(state, n) for n in STATE_NAMES])
+            _copy_into([getattr(self.state, n) for n in STATE_FIELDS], [getattr(state, n) for n in STATE_FIELDS])
 
     def save(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.floats.clone(), self.flags.clone()
@@ -317,33 +306,28 @@ class UpdateGraphs:
         self._recordings: OrderedDict[tuple[Any, ...], _UpdateRecording] = OrderedDict()
         self._tokens: weakref.WeakValueDictionary[tuple[Any, ...], _Tokens] = weakref.WeakValueDictionary()
         self._homes: dict[torch.device, _Home] = {}
-        self._close_step: Any = None  # the kernel's module, once a step has rows
 
     def accepts(self, device: torch.device, rows: int | None) -> bool:
         """Whether a step on ``device`` with ``rows`` rows (``None``: a step
         without statistics) runs here."""
-        if not uses_triton(self._backend.method, device):
+        if device is None or self._backend.implementation_on(device).name != "triton":
             return False
-        if rows is None:
-            return True
-        if self._close_step is None:
-            from gaccore.kernels import close_step  # lazy: imports triton
+        from .launch import MAX_ROWS  # lazy: imports triton
 
-            self._close_step = close_step
-        return rows <= self._close_step.MAX_ROWS
+        return rows is None or rows <= MAX_ROWS
 
     def __call__(
         self,
         device: torch.device,
         state: ControllerState[Any],
         config: Any,
-        inputs: dict[str, Any] | None,
+        inputs: TokenBatch[torch.Tensor] | None,
         observations: dict[str, Any],
         prior_value: float | None,
     ) -> Closed:
         tokens = None
         if inputs is not None:
-            tokens = tuple(None if v is None else (v.shape, v.dtype) for v in map(inputs.get, TOKEN_INPUTS))
+            tokens = tuple(None if v is None else (v.shape, v.dtype) for v in (getattr(inputs, n) for n in INPUT_NAMES))
         key = (device, tokens, tuple(map(_kind, map(observations.get, OBSERVATIONS))), prior_value is not None)
         recording = self._recordings.get(key)
         if recording is None:
@@ -386,7 +370,8 @@ class UpdateGraphs:
     ) -> Callable[[], None]:
         """The step on the recording's buffers, as a CUDA graph (or, on CPU,
         as the function that runs it)."""
-        from gaccore.kernels import close_step, fused  # lazy: imports triton
+        from ..row_stats import fused  # lazy: imports triton
+        from .launch import kernel_close_step
 
         # Locals, not the recording: the recording holds run (no reference cycle
         # keeps a dropped recording's buffers alive).
@@ -395,21 +380,11 @@ class UpdateGraphs:
         def run() -> None:
             rows = None
             if arena is not None:
-                t = arena.tensors
-                rows = fused.kernel_row_results(
-                    t["logp"],
-                    t["mask"],
-                    t["adv"],
-                    t["expert"],
-                    ref_logp=t["ref_logp"],
-                    sft_coef=config.sft_coef,
-                    out=arena.rows_out,
-                    checked=True,
-                )
-                rows = with_scores(rows, t["scores"])
+                batch = TokenBatch(**arena.tensors)
+                rows = with_scores(fused.row_results(batch, config.sft_coef, out=arena.rows_out), batch.scores)
             packed = (home.floats, home.flags)
             outputs = (home.out, home.out_flags, home.out_mu)
-            close_step.kernel_close_step(packed, config, observations, prior, rows, *outputs)
+            kernel_close_step(packed, config, observations, prior, rows, *outputs)
             home.take_new_state()
 
         if device.type != "cuda":
@@ -424,7 +399,10 @@ class UpdateGraphs:
 
 
 def _load(
-    recording: _UpdateRecording, inputs: dict[str, Any] | None, observations: dict[str, Any], prior: float | None
+    recording: _UpdateRecording,
+    inputs: TokenBatch[torch.Tensor] | None,
+    observations: dict[str, Any],
+    prior: float | None,
 ) -> None:
     """This step's values into the recording's static buffers: every tensor
     whose memory is dense as bytes, in one foreach copy; any other by its
@@ -435,7 +413,7 @@ def _load(
     arena = recording.tokens
     if arena is not None and inputs is not None:
         for name, static_bytes in arena.bytes.items():  # the given tensors: they are the layout
-            value = inputs[name]
+            value = getattr(inputs, name)
             if value.requires_grad:  # statistics: no caller's graph reaches the buffers
                 value = value.detach()
             # on the buffers' device: the inputs were checked to share logp's

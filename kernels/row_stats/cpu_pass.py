@@ -1,10 +1,10 @@
 """The row results on CPU in one compiled pass per row (numba).
 
-The CPU counterpart of the fused Triton kernel (``gaccore.kernels.fused``):
+The CPU counterpart of the fused Triton kernel (``fused.py`` beside this):
 each row of the batch is read once, its tokens' statistics are accumulated
 in a few vectorized loops over the row, and every field of the row results,
 the roles included, is written by that row's iteration. It replaces the
-torch twin (``gaccore.kernels.reference``) on CPU where numba is installed
+torch twin (``twin.py``) on CPU where numba is installed
 (``pip install gaccore[cpu]``): the twin makes some 40 passes over
 batch-sized temporaries, each a separate torch call, and at small shapes
 those calls cost more than the arithmetic.
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
 import numba
@@ -49,12 +48,11 @@ from llvmlite import ir
 from numba import types
 from numba.core.extending import intrinsic
 
-from gaccore.rows import RowResults
+from gaccore.batch import TokenBatch
+from gaccore.rows import ROW_FIELDS, RowResults
 from gaccore.stats import K3_SERIES_BELOW
 
-# The row results this pass writes: every field of RowResults, in its order,
-# one row of the output each (the slots below name them in that order).
-ROW_FIELDS = tuple(f.name for f in fields(RowResults))
+# The output's rows, one per field of RowResults in its order.
 (
     N_TOKENS,
     VALID,
@@ -350,38 +348,29 @@ def _flags(values: torch.Tensor) -> np.ndarray:
     return (values if values.dtype == torch.bool else values != 0).contiguous().numpy()
 
 
-def cpu_row_results(
-    logp: torch.Tensor,
-    mask: torch.Tensor,
-    adv: torch.Tensor,
-    expert: torch.Tensor | None = None,
-    *,
-    ref_logp: torch.Tensor | None = None,
-    sft_coef: str = "phi",
-    out: np.ndarray | None = None,
-) -> RowResults:
-    """Row results of one batch of CPU tensors (inputs already validated by
-    the caller), as numpy arrays: the controller finalizes CPU rows on the
-    host (``gaccore.kernels.tensors.as_tensors`` views them as tensors).
-    ``out``, a float64 ``[len(ROW_FIELDS), B]`` array, receives them (tests
-    poison it to see that every output is written); the fields are views of it."""
-    rows = logp.shape[0]
+def row_results(batch: TokenBatch[torch.Tensor], sft_coef: str, *, out: np.ndarray | None = None) -> RowResults:
+    """Row results of one checked batch of CPU tensors, without its scores,
+    as numpy arrays: the controller finalizes CPU rows on the host
+    (``gaccore.kernels.tensors.as_tensors`` views them as tensors). ``out``,
+    a float64 ``[len(ROW_FIELDS), B]`` array, receives them (tests poison it
+    to see that every output is written); the fields are views of it."""
+    rows = batch.rows
     if out is None:
         out = np.empty((len(ROW_FIELDS), rows), np.float64)
     elif out.shape != (len(ROW_FIELDS), rows) or out.dtype != np.float64 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float64 array of shape {(len(ROW_FIELDS), rows)}")
-    logp32 = _fp32(logp)
+    logp32, adv = _fp32(batch.logp), batch.adv
     # Without ref_logp the kernel never reads `ref`: logp stands in, so both
     # cases compile to one signature.
     _rows_kernel(
         logp32,
-        _flags(mask),
+        _flags(batch.mask),
         _fp32(adv if adv.ndim == 2 else adv.reshape(rows, 1)),
-        logp32 if ref_logp is None else _fp32(ref_logp),
-        NO_EXPERT_FLAGS if expert is None else _flags(expert),
+        logp32 if batch.ref_logp is None else _fp32(batch.ref_logp),
+        NO_EXPERT_FLAGS if batch.expert is None else _flags(batch.expert),
         adv.ndim == 2,
-        ref_logp is not None,
-        expert is not None,
+        batch.ref_logp is not None,
+        batch.expert is not None,
         sft_coef == "phi",
         out,
     )

@@ -1,9 +1,9 @@
 """The torch twin of the fused kernel: the same row results in plain torch ops.
 
-It is the statistics path wherever neither the Triton kernel nor the numba
-pass runs (``batch_stats(method="auto")`` off CUDA where numba is not
-installed, any device but CUDA and CPU, ``method="torch"``), and the torch
-reference that benchmarks compare the kernel with. It follows the
+It is the implementation wherever neither the Triton kernel nor the numba
+pass runs (``implementation="auto"`` off CUDA where numba is not installed,
+any device but CUDA and CPU, ``implementation="torch"``), and what the
+benchmarks compare the kernel with. It follows the
 kernel's element-wise numerics (fp32 work on values converted right after
 they are read) and reduces in its own way, suited to whole-tensor torch ops:
 sums that become means in fp64, second moments about the fp32-rounded row
@@ -25,9 +25,11 @@ import math
 
 import torch
 
-from gaccore.kernels.tensors import ROW_DTYPE
+from gaccore.batch import TokenBatch
 from gaccore.rows import RowResults, with_roles
 from gaccore.stats import k3
+
+from ..tensors import ROW_DTYPE
 
 # Tokens per block of rows on CPU: large enough that the ~45 torch calls of a
 # block cost little next to its arithmetic, small enough that no temporary is
@@ -63,19 +65,14 @@ def _row_sum(values: torch.Tensor) -> torch.Tensor:
     return values.sum(dim=1, dtype=ROW_DTYPE)
 
 
-def _block_rows(
-    logp: torch.Tensor,
-    mask: torch.Tensor,
-    adv: torch.Tensor,
-    ref_logp: torch.Tensor | None,
-    sft_coef: str,
-) -> dict[str, torch.Tensor]:
+def _block_rows(block: TokenBatch[torch.Tensor], sft_coef: str) -> dict[str, torch.Tensor]:
     """Row results of a block of rows, without the roles.
 
     A row is valid when it has tokens and the fp64 sums of its masked-in
     values are finite: a sum cannot overflow from fp32 values, and NaN or
     inf propagate into it; +inf in logp, which the clamp would hide, shows
     in the row's maximum, taken before the clamp."""
+    logp, mask, adv, ref_logp = block.logp, block.mask, block.adv, block.ref_logp
     on = mask if mask.dtype == torch.bool else mask != 0
     # Masks as 0/1 floats multiply faster than torch.where selects; they are
     # used only on values that are finite in valid rows (masked-out logp may
@@ -147,35 +144,18 @@ def rows_per_block(rows: int, tokens: int, device: torch.device) -> int:
     return max(1, CPU_BLOCK_TOKENS // max(tokens, 1))
 
 
-def twin_row_results(
-    logp: torch.Tensor,
-    mask: torch.Tensor,
-    adv: torch.Tensor,
-    expert: torch.Tensor | None = None,
-    *,
-    ref_logp: torch.Tensor | None = None,
-    sft_coef: str = "phi",
-) -> RowResults:
-    """Row results of one batch (inputs already validated by the caller)."""
+def row_results(batch: TokenBatch[torch.Tensor], sft_coef: str) -> RowResults:
+    """Row results of one checked batch, without its scores."""
     # Statistics of the inputs, never part of the caller's graph: detached at the boundary.
-    logp, mask, adv = logp.detach(), mask.detach(), adv.detach()
-    ref_logp = None if ref_logp is None else ref_logp.detach()
-    step = rows_per_block(logp.shape[0], logp.shape[1], logp.device)
-    blocks = [
-        _block_rows(
-            logp[start : start + step],
-            mask[start : start + step],
-            adv[start : start + step],
-            None if ref_logp is None else ref_logp[start : start + step],
-            sft_coef,
-        )
-        for start in range(0, logp.shape[0], step)
-    ]
-    if len(blocks) == 1:
-        fields = blocks[0]
-    elif blocks:
+    ref_logp = None if batch.ref_logp is None else batch.ref_logp.detach()
+    detached = TokenBatch(batch.logp.detach(), batch.mask.detach(), batch.adv.detach(), ref_logp=ref_logp)
+    step = rows_per_block(batch.rows, batch.tokens, batch.logp.device)
+    if step >= batch.rows:  # one block (or no rows at all)
+        fields = _block_rows(detached, sft_coef)
+    else:
+        blocks = [
+            _block_rows(detached.row_block(start, start + step), sft_coef) for start in range(0, batch.rows, step)
+        ]
         fields = {name: torch.cat([block[name] for block in blocks]) for name in blocks[0]}
-    else:  # B = 0
-        fields = _block_rows(logp, mask, adv, ref_logp, sft_coef)
     placeholder = fields["valid"]  # rl and sft are set from valid by with_roles
-    return with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), expert)
+    return with_roles(RowResults(**fields, rl=placeholder, sft=placeholder), batch.expert)
