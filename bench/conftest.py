@@ -1,4 +1,4 @@
-"""The benchmarks import their helpers (reference_gac) from this folder."""
+"""The benchmarks import their helpers (public_gac) from this folder."""
 
 import sys
 from pathlib import Path

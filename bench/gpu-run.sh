@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check in one call on a lent CUDA machine: the card, the CUDA tests,
-# bench/gpu.py, bench/gpu_host.py, bench/cpu_reference.py (PARTS picks some of
+# bench/gpu.py, bench/gpu_host.py, bench/cpu_public_gac.py (PARTS picks some of
 # them), then bench/gpu_summary.py's table of the targets, always, from
 # whatever the parts wrote. Everything lands in $OUT (default ./gpu-out):
 # each part's log and JSON, times.txt (each part's exit status and seconds)
@@ -27,7 +27,7 @@
 #   bench        110 s   190 s (BENCH_LIMIT_S)  77 s last time; now 12 sweep settings
 #                                               (9 then), 7 of them a fresh Triton
 #                                               compile of a few seconds on that
-#                                               host, and the reference timed at
+#                                               host, and the public implementation timed at
 #                                               each shape (about 1 s a shape)
 #   host          30 s    70 s (HOST_LIMIT_S)   two torch.compile warm-ups
 #   cpu           10 s    30 s (CPU_LIMIT_S)    (64, 1024) on one CPU thread
@@ -98,7 +98,7 @@ if [[ $parts == *" host "* ]]; then
 fi
 if [[ $parts == *" cpu "* ]]; then
   # shellcheck disable=SC2086
-  part cpu "${CPU_LIMIT_S:-30}" "$python" -P bench/cpu_reference.py --out "$out/cpu.json" ${GPU_ARGS:-}
+  part cpu "${CPU_LIMIT_S:-30}" "$python" -P bench/cpu_public_gac.py --out "$out/cpu.json" ${GPU_ARGS:-}
 fi
 summary_reserve=0
 part summary 10 "$python" -P bench/gpu_summary.py "$out"

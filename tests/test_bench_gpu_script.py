@@ -1,6 +1,6 @@
 """The GPU run's scripts work on CPU: bench/gpu.py runs every code path
 (--device cpu --quick; the replayed update through its CPU stand-in),
-bench/cpu_reference.py runs, and
+bench/cpu_public_gac.py runs, and
 bench/gpu_summary.py turns their JSON into the targets' table, so the call a
 GPU session will make is known not to crash before it reaches the GPU."""
 
@@ -38,7 +38,7 @@ def test_gpu_scripts_smoke(tmp_path):
     smoke = ["--device", "cpu", "--quick", "--no-compile", "--out", str(tmp_path / "gpu.json")]
     subprocess.run([sys.executable, str(BENCH / "gpu.py"), *smoke], **run)
     subprocess.run(
-        [sys.executable, str(BENCH / "cpu_reference.py"), "--quick", "--out", str(tmp_path / "cpu.json")], **run
+        [sys.executable, str(BENCH / "cpu_public_gac.py"), "--quick", "--out", str(tmp_path / "cpu.json")], **run
     )
     results = json.loads((tmp_path / "gpu.json").read_text())
     assert len(results["rows"]) == 4
@@ -49,7 +49,7 @@ def test_gpu_scripts_smoke(tmp_path):
         assert "update_compiled_s" not in row
         assert row["naive_syncs"] > 0
         assert row["kernel_s"] > 0 and row["update_pct_logprob"] > 0
-        assert row["reference_wall_s"] > 0 and row["speedup_vs_reference"] > 0
+        assert row["public_wall_s"] > 0 and row["speedup_vs_public"] > 0
     (split,) = results["split"]
     assert split["chunks"] > 1 and split["split_s"] > 0 and split["unsplit_s"] > 0
     assert all("error" not in row and row["kernel_s"] > 0 for row in results["sweep"])
@@ -61,13 +61,13 @@ def test_gpu_scripts_smoke(tmp_path):
     assert summary["rehearsal"] and len(summary["targets"]) == 7
     rows = _by_id(summary)
     assert rows["host_syncs"]["measured"] == 0 and rows["host_syncs"]["met"] is True
-    for name in ("eager_host", "kernel_pct_copy", "eager_vs_reference", "cpu_vs_reference"):
+    for name in ("eager_host", "kernel_pct_copy", "eager_vs_public", "cpu_vs_public"):
         assert rows[name]["measured"] > 0, name
     assert (
         rows["eager_gpu_beyond_kernel"]["measured"] is None and "CUDA only" in rows["eager_gpu_beyond_kernel"]["detail"]
     )
     assert rows["replayed_host"]["measured"] > 0
-    assert "[B, T]" in rows["cpu_vs_reference"]["detail"]
+    assert "[B, T]" in rows["cpu_vs_public"]["detail"]
 
 
 def _gpu_row(logp: str, **values) -> dict:
@@ -85,7 +85,7 @@ def test_summary_reads_the_worst_dtype_and_falls_back_to_the_sweep():
                 update_wall_s=250e-6,
                 update_busy_beyond_kernel_s=40e-6,
                 update_graphs_wall_s=45e-6,
-                speedup_vs_reference=6.0,
+                speedup_vs_public=6.0,
                 update_syncs=0,
                 update_graphs_syncs=0,
             ),
@@ -93,7 +93,7 @@ def test_summary_reads_the_worst_dtype_and_falls_back_to_the_sweep():
                 "float32",
                 update_wall_s=350e-6,
                 update_busy_beyond_kernel_s=30e-6,
-                speedup_vs_reference=4.0,
+                speedup_vs_public=4.0,
                 update_syncs=0,
                 update_compiled_syncs=2,
             ),

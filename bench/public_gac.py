@@ -1,4 +1,4 @@
-"""The public GAC reference's statistics path, re-implemented from its description.
+"""The public GAC implementation's statistics path, re-implemented from its description.
 
 The public implementation (deepnovacore/GAC, ``AdaptiveMuController.update_stats``)
 is described as: masked means per sequence, a sort-based trimmed variance of the
@@ -7,7 +7,7 @@ squares) that a distributed run would all-reduce, the disagreement of the
 z-scored RL and SFT coefficients, everything in fp32 torch ops, with several
 ``.item()`` calls to bring the numbers to the host, where the mixing weight is
 updated in Python floats. This module is written from that description only,
-not from its code; it is the baseline that ``bench/test_bench_reference.py``
+not from its code; it is the baseline that ``bench/test_bench_public_gac.py``
 times gaccore against, in the same run.
 
 It multiplies by the mask (``m * x``) as such code usually does, so padding
@@ -25,8 +25,8 @@ import math
 import torch
 
 
-class ReferenceMuController:
-    """Per-step statistics and the mu update of the reference, in its style."""
+class PublicGACController:
+    """Per-step statistics and the mu update of the public implementation, in its style."""
 
     def __init__(
         self,

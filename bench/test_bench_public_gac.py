@@ -1,14 +1,14 @@
-"""gaccore against the public GAC reference's statistics path, on CPU, in one run.
+"""gaccore against the public GAC implementation's statistics path, on CPU, in one run.
 
-    ./dev bench bench/test_bench_reference.py
+    ./dev bench bench/test_bench_public_gac.py
 
 Each (B, T) times, side by side in one pytest-benchmark group, one step of:
-the reference re-implementation (``bench/reference_gac.py``: statistics and
+the public implementation's re-implementation (``bench/public_gac.py``: statistics and
 its mu update, with its ``.item()`` calls), gaccore's ``Controller.update`` on
 torch CPU tensors (statistics from the numba pass, what "auto" runs on CPU
 where numba is installed, and from the torch twin, what it runs without
 numba), and on the same batch as numpy arrays. One torch thread;
-logp float32 with 10% right padding (zeros, which the reference's ``m * x``
+logp float32 with 10% right padding (zeros, which the public implementation's ``m * x``
 needs), a quarter expert rows, advantages one per row ``[B]`` and per token
 ``[B, T]``, no ref_logp. Compare the ratios of one run: the machine is shared,
 absolute times are not steady.
@@ -20,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from reference_gac import ReferenceMuController  # noqa: E402
+from public_gac import PublicGACController  # noqa: E402
 
 from gaccore import Controller  # noqa: E402
 from gaccore.kernels import TORCH_BACKEND  # noqa: E402
@@ -55,17 +55,17 @@ def _run(benchmark, rows: int, tokens: int, per_token: bool, step) -> None:
 
 
 @pytest.mark.parametrize("rows,tokens,per_token", SHAPES, ids=IDS)
-def test_reference_update_stats(benchmark, rows, tokens, per_token):
+def test_public_gac_update_stats(benchmark, rows, tokens, per_token):
     batch = _batch(rows, tokens, per_token)
-    reference = ReferenceMuController()
+    public = PublicGACController()
     _run(
         benchmark,
         rows,
         tokens,
         per_token,
-        lambda: reference.update_stats(batch["logp"], batch["mask"], batch["adv"], batch["expert"]),
+        lambda: public.update_stats(batch["logp"], batch["mask"], batch["adv"], batch["expert"]),
     )
-    assert 0.05 <= reference.mu <= 0.9
+    assert 0.05 <= public.mu <= 0.9
 
 
 @pytest.mark.parametrize("rows,tokens,per_token", SHAPES, ids=IDS)
@@ -79,7 +79,7 @@ def test_gaccore_update_torch_cpu(benchmark, rows, tokens, per_token):
 
 @pytest.mark.parametrize("rows,tokens,per_token", SHAPES, ids=IDS)
 def test_gaccore_update_torch_cpu_without_numba(benchmark, rows, tokens, per_token, monkeypatch):
-    monkeypatch.setattr(TORCH_BACKEND, "method", "torch")
+    monkeypatch.setattr(TORCH_BACKEND, "implementation", "torch")
     batch = _batch(rows, tokens, per_token)
     ctrl = Controller()
     _run(benchmark, rows, tokens, per_token, lambda: ctrl.update(**batch))

@@ -1,16 +1,16 @@
-"""gaccore's torch CPU update against the public reference's statistics path.
+"""gaccore's torch CPU update against the public GAC implementation's statistics path.
 
-    python bench/cpu_reference.py [--out cpu.json]   # about 10 s
-    python bench/cpu_reference.py --quick            # smoke test, a second
+    python bench/cpu_public_gac.py [--out cpu.json]   # about 10 s
+    python bench/cpu_public_gac.py --quick            # smoke test, a second
 
 At (64, 1024), one torch thread, with one advantage per row [B] and one per
-token [B, T]: host time of one step of the reference re-implementation
-(``bench/reference_gac.py``: statistics, ``.item()`` reads and its mu update)
+token [B, T]: host time of one step of the public implementation's re-implementation
+(``bench/public_gac.py``: statistics, ``.item()`` reads and its mu update)
 and of gaccore's whole ``Controller.update`` on the same CPU tensors. The
-batch is ``bench/test_bench_reference.py``'s: float32 logp with 10% right
-padding (zeros, which the reference's ``m * x`` needs), a quarter expert
+batch is ``bench/test_bench_public_gac.py``'s: float32 logp with 10% right
+padding (zeros, which the public implementation's ``m * x`` needs), a quarter expert
 rows, no ref_logp. The two sides alternate call by call, so load on a shared
-machine falls on both alike; ratio = reference time / gaccore time, above 1
+machine falls on both alike; ratio = public time / gaccore time, above 1
 gaccore is faster.
 """
 
@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-# -P (gpu-run.sh) keeps the script's folder off sys.path; the reference lives there.
+# -P (gpu-run.sh) keeps the script's folder off sys.path; the public implementation lives there.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_gac import ReferenceMuController
+from public_gac import PublicGACController
 
 import gaccore
 
@@ -45,10 +45,10 @@ def make_batch(rows: int, tokens: int, per_token: bool) -> dict[str, torch.Tenso
 
 def compare(rows: int, tokens: int, per_token: bool, rounds: int, warmup: int) -> dict[str, Any]:
     batch = make_batch(rows, tokens, per_token)
-    reference = ReferenceMuController()
+    public = PublicGACController()
     ctrl = gaccore.Controller()
     sides = {
-        "reference": lambda: reference.update_stats(batch["logp"], batch["mask"], batch["adv"], batch["expert"]),
+        "public": lambda: public.update_stats(batch["logp"], batch["mask"], batch["adv"], batch["expert"]),
         "gaccore": lambda: ctrl.update(**batch),
     }
     times: dict[str, list[float]] = {name: [] for name in sides}
@@ -59,13 +59,13 @@ def compare(rows: int, tokens: int, per_token: bool, rounds: int, warmup: int) -
             sides[name]()
             if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    if not (0.05 <= ctrl.mu <= 0.9 and 0.05 <= reference.mu <= 0.9):
-        raise RuntimeError(f"mu out of range: gaccore {ctrl.mu}, reference {reference.mu}")
+    if not (0.05 <= ctrl.mu <= 0.9 and 0.05 <= public.mu <= 0.9):
+        raise RuntimeError(f"mu out of range: gaccore {ctrl.mu}, public {public.mu}")
     row: dict[str, Any] = {"B": rows, "T": tokens, "adv": "[B, T]" if per_token else "[B]", "rounds": rounds}
     for name, values in times.items():
         row[f"{name}_min_s"], row[f"{name}_median_s"] = min(values), statistics.median(values)
-    row["ratio_median"] = row["reference_median_s"] / row["gaccore_median_s"]
-    row["ratio_min"] = row["reference_min_s"] / row["gaccore_min_s"]
+    row["ratio_median"] = row["public_median_s"] / row["gaccore_median_s"]
+    row["ratio_min"] = row["public_min_s"] / row["gaccore_min_s"]
     return row
 
 
@@ -79,12 +79,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     rounds, warmup = (10, 2) if args.quick else (300, 20)
     results: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": []}
-    print(f"{'B':>5} {'T':>6} {'adv':>7} {'reference us':>21} {'gaccore us':>21} {'ratio':>13}")
+    print(f"{'B':>5} {'T':>6} {'adv':>7} {'public us':>21} {'gaccore us':>21} {'ratio':>13}")
     print(f"{'':>5} {'':>6} {'':>7} {'min / median':>21} {'min / median':>21} {'min / median':>13}")
     for per_token in (False, True):
         row = compare(*SHAPE, per_token, rounds, warmup)
         results["rows"].append(row)
-        ref = f"{row['reference_min_s'] * 1e6:.1f} / {row['reference_median_s'] * 1e6:.1f}"
+        ref = f"{row['public_min_s'] * 1e6:.1f} / {row['public_median_s'] * 1e6:.1f}"
         ours = f"{row['gaccore_min_s'] * 1e6:.1f} / {row['gaccore_median_s'] * 1e6:.1f}"
         ratio = f"{row['ratio_min']:.2f} / {row['ratio_median']:.2f}"
         print(f"{row['B']:>5} {row['T']:>6} {row['adv']:>7} {ref:>21} {ours:>21} {ratio:>13}", flush=True)
