@@ -170,7 +170,7 @@ def test_bad_arguments_are_named() -> None:
         loss_fn(**tensors, expert_mask=EXPERT[:3], step=torch.ones(ROWS))
     with pytest.raises(ValueError, match="step"):
         loss_fn(**tensors, expert_mask=EXPERT, step=torch.arange(ROWS))
-    assert loss_fn.gac.step_count == 0 and loss_fn._step is None  # refused calls changed nothing
+    assert loss_fn.gac.step_count == 0 and loss_fn.window.step is None  # refused calls changed nothing
 
 
 def test_the_readme_config_builds_the_loss_trinity_sends_to_its_workers(tmp_path: Path) -> None:
