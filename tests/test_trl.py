@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import runpy
 import shutil
 import subprocess
@@ -176,7 +177,7 @@ def test_gradient_accumulation_steps_the_controller_once_per_optimizer_step(tmp_
     trainer._mu_for = spy  # type: ignore[method-assign]
     trainer.train()
     assert trainer.gac.step_count == 2  # four micro-batches, two optimizer steps
-    assert trainer._expert_draws == 4
+    assert trainer.expert_sampler.draws == 4
     assert sorted(logged(trainer, "gac/mu")) == [1, 2]
     # SPEC: every micro-batch of step t is weighted with the mu left by step t-1.
     first_step_mu = 0.85  # mu_init
@@ -249,6 +250,15 @@ def test_gac_grpo_config_carries_every_controller_knob_with_its_default(tmp_path
     knobs = {f.name.removeprefix("gac_") for f in dataclasses.fields(args) if f.name.startswith("gac_")}
     assert knobs == {f.name for f in dataclasses.fields(Config)}
     assert args.gac_config() == Config()
+
+
+def test_gac_grpo_config_pickles_under_the_trl_modules_name(tmp_path: Path) -> None:
+    """TRL pickles the training args into every checkpoint: the class must be found again
+    as gaccore.bindings.trl.GACGRPOConfig, wherever the code that defines it lives."""
+    args = GACGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gac_cap=0.02)
+    assert (type(args).__module__, type(args).__qualname__) == ("gaccore.bindings.trl", "GACGRPOConfig")
+    restored = pickle.loads(pickle.dumps(args))
+    assert type(restored) is GACGRPOConfig and restored.gac_config() == args.gac_config()
 
 
 def test_trl_parser_reads_knobs_from_yaml_with_the_command_line_on_top(tmp_path: Path) -> None:
@@ -401,8 +411,7 @@ def test_the_verifier_scores_demonstrations_and_the_filter_drops_the_rejected(
     ok = trainer.expert_dataset["ok"]
     draws = []
     for draw in range(3):  # the examples each step drew, by the trainer's own resumable order
-        trainer._expert_draws = draw
-        draws.append([ok[index] for index in trainer._expert_indices()])
+        draws.append([ok[index] for index in trainer.expert_sampler.indices(draw)])
     for mask, drawn in zip(sft_masks, draws, strict=True):
         kept_rows = mask.sum(dim=1) > 0
         assert kept_rows.tolist() == drawn  # a rejected demonstration has no token in the SFT loss
