@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from trl.data_utils import maybe_apply_chat_template
+from trl.data_utils import is_conversational, maybe_apply_chat_template
 
 __all__ = [
     "Demonstrations",
@@ -142,19 +142,29 @@ def tokenize_demonstrations(
 ) -> Demonstrations:
     """Render the examples with TRL's ``maybe_apply_chat_template`` (chat
     conversations through the tokenizer's template, plain strings as they
-    are), tokenize prompts and completions apart as TRL's GRPO does, end each
-    completion with the EOS token and truncate it to
-    ``max_completion_length``. The scores are NaN (not scored)."""
+    are), tokenize prompts and completions apart as TRL's GRPO does, and
+    truncate each completion to ``max_completion_length``. The scores are NaN
+    (not scored).
+
+    The end of a completion follows TRL's ``SFTTrainer``: a plain-string
+    completion gets the tokenizer's EOS token appended when it does not end
+    with it already; a chat completion is taken as the template renders it,
+    which ends the turn with the template's own end marker (``<|im_end|>\n``
+    for ChatML), so no EOS is added: rollouts stop at that same marker.
+    """
+    tokenizer: Any = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
+    eos = tokenizer.eos_token
     prompts, completions = [], []
     for example in examples:
         rendered = maybe_apply_chat_template(example, processing_class)
+        completion = rendered["completion"]
+        if not is_conversational(example) and eos is not None and not completion.endswith(eos):
+            completion += eos
         prompts.append(rendered["prompt"])
-        completions.append(rendered["completion"])
-    tokenizer: Any = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
+        completions.append(completion)
     prompt_ids = [tokenizer(text=p, add_special_tokens=False)["input_ids"] for p in prompts]
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     limit = max_completion_length
-    completion_ids = [(tokenizer(text=c, add_special_tokens=False)["input_ids"] + eos)[:limit] for c in completions]
+    completion_ids = [tokenizer(text=c, add_special_tokens=False)["input_ids"][:limit] for c in completions]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     prompt_tensor, prompt_mask = _pad(prompt_ids, pad, left=True, device=device)
     completion_tensor, completion_mask = _pad(completion_ids, pad, left=False, device=device)

@@ -35,8 +35,10 @@ saved in every checkpoint (``gaccore_state.json``) and restored by
 
 The expert dataset has ``prompt`` and ``completion`` columns, as TRL's
 prompt-completion datasets: plain strings, or conversations rendered with
-the tokenizer's chat template. The completion is followed by the EOS token
-when the tokenizer has one, and truncated to ``max_completion_length``.
+the tokenizer's chat template. As in TRL's ``SFTTrainer``, a plain-string
+completion ends with the EOS token (appended when missing) and a chat
+completion with the template's own end of turn (no EOS added); either is
+truncated to ``max_completion_length``.
 
 Without code: ``GACGRPOConfig`` (``trl_config.py``) is a ``GRPOConfig`` whose
 ``gac_<name>`` fields carry every ``gaccore.Config`` knob and whose

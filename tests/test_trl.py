@@ -31,6 +31,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from trl import GRPOConfig, TrlParser  # noqa: E402
 
 from gaccore import Config, Controller  # noqa: E402
+from gaccore.bindings.demonstrations import tokenize_demonstrations  # noqa: E402
 from gaccore.bindings.trl import STATE_FILE, GACGRPOConfig, GACGRPOTrainer, load_expert_dataset  # noqa: E402
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
@@ -39,13 +40,24 @@ WORDS = ["a", "b", "c", "d", "e", "f", "g", "h"]
 CONTROLLER = {"cap": 0.05, "ema_beta": 0.5, "stat_beta": 0.5, "warmup_steps": 1, "decay_steps": 4}
 
 
-def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *WORDS])}
+# A chat template whose turns end in the EOS token and a newline, as ChatML's "<|im_end|>\n".
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} <eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+
+
+def tiny_tokenizer(chat: bool = False) -> transformers.PreTrainedTokenizerFast:
+    roles = ["<user>", "<assistant>"] if chat else []
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *WORDS, *roles])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return transformers.PreTrainedTokenizerFast(
+    tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
     )
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def tiny_model(tokenizer: transformers.PreTrainedTokenizerFast) -> transformers.LlamaForCausalLM:
@@ -435,3 +447,58 @@ def test_verified_mode_refuses_a_demonstration_no_reward_function_scores(tmp_pat
     kept = verified_trainer(tmp_path / "paper", model_dir, rollouts_only, filter_demos=0.5)
     kept.train()
     assert logged(kept, "gac/demos_kept")[1] == 1.0
+
+
+# -- the end of a demonstration: one end marker, as TRL's SFTTrainer makes it -----------------------
+
+
+def turn(role: str, text: str) -> list[dict[str, str]]:
+    return [{"role": role, "content": text}]
+
+
+def count_a_in_turns(completions: list[list[dict[str, str]]], **_: object) -> list[float]:
+    """count_a for chat completions (TRL passes each rollout as a list of messages)."""
+    return [float(c[0]["content"].split().count("a")) for c in completions]
+
+
+def test_chat_demonstrations_end_in_the_templates_marker_alone(tmp_path: Path) -> None:
+    """The chat template already ends the rendered completion with its end of turn
+    ("a a <eos>\n"): no second EOS after it, as in TRL's SFTTrainer, so the SFT targets
+    stop where the rollouts stop."""
+    tokenizer = tiny_tokenizer(chat=True)
+    trainer = GACGRPOTrainer(
+        model=tiny_model(tokenizer),
+        reward_funcs=count_a_in_turns,
+        args=GRPOConfig(
+            output_dir=str(tmp_path),
+            per_device_train_batch_size=4,
+            num_generations=2,
+            max_completion_length=8,
+            max_steps=1,
+            save_strategy="no",
+            use_cpu=True,
+            report_to=[],
+            disable_tqdm=True,
+        ),
+        train_dataset=datasets.Dataset.from_dict({"prompt": [turn("user", "b c"), turn("user", "d e")] * 2}),
+        processing_class=tokenizer,
+        expert_dataset=datasets.Dataset.from_dict(
+            {"prompt": [turn("user", "b c"), turn("user", "c d")], "completion": [turn("assistant", "a a")] * 2}
+        ),
+    )
+    demos = trainer._expert_batch("eval")
+    a, eos = tokenizer.convert_tokens_to_ids("a"), tokenizer.eos_token_id
+    for ids, mask in zip(demos.completion_ids, demos.completion_mask, strict=True):
+        assert ids[mask.bool()].tolist() == [a, a, eos]
+    trainer.train()
+    assert trainer.gac.step_count == 1
+
+
+def test_plain_demonstrations_get_the_eos_token_once() -> None:
+    """A plain-string completion gets EOS appended, unless it already ends with it."""
+    tokenizer = tiny_tokenizer()
+    examples = [{"prompt": "b c", "completion": "a a"}, {"prompt": "c d", "completion": "a a<eos>"}]
+    demos = tokenize_demonstrations(examples, tokenizer, max_completion_length=8, device="cpu")
+    a, eos = tokenizer.convert_tokens_to_ids("a"), tokenizer.eos_token_id
+    assert demos.completion_lists == [[a, a, eos], [a, a, eos]]
+    assert demos.completion_mask.tolist() == [[1, 1, 1], [1, 1, 1]]
