@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 
@@ -80,11 +81,16 @@ def check_expert_dataset(dataset: Any) -> None:
         raise ValueError(f"expert_dataset examples must have 'prompt' and 'completion' columns; missing {missing}")
 
 
+# Tags the expert sampler's random stream, apart from every other stream seeded by the same seed.
+EXPERT_STREAM = 0x67616365  # "gace"
+
+
 class ExpertSampler:
     """Which examples each process draws: a fresh permutation of the dataset
-    per epoch (seeded by ``seed``), dealt out to the processes in turn, so
-    ranks see different examples and a run resumed at ``draws`` continues
-    with the examples the stopped one would have drawn.
+    per epoch (seeded by ``seed``, in a stream of its own: not the prompts'
+    order), dealt out to the processes in turn, so ranks see different
+    examples and a run resumed at ``draws`` continues with the examples the
+    stopped one would have drawn.
 
     ``size``: examples in the dataset; ``batch_size``: examples per draw and
     process; ``rank``/``world``: this process and the number of processes.
@@ -114,9 +120,14 @@ class ExpertSampler:
         return indices
 
     def _permutation(self, epoch: int) -> list[int]:
+        """The epoch's order, from a random stream of the sampler's own: seeded
+        by ``(seed, EXPERT_STREAM, epoch)``, so it never replays the prompt
+        sampler's ``torch.Generator().manual_seed(seed)`` permutation (drawing
+        the demonstrations of the prompts being rolled out)."""
         if self._epoch is None or self._epoch[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch = (epoch, torch.randperm(self.size, generator=generator).tolist())
+            entropy = [self.seed % 2**64, EXPERT_STREAM, epoch]
+            order = np.random.default_rng(np.random.SeedSequence(entropy)).permutation(self.size)
+            self._epoch = (epoch, order.tolist())
         return self._epoch[1]
 
 

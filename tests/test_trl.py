@@ -31,7 +31,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from trl import GRPOConfig, TrlParser  # noqa: E402
 
 from gaccore import Config, Controller  # noqa: E402
-from gaccore.bindings.demonstrations import tokenize_demonstrations  # noqa: E402
+from gaccore.bindings.demonstrations import ExpertSampler, tokenize_demonstrations  # noqa: E402
 from gaccore.bindings.trl import STATE_FILE, GACGRPOConfig, GACGRPOTrainer, load_expert_dataset  # noqa: E402
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
@@ -502,3 +502,29 @@ def test_plain_demonstrations_get_the_eos_token_once() -> None:
     a, eos = tokenizer.convert_tokens_to_ids("a"), tokenizer.eos_token_id
     assert demos.completion_lists == [[a, a, eos], [a, a, eos]]
     assert demos.completion_mask.tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+# -- the expert sampler: a random stream of its own ------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42])
+def test_the_expert_order_is_not_the_prompt_order(seed: int) -> None:
+    """TRL's RepeatSampler shuffles the prompts with torch.manual_seed(seed); an expert
+    sampler seeded alike (as it was at seed 0) draws the demonstrations of the very
+    prompts being rolled out."""
+    from trl.trainer.utils import RepeatSampler
+
+    n = 16
+    prompts = list(RepeatSampler(range(n), mini_repeat_count=1, batch_size=n, shuffle=True, seed=seed))
+    assert prompts == torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    assert ExpertSampler(n, n, seed).indices(0) != prompts
+
+
+def test_the_expert_sampler_deals_each_epoch_to_the_ranks_and_resumes_at_its_draws() -> None:
+    ranks = [ExpertSampler(5, 2, seed=3, rank=rank, world=2) for rank in range(2)]
+    dealt = [index for _ in range(5) for sampler in ranks for index in sampler.take()]  # 4 epochs of 5
+    assert all(sorted(dealt[i : i + 5]) == list(range(5)) for i in range(0, 20, 5))
+    assert dealt[:5] != dealt[5:10]  # a fresh order each epoch
+    resumed = ExpertSampler(5, 2, seed=3, rank=1, world=2)
+    resumed.draws = 3  # as a checkpoint's expert_draws restores it
+    assert resumed.take() == ranks[1].indices(3)
