@@ -16,6 +16,8 @@ functions as keyword arguments when they score a demonstration.
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +25,12 @@ import numpy as np
 import torch
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 
+from gaccore import Config
+
 __all__ = [
     "Demonstrations",
     "ExpertSampler",
+    "ScoreCheck",
     "check_expert_dataset",
     "load_expert_dataset",
     "statistics_batch",
@@ -183,6 +188,52 @@ def tokenize_demonstrations(
     return Demonstrations(
         examples, completion_tensor, completion_mask, prompt_tensor, prompt_mask, completion_ids, scores
     )
+
+
+class ScoreCheck:
+    """What a binding checks on each draw's scores, with one host read of them.
+
+    In ``mode="verified"`` every demonstration needs a score: one that no
+    reward function scored (NaN) raises ValueError naming it. With
+    ``filter_demos``, a score equal to the threshold is kept; when such a
+    score is fractional (partial credit: a checker that scores a wrong answer
+    in the right form 0.5), the filter keeps demonstrations that may be
+    wrong, so the check warns, once per ``ScoreCheck``.
+    ``reward_names`` name the reward functions in the error.
+    """
+
+    def __init__(self, config: Config, reward_names: list[str]) -> None:
+        self.config, self.reward_names = config, reward_names
+        self.warned = False
+
+    def __call__(self, scores: torch.Tensor, examples: list[dict[str, Any]]) -> None:
+        config = self.config
+        if config.mode != "verified" and (config.filter_demos is None or self.warned):
+            return  # nothing to check: no host read
+        values = scores.tolist()
+        if config.mode == "verified":
+            for value, example in zip(values, examples, strict=True):
+                if math.isnan(value):
+                    raise ValueError(
+                        "gac_mode='verified' needs a score for every demonstration, but every reward function "
+                        f"returned None for the demonstration {example['prompt']!r} -> {example['completion']!r}: "
+                        f"make one of {self.reward_names} score demonstrations (their dataset columns arrive as "
+                        "keyword arguments), or use gac_mode='paper'"
+                    )
+        threshold = config.filter_demos
+        if threshold is None or self.warned:
+            return
+        if any(value == threshold and not float(value).is_integer() for value in values):
+            self.warned = True
+            warnings.warn(
+                f"gac_filter_demos={threshold} keeps the demonstrations scored exactly {threshold}, and a reward "
+                "function gave a demonstration that fractional score: partial credit, which some checkers give "
+                "a wrong answer in the right form (reasoning-gym's score_answer, for one). To keep only the "
+                "demonstrations the checker accepts, set gac_filter_demos just above the partial credit (1.0 "
+                "for a checker of 0/1 scores). Shown once.",
+                UserWarning,
+                stacklevel=2,
+            )
 
 
 def statistics_batch(

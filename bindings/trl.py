@@ -66,6 +66,7 @@ from .common import STATE_FILE, load_controller, logged_metrics, save_controller
 from .demonstrations import (
     Demonstrations,
     ExpertSampler,
+    ScoreCheck,
     check_expert_dataset,
     load_expert_dataset,
     statistics_batch,
@@ -151,6 +152,7 @@ class GACGRPOTrainer(GRPOTrainer):
             rank=self.accelerator.process_index,
             world=self.accelerator.num_processes,
         )
+        self._check_scores = ScoreCheck(controller.config, list(self.reward_func_names))
         self._captured_logps: list[torch.Tensor] | None = None
         self._captured_rewards: list[torch.Tensor] | None = None
 
@@ -284,14 +286,7 @@ class GACGRPOTrainer(GRPOTrainer):
         completions = [example["completion"] for example in examples]
         rewards_per_func = self._calculate_rewards(examples, prompts, completions, demos.completion_lists)
         scores = self._this_process(self._combined_reward(rewards_per_func), len(examples))
-        if self.gac.config.mode == "verified" and bool(scores.isnan().any()):
-            row = int(scores.isnan().nonzero()[0, 0])
-            raise ValueError(
-                f"gac_mode='verified' needs a score for every demonstration, but every reward function returned "
-                f"None for the demonstration {prompts[row]!r} -> {completions[row]!r}: make one of "
-                f"{self.reward_func_names} score demonstrations (their dataset columns arrive as keyword "
-                "arguments), or use gac_mode='paper'"
-            )
+        self._check_scores(scores, examples)  # verified mode: every one scored; partial credit at the threshold
         return scores
 
     def _combined_reward(self, rewards_per_func: torch.Tensor) -> torch.Tensor:

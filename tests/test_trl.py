@@ -15,6 +15,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from trl import GRPOConfig, TrlParser  # noqa: E402
 
 from gaccore import Config, Controller  # noqa: E402
-from gaccore.bindings.demonstrations import ExpertSampler, tokenize_demonstrations  # noqa: E402
+from gaccore.bindings.demonstrations import ExpertSampler, ScoreCheck, tokenize_demonstrations  # noqa: E402
 from gaccore.bindings.trl import STATE_FILE, GACGRPOConfig, GACGRPOTrainer, load_expert_dataset  # noqa: E402
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
@@ -447,6 +448,25 @@ def test_verified_mode_refuses_a_demonstration_no_reward_function_scores(tmp_pat
     kept = verified_trainer(tmp_path / "paper", model_dir, rollouts_only, filter_demos=0.5)
     kept.train()
     assert logged(kept, "gac/demos_kept")[1] == 1.0
+
+
+def test_the_filter_warns_once_when_its_threshold_is_a_partial_credit() -> None:
+    """A checker that gives partial credit (0.5 for a wrong answer in the right form) at
+    filter_demos=0.5: the filter keeps what may be wrong demonstrations, and says so once."""
+    examples = [{"prompt": "b c", "completion": "a a"}] * 3
+    check = ScoreCheck(Config(filter_demos=0.5), ["verify"])
+    with pytest.warns(UserWarning, match=r"gac_filter_demos=0.5 keeps the demonstrations scored exactly 0.5"):
+        check(torch.tensor([1.0, 0.5, 0.0]), examples)
+    quiet = [
+        (check, [0.5, 0.5, 1.0]),  # once is enough
+        (ScoreCheck(Config(filter_demos=0.5), ["verify"]), [0.0, 1.0, 1.0]),  # a 0/1 checker
+        (ScoreCheck(Config(filter_demos=1.0), ["verify"]), [0.5, 1.0, 0.0]),  # a threshold above the credit
+        (ScoreCheck(Config(), ["verify"]), [0.5, 0.5, 0.5]),  # no filter
+    ]
+    for quiet_check, scores in quiet:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            quiet_check(torch.tensor(scores), examples)
 
 
 # -- the end of a demonstration: one end marker, as TRL's SFTTrainer makes it -----------------------
