@@ -28,9 +28,11 @@ score (all return None) is an error in verified mode, which needs every
 score, and is kept otherwise. Use reward functions in [0, 1] (verifiers)
 for verified mode: their means are the success rates it compares.
 
-``mu``, ``rho``, the proxies' and the success rates' EMAs and the share of
-demonstrations kept are logged through TRL's metrics (keys ``gac/...``); the controller's state and the expert sampler's position are
-saved in every checkpoint (``gaccore_state.json``) and restored by
+``mu``, ``rho``, the proxies' EMAs, the success rates (smoothed and of the
+step's batch) and the share of demonstrations kept are logged through TRL's
+metrics (``common.LOGGED_METRICS``, keys ``gac/...``); the controller's state
+and the expert sampler's position are saved in every checkpoint
+(``gaccore_state.json``) and restored by
 ``trainer.train(resume_from_checkpoint=...)``.
 
 The expert dataset has ``prompt`` and ``completion`` columns, as TRL's

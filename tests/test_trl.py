@@ -433,6 +433,10 @@ def test_the_verifier_scores_demonstrations_and_the_filter_drops_the_rejected(
     assert first["gac/demos_kept"] == pytest.approx(sum(draws[0]) / len(draws[0]))
     # The rollouts' success rate is the mean reward TRL itself logged for the step.
     assert logged(trainer, "gac/ema_policy_reward")[1] == pytest.approx(first["reward"])
+    # The batch's own rates, logged beside the smoothed ones: this step's draw and rollouts.
+    for step, drawn in enumerate(draws, start=1):
+        assert logged(trainer, "gac/batch_expert_reward")[step] == pytest.approx(sum(drawn) / len(drawn))
+        assert logged(trainer, "gac/batch_policy_reward")[step] == pytest.approx(logged(trainer, "reward")[step])
     metrics = trainer.gac.metrics()
     assert metrics["batch_n_demos"] == 2 and metrics["batch_n_sft"] == sum(draws[-1])
 
