@@ -253,6 +253,11 @@ def test_readme_trl_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     namespace = runpy.run_path(str(SNIPPETS / "trl.py"), run_name="__main__")
     assert namespace["trainer"].gac.step_count >= 1
+    # The README's verified-mode example continues the one above.
+    namespace = runpy.run_path(str(SNIPPETS / "trl_verified.py"), init_globals=namespace, run_name="__main__")
+    metrics = namespace["verified"].gac.metrics()
+    assert (metrics["batch_expert_reward"], metrics["demos_kept"]) == (0.5, 0.5)
+    assert metrics["ema_policy_reward"] == metrics["ema_policy_reward"]  # the rollouts were scored too
 
 
 # -- without code: GACGRPOConfig from YAML and the command line, python -m gaccore.bindings.trl ------
