@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -34,7 +35,8 @@ __all__ = [
 
 STATE_FILE = "gaccore_state.json"
 METRIC_PREFIX = "gac/"
-# Controller metrics worth a line in a trainer's logs, as "gac/<name>".
+# Controller metrics worth a line in a trainer's logs, as "gac/<name>": the
+# verifier's success rates smoothed (ema_*) and of the last step's batch (batch_*).
 LOGGED_METRICS = (
     "mu",
     "rho",
@@ -44,7 +46,9 @@ LOGGED_METRICS = (
     "ema_var_rl",
     "ema_kl",
     "ema_expert_reward",
+    "batch_expert_reward",
     "ema_policy_reward",
+    "batch_policy_reward",
     "demos_kept",
     "n_dropped",
 )
@@ -66,10 +70,11 @@ def config_from_knobs(knobs: Mapping[str, Any], *, source: str) -> Config:
 
 def logged_metrics(read: Mapping[str, float]) -> dict[str, float]:
     """The ``gac/*`` metrics of one read of the controller's state
-    (``controller.metrics()``; NaN where a proxy is not yet defined). A
-    binding that also needs ``mu`` on the host takes it from the same read,
-    ``read["mu"]``, never from these logged names."""
-    return {f"{METRIC_PREFIX}{name}": read[name] for name in LOGGED_METRICS}
+    (``controller.metrics()``; NaN where a proxy is not yet defined, and for
+    the ``batch_*`` values before the first step and after a step without
+    statistics). A binding that also needs ``mu`` on the host takes it from
+    the same read, ``read["mu"]``, never from these logged names."""
+    return {f"{METRIC_PREFIX}{name}": read.get(name, math.nan) for name in LOGGED_METRICS}
 
 
 def save_controller(controller: Controller, folder: str | os.PathLike[str], **extra: Any) -> str:

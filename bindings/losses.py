@@ -10,12 +10,16 @@ loss produces, so use the same setting for both.
 from __future__ import annotations
 
 import numbers
+from typing import get_args, get_type_hints
 
 import torch
 
-from gaccore.validation import check_sft_coef
+from gaccore import Config
 
-__all__ = ["mix", "sft_loss", "sft_token_loss"]
+__all__ = ["SFT_COEFS", "mix", "sft_loss", "sft_token_loss"]
+
+# The token weightings, as the controller's Config.sft_coef names them.
+SFT_COEFS: tuple[str, ...] = get_args(get_type_hints(Config)["sft_coef"])
 
 
 def sft_token_loss(logp: torch.Tensor, mask: torch.Tensor, *, sft_coef: str = "phi") -> torch.Tensor:
@@ -28,7 +32,8 @@ def sft_token_loss(logp: torch.Tensor, mask: torch.Tensor, *, sft_coef: str = "p
     Masked-out positions are never used in arithmetic, so padding may hold
     anything, NaN and -inf included.
     """
-    check_sft_coef(sft_coef)
+    if sft_coef not in SFT_COEFS:
+        raise ValueError(f"sft_coef must be one of {SFT_COEFS}, got {sft_coef!r}")
     if not isinstance(logp, torch.Tensor) or not logp.dtype.is_floating_point:
         raise TypeError(f"logp must be a floating-point torch.Tensor, got {_describe(logp)}")
     if not isinstance(mask, torch.Tensor):

@@ -60,8 +60,10 @@ from trinity.algorithm.policy_loss_fn import POLICY_LOSS_FN
 from trinity.algorithm.policy_loss_fn.chord_policy_loss import MIXCHORDPolicyLossFn
 
 from gaccore import Controller, kept_demos
-from gaccore.bindings.common import STATE_FILE, config_from_knobs, load_controller, logged_metrics, save_controller
-from gaccore.bindings.losses import mix
+
+from .accumulation import AccumulationWindow
+from .common import STATE_FILE, config_from_knobs, load_controller, logged_metrics, save_controller
+from .losses import mix
 
 # The experiences' rewards as Trinity's verl trainer names them in the batch.
 SCORES_KEY = "token_level_scores"
@@ -106,8 +108,8 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
             # experiences carry none has no token_level_scores to select.
             self._select_keys = [key for key in self._select_keys if key != SCORES_KEY]
         self.state_dir = state_dir
-        self._step: int | None = None  # the training step being observed
-        self._observed = False
+        # Observes and steps the controller; its ``step`` is the training step being observed.
+        self.window = AccumulationWindow(self.gac)
 
     def __call__(  # type: ignore[override]
         self,
@@ -136,10 +138,9 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         if step.numel() != logprob.shape[0] or bool(step.max() != step.min()):
             raise ValueError(f"step must hold one training step for all {logprob.shape[0]} rows, got {step.tolist()}")
         self._begin(int(step.max()))
-        mu = self.gac.mu  # the weight of this whole step (micro-batches of it come one by one)
+        mu = self.window.mu  # the weight of this whole step (micro-batches of it come one by one)
         expert = expert_mask.bool()
-        self.gac.observe(old_logprob.detach(), action_mask, advantages.detach(), expert, scores=scores)
-        self._observed = True
+        self.window.observe(old_logprob.detach(), action_mask, advantages.detach(), expert, scores=scores)
         # A demonstration the filter rejects leaves the SFT loss as if it were not in the micro-batch.
         demos = expert if scores is None else expert & kept_demos(scores, self.gac.config.filter_demos)
 
@@ -162,10 +163,10 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
     def save_state(self) -> str | None:
         """Close the step being observed and write the controller's state into
         that step's checkpoint folder (rank 0); returns the file's path."""
-        if self._step is None:
+        if self.window.step is None:
             return None
-        self._close_step()
-        return self._write_state(self._step, only_existing=False)
+        self.window.close()
+        return self._write_state(self.window.step, only_existing=False)
 
     @classmethod
     def default_args(cls) -> dict[str, Any]:
@@ -187,19 +188,15 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         )
 
     def _begin(self, step: int) -> None:
-        if step == self._step:
+        """A micro-batch of training step ``step``: when it starts a new step, the
+        previous one closes (the controller steps) and its state is checkpointed."""
+        previous = self.window.step
+        if not self.window.begin(step):
             return
-        if self._step is None:
+        if previous is None:
             self._resume(step)
         else:
-            self._close_step()
-            self._write_state(self._step, only_existing=True)
-        self._step = step
-
-    def _close_step(self) -> None:
-        if self._observed:
-            self.gac.step()
-            self._observed = False
+            self._write_state(previous, only_existing=True)
 
     def _resume(self, step: int) -> None:
         """At the first step seen: restore the state saved with the previous step's checkpoint, if any."""
@@ -208,6 +205,7 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         folder = os.path.join(self.state_dir, f"global_step_{step - 1}")
         if os.path.exists(os.path.join(folder, STATE_FILE)):
             load_controller(self.gac, folder)
+            self.window.reset()
         elif os.path.isdir(folder):
             warnings.warn(
                 f"{folder} holds no {STATE_FILE} (a run's last step, unless save_state() was called, or a "

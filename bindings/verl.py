@@ -75,8 +75,9 @@ from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
 
 from gaccore import Config, Controller, kept_demos
-from gaccore.bindings.common import logged_metrics
-from gaccore.bindings.losses import mix, sft_token_loss
+
+from .common import logged_metrics
+from .losses import mix, sft_token_loss
 
 __all__ = [
     "EXPERT_KEY",

@@ -42,8 +42,9 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.utils.padding import response_to_nested
 
 from gaccore import Controller
-from gaccore.bindings.common import config_from_knobs, load_controller, save_controller
-from gaccore.bindings.verl import EXPERT_KEY, SCORES_KEY, STAT_FIELDS, gac_ppo_loss, observe_tensors, step_folder
+
+from .common import config_from_knobs, load_controller, save_controller
+from .verl import EXPERT_KEY, SCORES_KEY, STAT_FIELDS, gac_ppo_loss, observe_tensors, step_folder
 
 __all__ = [
     "CONFIG_KEY",

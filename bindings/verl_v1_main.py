@@ -23,7 +23,7 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 from verl.utils.device import auto_set_device
 
-from gaccore.bindings.verl_v1 import controller_from_config, gac_trainer_mode
+from .verl_v1 import controller_from_config, gac_trainer_mode
 
 __all__ = ["GACTaskRunner", "main", "prepare_config"]
 
@@ -37,7 +37,7 @@ class GACTaskRunner(_TaskRunnerV1):  # type: ignore[misc, valid-type]
     def run(self, config: DictConfig) -> None:
         # The runner's process looks the trainer up in its own registry: registering
         # happens on import, so import here, in that process.
-        import gaccore.bindings.verl_v1  # noqa: F401
+        from . import verl_v1  # noqa: F401
 
         super().run(config)
 

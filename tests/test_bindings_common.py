@@ -1,5 +1,7 @@
-"""What every binding shares (gaccore.bindings.common): the checkpoint file
-survives a crash mid-save, and the logged metrics come from one state read."""
+"""What every binding shares: the checkpoint file survives a crash mid-save,
+the logged metrics come from one state read (gaccore.bindings.common), and
+the accumulation window weights and steps as SPEC §3 says
+(gaccore.bindings.accumulation)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 
 from gaccore import Controller
 from gaccore.bindings import common
+from gaccore.bindings.accumulation import AccumulationWindow
 from gaccore.bindings.common import STATE_FILE, load_controller, logged_metrics, save_controller
 
 
@@ -90,3 +93,64 @@ def test_logged_metrics_are_one_read_of_the_state() -> None:
     logged = logged_metrics(read)
     assert logged["gac/mu"] == read["mu"] == controller.mu
     assert set(logged) == {f"gac/{name}" for name in common.LOGGED_METRICS}
+
+
+def test_the_batchs_own_success_rates_are_logged_beside_the_smoothed_ones() -> None:
+    controller = Controller(stat_beta=0.5)
+    assert np.isnan(logged_metrics(controller.metrics())["gac/batch_expert_reward"])  # no step yet
+    for scores in ([1.0, 0.0, 1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]):  # rows 4-5: demonstrations
+        controller.update(*batch(0), scores=np.array(scores))
+    logged = logged_metrics(controller.metrics())
+    assert (logged["gac/batch_expert_reward"], logged["gac/batch_policy_reward"]) == (1.0, 0.25)
+    assert (logged["gac/ema_expert_reward"], logged["gac/ema_policy_reward"]) == (0.75, 0.5)
+
+
+# -- the accumulation window: SPEC §3's rule, shared by the TRL and Trinity bindings ------------
+
+
+def torch_batch(step: int, micro: int) -> tuple:
+    torch = pytest.importorskip("torch")
+    return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in batch(10 * step + micro))
+
+
+def test_a_window_of_micro_batches_is_weighted_with_the_mu_before_it() -> None:
+    """Boundary-aware trainers (TRL): every micro-batch of step t weighs with the mu left by
+    step t-1, the controller observes each and steps once, at the last one."""
+    window, reference = AccumulationWindow(Controller()), Controller()
+    for step in range(3):
+        before = reference.mu
+        for micro in range(3):
+            weight = window.micro_batch(*torch_batch(step, micro), last=micro == 2)
+            assert float(weight) == pytest.approx(before, abs=1e-7)  # a float32 tensor, no host read
+            reference.observe(*torch_batch(step, micro))
+        reference.step()
+        assert window.controller.step_count == step + 1
+        assert window.controller.mu == pytest.approx(reference.mu, abs=1e-12)
+
+
+def test_a_window_of_one_micro_batch_is_weighted_with_its_own_steps_mu() -> None:
+    window, reference = AccumulationWindow(Controller()), Controller()
+    for step in range(3):
+        weight = window.micro_batch(*torch_batch(step, 0), last=True)
+        assert float(weight) == pytest.approx(float(reference.update(*torch_batch(step, 0))), abs=1e-7)
+    assert window.controller.step_count == 3
+
+
+def test_a_new_step_number_closes_the_window_before_it() -> None:
+    """Trainers that see step numbers (Trinity): the controller steps when the number changes."""
+    window, reference = AccumulationWindow(Controller()), Controller()
+    for step in (1, 2):
+        assert window.begin(step)  # a new number opens a window, closing the one before
+        assert window.step == step and window.controller.step_count == step - 1
+        for micro in range(2):
+            assert not window.begin(step)  # the same step: its window stays open
+            assert window.mu == reference.mu  # the whole step weighs with the mu before it
+            window.observe(*batch(10 * step + micro))
+            reference.observe(*batch(10 * step + micro))
+        reference.step()
+    assert window.controller.step_count == 1  # step 2 is still open
+    window.close()
+    assert window.controller.state_dict() == reference.state_dict()
+    assert window.close() is None and window.controller.step_count == 2  # nothing observed: no step
+    with pytest.raises(TypeError, match=r"gaccore\.Controller"):
+        AccumulationWindow(object())  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ on a worker's micro-batches, and compared with Trinity's own
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 from pathlib import Path
@@ -170,7 +171,7 @@ def test_bad_arguments_are_named() -> None:
         loss_fn(**tensors, expert_mask=EXPERT[:3], step=torch.ones(ROWS))
     with pytest.raises(ValueError, match="step"):
         loss_fn(**tensors, expert_mask=EXPERT, step=torch.arange(ROWS))
-    assert loss_fn.gac.step_count == 0 and loss_fn._step is None  # refused calls changed nothing
+    assert loss_fn.gac.step_count == 0 and loss_fn.window.step is None  # refused calls changed nothing
 
 
 def test_the_readme_config_builds_the_loss_trinity_sends_to_its_workers(tmp_path: Path) -> None:
@@ -254,3 +255,17 @@ def test_scores_are_asked_for_only_where_used_and_their_absence_is_named() -> No
             expert_mask=padded["expert_mask"],
             step=padded["step"],
         )
+
+
+def test_the_last_steps_own_rates_are_logged_beside_the_smoothed_ones() -> None:
+    """Each micro-batch's metrics carry the controller after the steps before it: the
+    smoothed success rates and the last step's batch rates (NaN before the first step)."""
+    loss_fn = TrinityPolicyLoss(algorithm("mix_gac", gac={**GAC, "mode": "verified", "stat_beta": 0.5}))
+    logged = []
+    for step, rewards in ((1, [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]), (2, [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]), (3, [0.0] * 6)):
+        td, log_probs = micro_batch(step, step)
+        logged.append(loss_fn({"log_probs": log_probs}, scored(td, rewards))[1])
+    assert math.isnan(logged[0]["actor/gac/batch_expert_reward"])
+    assert (logged[1]["actor/gac/batch_expert_reward"], logged[1]["actor/gac/batch_policy_reward"]) == (0.5, 0.75)
+    assert (logged[2]["actor/gac/batch_expert_reward"], logged[2]["actor/gac/batch_policy_reward"]) == (1.0, 0.25)
+    assert (logged[2]["actor/gac/ema_expert_reward"], logged[2]["actor/gac/ema_policy_reward"]) == (0.75, 0.5)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import runpy
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from trl import GRPOConfig, TrlParser  # noqa: E402
 
 from gaccore import Config, Controller  # noqa: E402
+from gaccore.bindings.demonstrations import ExpertSampler, ScoreCheck, tokenize_demonstrations  # noqa: E402
 from gaccore.bindings.trl import STATE_FILE, GACGRPOConfig, GACGRPOTrainer, load_expert_dataset  # noqa: E402
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "docs" / "snippets"
@@ -38,13 +41,24 @@ WORDS = ["a", "b", "c", "d", "e", "f", "g", "h"]
 CONTROLLER = {"cap": 0.05, "ema_beta": 0.5, "stat_beta": 0.5, "warmup_steps": 1, "decay_steps": 4}
 
 
-def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *WORDS])}
+# A chat template whose turns end in the EOS token and a newline, as ChatML's "<|im_end|>\n".
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} <eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+
+
+def tiny_tokenizer(chat: bool = False) -> transformers.PreTrainedTokenizerFast:
+    roles = ["<user>", "<assistant>"] if chat else []
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *WORDS, *roles])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return transformers.PreTrainedTokenizerFast(
+    tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
     )
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def tiny_model(tokenizer: transformers.PreTrainedTokenizerFast) -> transformers.LlamaForCausalLM:
@@ -176,7 +190,7 @@ def test_gradient_accumulation_steps_the_controller_once_per_optimizer_step(tmp_
     trainer._mu_for = spy  # type: ignore[method-assign]
     trainer.train()
     assert trainer.gac.step_count == 2  # four micro-batches, two optimizer steps
-    assert trainer._expert_draws == 4
+    assert trainer.expert_sampler.draws == 4
     assert sorted(logged(trainer, "gac/mu")) == [1, 2]
     # SPEC: every micro-batch of step t is weighted with the mu left by step t-1.
     first_step_mu = 0.85  # mu_init
@@ -239,6 +253,11 @@ def test_readme_trl_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     namespace = runpy.run_path(str(SNIPPETS / "trl.py"), run_name="__main__")
     assert namespace["trainer"].gac.step_count >= 1
+    # The README's verified-mode example continues the one above.
+    namespace = runpy.run_path(str(SNIPPETS / "trl_verified.py"), init_globals=namespace, run_name="__main__")
+    metrics = namespace["verified"].gac.metrics()
+    assert (metrics["batch_expert_reward"], metrics["demos_kept"]) == (0.5, 0.5)
+    assert metrics["ema_policy_reward"] == metrics["ema_policy_reward"]  # the rollouts were scored too
 
 
 # -- without code: GACGRPOConfig from YAML and the command line, python -m gaccore.bindings.trl ------
@@ -249,6 +268,15 @@ def test_gac_grpo_config_carries_every_controller_knob_with_its_default(tmp_path
     knobs = {f.name.removeprefix("gac_") for f in dataclasses.fields(args) if f.name.startswith("gac_")}
     assert knobs == {f.name for f in dataclasses.fields(Config)}
     assert args.gac_config() == Config()
+
+
+def test_gac_grpo_config_pickles_under_the_trl_modules_name(tmp_path: Path) -> None:
+    """TRL pickles the training args into every checkpoint: the class must be found again
+    as gaccore.bindings.trl.GACGRPOConfig, wherever the code that defines it lives."""
+    args = GACGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], gac_cap=0.02)
+    assert (type(args).__module__, type(args).__qualname__) == ("gaccore.bindings.trl", "GACGRPOConfig")
+    restored = pickle.loads(pickle.dumps(args))
+    assert type(restored) is GACGRPOConfig and restored.gac_config() == args.gac_config()
 
 
 def test_trl_parser_reads_knobs_from_yaml_with_the_command_line_on_top(tmp_path: Path) -> None:
@@ -401,8 +429,7 @@ def test_the_verifier_scores_demonstrations_and_the_filter_drops_the_rejected(
     ok = trainer.expert_dataset["ok"]
     draws = []
     for draw in range(3):  # the examples each step drew, by the trainer's own resumable order
-        trainer._expert_draws = draw
-        draws.append([ok[index] for index in trainer._expert_indices()])
+        draws.append([ok[index] for index in trainer.expert_sampler.indices(draw)])
     for mask, drawn in zip(sft_masks, draws, strict=True):
         kept_rows = mask.sum(dim=1) > 0
         assert kept_rows.tolist() == drawn  # a rejected demonstration has no token in the SFT loss
@@ -411,6 +438,10 @@ def test_the_verifier_scores_demonstrations_and_the_filter_drops_the_rejected(
     assert first["gac/demos_kept"] == pytest.approx(sum(draws[0]) / len(draws[0]))
     # The rollouts' success rate is the mean reward TRL itself logged for the step.
     assert logged(trainer, "gac/ema_policy_reward")[1] == pytest.approx(first["reward"])
+    # The batch's own rates, logged beside the smoothed ones: this step's draw and rollouts.
+    for step, drawn in enumerate(draws, start=1):
+        assert logged(trainer, "gac/batch_expert_reward")[step] == pytest.approx(sum(drawn) / len(drawn))
+        assert logged(trainer, "gac/batch_policy_reward")[step] == pytest.approx(logged(trainer, "reward")[step])
     metrics = trainer.gac.metrics()
     assert metrics["batch_n_demos"] == 2 and metrics["batch_n_sft"] == sum(draws[-1])
 
@@ -426,3 +457,103 @@ def test_verified_mode_refuses_a_demonstration_no_reward_function_scores(tmp_pat
     kept = verified_trainer(tmp_path / "paper", model_dir, rollouts_only, filter_demos=0.5)
     kept.train()
     assert logged(kept, "gac/demos_kept")[1] == 1.0
+
+
+def test_the_filter_warns_once_when_its_threshold_is_a_partial_credit() -> None:
+    """A checker that gives partial credit (0.5 for a wrong answer in the right form) at
+    filter_demos=0.5: the filter keeps what may be wrong demonstrations, and says so once."""
+    examples = [{"prompt": "b c", "completion": "a a"}] * 3
+    check = ScoreCheck(Config(filter_demos=0.5), ["verify"])
+    with pytest.warns(UserWarning, match=r"gac_filter_demos=0.5 keeps the demonstrations scored exactly 0.5"):
+        check(torch.tensor([1.0, 0.5, 0.0]), examples)
+    quiet = [
+        (check, [0.5, 0.5, 1.0]),  # once is enough
+        (ScoreCheck(Config(filter_demos=0.5), ["verify"]), [0.0, 1.0, 1.0]),  # a 0/1 checker
+        (ScoreCheck(Config(filter_demos=1.0), ["verify"]), [0.5, 1.0, 0.0]),  # a threshold above the credit
+        (ScoreCheck(Config(), ["verify"]), [0.5, 0.5, 0.5]),  # no filter
+    ]
+    for quiet_check, scores in quiet:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            quiet_check(torch.tensor(scores), examples)
+
+
+# -- the end of a demonstration: one end marker, as TRL's SFTTrainer makes it -----------------------
+
+
+def turn(role: str, text: str) -> list[dict[str, str]]:
+    return [{"role": role, "content": text}]
+
+
+def count_a_in_turns(completions: list[list[dict[str, str]]], **_: object) -> list[float]:
+    """count_a for chat completions (TRL passes each rollout as a list of messages)."""
+    return [float(c[0]["content"].split().count("a")) for c in completions]
+
+
+def test_chat_demonstrations_end_in_the_templates_marker_alone(tmp_path: Path) -> None:
+    """The chat template already ends the rendered completion with its end of turn
+    ("a a <eos>\n"): no second EOS after it, as in TRL's SFTTrainer, so the SFT targets
+    stop where the rollouts stop."""
+    tokenizer = tiny_tokenizer(chat=True)
+    trainer = GACGRPOTrainer(
+        model=tiny_model(tokenizer),
+        reward_funcs=count_a_in_turns,
+        args=GRPOConfig(
+            output_dir=str(tmp_path),
+            per_device_train_batch_size=4,
+            num_generations=2,
+            max_completion_length=8,
+            max_steps=1,
+            save_strategy="no",
+            use_cpu=True,
+            report_to=[],
+            disable_tqdm=True,
+        ),
+        train_dataset=datasets.Dataset.from_dict({"prompt": [turn("user", "b c"), turn("user", "d e")] * 2}),
+        processing_class=tokenizer,
+        expert_dataset=datasets.Dataset.from_dict(
+            {"prompt": [turn("user", "b c"), turn("user", "c d")], "completion": [turn("assistant", "a a")] * 2}
+        ),
+    )
+    demos = trainer._expert_batch("eval")
+    a, eos = tokenizer.convert_tokens_to_ids("a"), tokenizer.eos_token_id
+    for ids, mask in zip(demos.completion_ids, demos.completion_mask, strict=True):
+        assert ids[mask.bool()].tolist() == [a, a, eos]
+    trainer.train()
+    assert trainer.gac.step_count == 1
+
+
+def test_plain_demonstrations_get_the_eos_token_once() -> None:
+    """A plain-string completion gets EOS appended, unless it already ends with it."""
+    tokenizer = tiny_tokenizer()
+    examples = [{"prompt": "b c", "completion": "a a"}, {"prompt": "c d", "completion": "a a<eos>"}]
+    demos = tokenize_demonstrations(examples, tokenizer, max_completion_length=8, device="cpu")
+    a, eos = tokenizer.convert_tokens_to_ids("a"), tokenizer.eos_token_id
+    assert demos.completion_lists == [[a, a, eos], [a, a, eos]]
+    assert demos.completion_mask.tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+# -- the expert sampler: a random stream of its own ------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42])
+def test_the_expert_order_is_not_the_prompt_order(seed: int) -> None:
+    """TRL's RepeatSampler shuffles the prompts with torch.manual_seed(seed); an expert
+    sampler seeded alike (as it was at seed 0) draws the demonstrations of the very
+    prompts being rolled out."""
+    from trl.trainer.utils import RepeatSampler
+
+    n = 16
+    prompts = list(RepeatSampler(range(n), mini_repeat_count=1, batch_size=n, shuffle=True, seed=seed))
+    assert prompts == torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    assert ExpertSampler(n, n, seed).indices(0) != prompts
+
+
+def test_the_expert_sampler_deals_each_epoch_to_the_ranks_and_resumes_at_its_draws() -> None:
+    ranks = [ExpertSampler(5, 2, seed=3, rank=rank, world=2) for rank in range(2)]
+    dealt = [index for _ in range(5) for sampler in ranks for index in sampler.take()]  # 4 epochs of 5
+    assert all(sorted(dealt[i : i + 5]) == list(range(5)) for i in range(0, 20, 5))
+    assert dealt[:5] != dealt[5:10]  # a fresh order each epoch
+    resumed = ExpertSampler(5, 2, seed=3, rank=1, world=2)
+    resumed.draws = 3  # as a checkpoint's expert_draws restores it
+    assert resumed.take() == ranks[1].indices(3)

@@ -360,6 +360,8 @@ def test_the_verifiers_scores_give_the_rates_the_filter_and_the_logged_metrics()
 
     assert metrics["gac/ema_policy_reward"] == pytest.approx(0.25)  # one of four rollouts solved
     assert metrics["gac/ema_expert_reward"] == pytest.approx(0.5)  # the expert's rate counts the rejected one too
+    # The batch's own rates beside the smoothed ones (the first step: the same).
+    assert (metrics["gac/batch_policy_reward"], metrics["gac/batch_expert_reward"]) == pytest.approx((0.25, 0.5))
     assert metrics["gac/demos_kept"] == 0.5
     assert metrics["gac/rho"] == pytest.approx((0.5 - 0.25) / (1 - 0.25))  # the share of failures the expert fixes
     assert batch.meta_info[gac_verl.MU_KEY] == metrics["gac/mu"]
