@@ -72,7 +72,7 @@ def main() -> None:
     config = gaccore.Config()
     state = ControllerState.place(ControllerState.initial(config), TORCH_BACKEND, device)
     packed, outputs = layout.pack_state(state), layout.empty_outputs(device, has_rows=True)
-    observations = {"kl": kl, "expert_reward": None, "policy_reward": None}
+    observations = {"kl": kl, "expert_success": None, "policy_success": None}
     pieces["kernel_close_step"] = lambda: launch.kernel_close_step(
         packed, config, observations, 0.5, row_results, *outputs
     )

@@ -45,12 +45,12 @@ LOGGED_METRICS = (
     "ema_var_sft",
     "ema_var_rl",
     "ema_kl",
-    "ema_expert_reward",
-    "batch_expert_reward",
-    "ema_policy_reward",
-    "batch_policy_reward",
+    "ema_expert_success",
+    "batch_expert_success",
+    "ema_policy_success",
+    "batch_policy_success",
     "demos_kept",
-    "n_dropped",
+    "n_nonfinite_rows",
 )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from gaccore.schedules import WarmupCosine, warmup_cosine
-from gaccore.validation import SFT_COEFS, SftCoef, check_filter_demos
+from gaccore.validation import SFT_COEFS, SftCoef, check_threshold
 
 # "paper": SPEC.md §3 as written. "verified": rho follows the verifier's
 # measure of the expert's advantage over the policy (an extension; see
@@ -66,6 +66,10 @@ class Config:
         None, "demonstrations the verifier scores below this leave the SFT loss and statistics; None keeps all"
     )
     verified_patience: int = _setting(20, "mode 'verified': warn once after this many steps without the two rates")
+    success_threshold: float | None = _setting(
+        None,
+        "scores at or above this count as successes in the success rates; None: scores are rates in [0, 1]",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.scale, list):
@@ -84,8 +88,8 @@ class Config:
             elif f.name == "scale":
                 if not isinstance(value, tuple) or len(value) != 3 or not all(_is_number(v) and v > 0 for v in value):
                     raise ValueError(f"scale must be three finite numbers > 0 (kD, kS, kR), got {value!r}")
-            elif f.name == "filter_demos":
-                check_filter_demos(value)
+            elif f.name in ("filter_demos", "success_threshold"):
+                check_threshold(f.name, value)
             elif f.name in ("update_every", "warmup_steps", "decay_steps", "verified_patience"):
                 least = 0 if f.name in ("warmup_steps", "decay_steps") else 1
                 if isinstance(value, bool) or not isinstance(value, int) or value < least:

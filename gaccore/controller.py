@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,6 +26,7 @@ from gaccore.registry import StatsBackend, StepRunner, backend, backend_for, che
 from gaccore.rows import BatchStats
 from gaccore.state import ControllerState, parse_state, read_metrics, saved_state
 from gaccore.step import Closed
+from gaccore.verifier import RatesWatch, check_success_scores
 
 Prior = Callable[[int], float]
 _PRIOR_FROM_CONFIG: Any = object()
@@ -74,7 +74,7 @@ class Controller:
         self._side, self._device = backend("numpy"), None  # where the state lives: a backend and its device
         self._state: ControllerState[Any] = ControllerState.place(ControllerState.initial(config), self._side, None)
         self._last_batch: BatchStats[Any, Any] | None = None
-        self._rates_watch = _RatesWatch(config)
+        self._rates_watch = RatesWatch(config)
 
     # -- the per-step API ----------------------------------------------------
 
@@ -102,12 +102,12 @@ class Controller:
         and ignored: nothing launches.
         """
         batch = TokenBatch(logp, mask, adv, expert, ref_logp, scores)
-        self._observe(checked(batch), batch)
+        self._observe(_checked(batch, self.config, first_step=self._step == 0), batch)
 
-    def step(self, *, kl: Any = None, expert_reward: Any = None, policy_reward: Any = None) -> Any:
+    def step(self, *, kl: Any = None, expert_success: Any = None, policy_success: Any = None) -> Any:
         """Close the optimizer step: fold statistics, update rho and mu.
 
-        ``expert_reward``/``policy_reward``: this step's verifier success
+        ``expert_success``/``policy_success``: this step's verifier success
         rates (in [0, 1]) of the expert's demonstrations and of the policy's
         rollouts, when the reward function can score both; ``mode="verified"``
         steers rho with them, every mode reports their EMAs.
@@ -117,7 +117,7 @@ class Controller:
         over the group, so every rank computes the same ``mu``; every rank
         must call ``step``.
         """
-        observations = _check_observations(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+        observations = _check_observations(kl=kl, expert_success=expert_success, policy_success=policy_success)
         observed = self._observed
         if observed.side is None:
             return self._close(self._side, self._device, observations)
@@ -134,8 +134,8 @@ class Controller:
         kl: Any = None,
         ref_logp: Any = None,
         scores: Any = None,
-        expert_reward: Any = None,
-        policy_reward: Any = None,
+        expert_success: Any = None,
+        policy_success: Any = None,
     ) -> Any:
         """``observe`` + ``step``: the mixing weight for this step's loss.
 
@@ -146,8 +146,8 @@ class Controller:
         the step's runner can (``StepRunner.update``).
         """
         batch = TokenBatch(logp, mask, adv, expert, ref_logp, scores)
-        side = checked(batch)
-        observations = _check_observations(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+        side = _checked(batch, self.config, first_step=self._step == 0)
+        observations = _check_observations(kl=kl, expert_success=expert_success, policy_success=policy_success)
         runner, device = self._runner(side), side.device_of(logp)
         rows = batch.rows if self.is_stats_step() else None
         if self._observed.side is None and self.process_group is None and runner.replays(device, rows):
@@ -169,14 +169,14 @@ class Controller:
         stats: BatchStats[Any, Any] | None,
         *,
         kl: Any = None,
-        expert_reward: Any = None,
-        policy_reward: Any = None,
+        expert_success: Any = None,
+        policy_success: Any = None,
     ) -> Any:
         """A step from statistics computed elsewhere (``gaccore.batch_stats``);
         ``stats=None`` steps without statistics. With a ``process_group``,
         ``stats`` are used as given (they are not gathered) and ``kl`` and
         the rewards are averaged over the group."""
-        observations = _check_observations(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+        observations = _check_observations(kl=kl, expert_success=expert_success, policy_success=policy_success)
         if stats is not None and not isinstance(stats, BatchStats):
             raise TypeError(f"stats must be a gaccore.BatchStats or None, got {type(stats).__name__}")
         if self._observed.side is not None:
@@ -219,7 +219,7 @@ class Controller:
         self._state, self._last_batch, mu = closed
         self._side, self._device = side, device
         self._step += 1
-        rates_given = observations["expert_reward"] is not None and observations["policy_reward"] is not None
+        rates_given = observations["expert_success"] is not None and observations["policy_success"] is not None
         self._rates_watch.count(self._observed.scored or scored or rates_given)
         self._observed = _Observed()
         return mu
@@ -322,29 +322,11 @@ def _resolve_config(config: Config | None, overrides: dict[str, Any]) -> Config:
     return dataclasses.replace(config, **overrides)
 
 
-class _RatesWatch:
-    """Warns once when ``mode="verified"`` goes ``verified_patience`` steps
-    without a source of its two success rates: it then steers rho like no
-    mode at all, and a user should not find that out from the results."""
-
-    def __init__(self, config: Config) -> None:
-        self.patience = config.verified_patience if config.mode == "verified" else None
-        self.steps_without = 0
-        self.warned = False
-
-    def count(self, had_rates: bool) -> None:
-        if self.patience is None:
-            return
-        self.steps_without = 0 if had_rates else self.steps_without + 1
-        if self.steps_without == self.patience and not self.warned:
-            self.warned = True
-            warnings.warn(
-                f"mode='verified' has had no verifier success rates for {self.patience} steps, so rho stays "
-                "where it is: pass scores=[B] (each row's verifier score) to observe/update, or "
-                "expert_reward= and policy_reward= to step",
-                RuntimeWarning,
-                stacklevel=5,
-            )
+def _checked(batch: TokenBatch[Any], config: Config, *, first_step: bool) -> StatsBackend:
+    """The backend of ``batch``, once it and the verifier's scores in it are checked."""
+    side = checked(batch)
+    check_success_scores(batch.scores, config, first_step=first_step)
+    return side
 
 
 def _prior_at(prior: Prior | None, step: int) -> float | None:
@@ -358,7 +340,7 @@ def _carries_rates(stats: BatchStats[Any, Any]) -> bool:
     """Whether statistics computed elsewhere bring the verifier's two rates:
     host values are checked; device tensors are taken to (reading them would
     synchronize), as a trainer that scores its rows passes them on."""
-    rates = (stats.expert_reward, stats.policy_reward)
+    rates = (stats.expert_success, stats.policy_success)
     if all(isinstance(rate, numbers.Real) for rate in rates):
         return all(math.isfinite(rate) for rate in rates)
     return True

@@ -16,8 +16,12 @@ from typing import Any
 ENVELOPE_KEYS = ("format", "version", "step", "config", "state")
 
 
-def check_envelope(state: object, expected_format: str, version: int) -> int:
-    """Validate format, version and keys of a state dict; return its step."""
+def check_envelope(state: object, expected_format: str, version: int, *, oldest: int | None = None) -> int:
+    """Validate format, version and keys of a state dict; return its step.
+
+    ``version`` is the one this gaccore writes; ``oldest`` the oldest it
+    reads (default: ``version`` alone). A newer version is refused with an
+    error naming both: it was written by a newer gaccore."""
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
     missing = sorted(set(ENVELOPE_KEYS) - set(state))
@@ -25,17 +29,28 @@ def check_envelope(state: object, expected_format: str, version: int) -> int:
         raise ValueError(f"state dict is missing keys: {missing}")
     if state["format"] != expected_format:
         raise ValueError(f"state dict format is {state['format']!r}, expected {expected_format!r}")
-    if state["version"] != version:
-        raise ValueError(f"state dict version is {state['version']!r}; this gaccore reads version {version}")
+    saved, oldest = state["version"], version if oldest is None else oldest
+    readable = f"version {version}" if oldest == version else f"versions {oldest} to {version}"
+    if isinstance(saved, int) and not isinstance(saved, bool) and saved > version:
+        raise ValueError(
+            f"state dict version {saved} was written by a newer gaccore; this gaccore reads {readable}: "
+            "upgrade gaccore to resume from it"
+        )
+    if isinstance(saved, bool) or not isinstance(saved, int) or not oldest <= saved <= version:
+        raise ValueError(f"state dict version is {saved!r}; this gaccore reads {readable}")
     step = state["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"state dict step must be an integer >= 0, got {step!r}")
     return step
 
 
-def check_same_config(saved: Mapping[str, Any], ours: Mapping[str, Any], owner: str) -> None:
-    """Refuse a state made under another configuration, naming each field."""
+def check_same_config(
+    saved: Mapping[str, Any], ours: Mapping[str, Any], owner: str, *, may_differ: Collection[str] = ()
+) -> None:
+    """Refuse a state made under another configuration, naming each field
+    (but those in ``may_differ``)."""
     differs = sorted(set(ours) ^ set(saved) | {k for k in set(ours) & set(saved) if ours[k] != saved[k]})
+    differs = [k for k in differs if k not in may_differ]
     if differs:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r}, {owner} {ours.get(k)!r}" for k in differs)
         raise ValueError(f"state dict was made under a different config ({detail})")

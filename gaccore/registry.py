@@ -191,6 +191,7 @@ class StatsBackend(Protocol):
         sft_coef: str,
         trim: float,
         filter_demos: float | None,
+        success_threshold: float | None,
         implementation: str,
     ) -> BatchStats[Any, Any]:
         """``gaccore.batch_stats`` of one checked batch."""
@@ -204,8 +205,10 @@ class StatsBackend(Protocol):
     def mean_over_group(self, value: Any, process_group: Any, device: Any) -> Any:
         """The mean of a scalar over every rank of ``process_group``."""
 
-    def finalize(self, rows: Any, *, trim: float, filter_demos: float | None) -> BatchStats[Any, Any]:
-        """The proxies from merged row results."""
+    def finalize(
+        self, rows: Any, *, trim: float, filter_demos: float | None, success_threshold: float | None
+    ) -> BatchStats[Any, Any]:
+        """The proxies from merged row results (``gaccore.rows.finalize``)."""
 
     def device_of(self, value: Any) -> Any:
         """The placement key of an input (``None`` for host scalars)."""

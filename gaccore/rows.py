@@ -46,11 +46,11 @@ class BatchStats(Generic[Value, Count]):
     n_sft: Count
     n_rl: Count
     n_tokens: Count
-    n_dropped: Count
+    n_nonfinite_rows: Count
     # The verifier's success rates: the mean score of the scored demonstrations
     # (kept or not) and of the scored RL rows; NaN without scores.
-    expert_reward: Value = math.nan  # type: ignore[assignment]
-    policy_reward: Value = math.nan  # type: ignore[assignment]
+    expert_success: Value = math.nan  # type: ignore[assignment]
+    policy_success: Value = math.nan  # type: ignore[assignment]
     n_demos: Count = 0  # type: ignore[assignment]  # valid demonstration rows before the filter
 
 
@@ -201,7 +201,9 @@ def trimmed_variance(nll: Any, sft: Any, trim: float) -> Any:
     return where(count >= 2, m2 / _at_least_one(count - 1), math.nan)
 
 
-def finalize(rows: RowResults, *, trim: float = 0.1, filter_demos: float | None = None) -> BatchStats[Any, Any]:
+def finalize(
+    rows: RowResults, *, trim: float = 0.1, filter_demos: float | None = None, success_threshold: float | None = None
+) -> BatchStats[Any, Any]:
     """The proxies of SPEC §2 from row results: 0-d tensors on their device
     for torch rows (float64, counts int64), Python floats and ints for numpy
     rows.
@@ -215,17 +217,21 @@ def finalize(rows: RowResults, *, trim: float = 0.1, filter_demos: float | None 
     With ``filter_demos``, a demonstration scored below it (``kept_demos``) is
     no SFT row: it adds nothing to ``var_sft`` or ``n_sft``. It still counts
     in ``n_demos`` and in the expert's success rate, which measures the
-    expert, not the filter.
+    expert, not the filter. With ``success_threshold``, the success rates
+    count a score at or above it as a success and one below as a failure;
+    the filter reads the scores as they are.
     """
     with quiet(rows.valid):  # NaN/inf of rows outside a statistic are masked
-        stats = _finalize(rows, trim, filter_demos)
+        stats = _finalize(rows, trim, filter_demos, success_threshold)
     if is_torch(stats.var_sft):
         return stats
     host = {f.name: getattr(stats, f.name) for f in fields(stats)}
     return BatchStats(**{name: int(v) if name.startswith("n_") else float(v) for name, v in host.items()})
 
 
-def _finalize(rows: RowResults, trim: float, filter_demos: float | None) -> BatchStats[Any, Any]:
+def _finalize(
+    rows: RowResults, trim: float, filter_demos: float | None, success_threshold: float | None
+) -> BatchStats[Any, Any]:
     rl, sft, demo = rows.rl != 0, rows.sft != 0, rows.demo != 0
     if filter_demos is not None:
         sft = sft & (kept_demos(rows.score, filter_demos) | ~demo)
@@ -257,6 +263,7 @@ def _finalize(rows: RowResults, trim: float, filter_demos: float | None) -> Batc
     kl = where(n_tokens > 0, _masked_sum(rl, rows.kl_sum) / total, math.nan)
     dropped = (rows.n_tokens > 0) & (rows.valid == 0)
     scored = absolute(rows.score) < math.inf  # false for NaN and inf: not scored
+    success = rows.score if success_threshold is None else _as_real(rows.score >= success_threshold)
     return BatchStats(
         var_sft=trimmed_variance(rows.nll, sft, trim),
         var_rl=var_rl,
@@ -265,8 +272,8 @@ def _finalize(rows: RowResults, trim: float, filter_demos: float | None) -> Batc
         n_sft=n_sft,
         n_rl=n_rl,
         n_tokens=n_tokens.to(torch_module().int64) if is_torch(n_tokens) else n_tokens,
-        n_dropped=dropped.sum(),
-        expert_reward=_masked_mean(demo & scored, rows.score),
-        policy_reward=_masked_mean(rl & scored, rows.score),
+        n_nonfinite_rows=dropped.sum(),
+        expert_success=_masked_mean(demo & scored, success),
+        policy_success=_masked_mean(rl & scored, success),
         n_demos=demo.sum(),
     )

@@ -27,9 +27,23 @@ if TYPE_CHECKING:
 A = TypeVar("A", bound=Scalar)
 
 STATE_FORMAT = "gaccore.Controller"
-# 2: the verifier reward EMAs (``ema_expert_reward``, ``ema_policy_reward``).
-# 3: the KL's EMA is ``ema_kl``, named like every other EMA.
-STATE_VERSION = 3
+# 2: the verifier's success-rate EMAs (then ``ema_expert_reward``, ``ema_policy_reward``).
+# 3: the KL's EMA is ``ema_kl``, named like every other EMA (was ``kl_ema``).
+# 4: the success rates' EMAs are ``ema_expert_success``, ``ema_policy_success``,
+#    and ``n_nonfinite_rows`` counts the rows dropped for a non-finite value (was ``n_dropped``).
+STATE_VERSION = 4
+OLDEST_STATE_VERSION = 1
+# Config fields added after the first saved states, each with the value an
+# older state's controller had in effect (the field did not exist yet).
+ADDED_CONFIG_FIELDS: dict[str, Any] = {
+    "mode": "paper",
+    "filter_demos": None,
+    "verified_patience": 20,
+    "success_threshold": None,
+}
+# Settings a resumed run may change: they decide no number of the state or of
+# mu, only when a warning comes and what the telemetry counts as a large shift.
+RESUME_MAY_CHANGE = ("verified_patience", "large_shift")
 
 
 @dataclass(frozen=True)
@@ -47,22 +61,22 @@ class ControllerState(Generic[A]):
     ema_var_sft: A
     ema_var_rl: A
     ema_kl: A
-    ema_expert_reward: A
-    ema_policy_reward: A
+    ema_expert_success: A
+    ema_policy_success: A
     estimate: A  # the last defined clipped estimate mu^ (Eq. 12)
     has_disagreement: A
     has_var_sft: A
     has_var_rl: A
     has_kl: A
-    has_expert_reward: A
-    has_policy_reward: A
+    has_expert_success: A
+    has_policy_success: A
     has_estimate: A
     n_large_shifts: A
     kl_drift_area: A
     n_skipped_disagreement: A
     n_skipped_var_sft: A
     n_skipped_var_rl: A
-    n_dropped: A
+    n_nonfinite_rows: A
 
     @staticmethod
     def is_flag(name: str) -> bool:
@@ -135,15 +149,19 @@ def saved_state(host: Mapping[str, float | bool], step: int, config: Config) -> 
 
 
 def parse_state(saved: Mapping[str, Any], config: Config) -> tuple[dict[str, float | bool], int]:
-    """The host values and the step of a ``Controller.state_dict()``, made
-    under ``config``; refuses (with an error naming what differs) another
-    format or version, missing keys, another config, and a state the
-    controller could not have reached."""
-    step = check_envelope(saved, STATE_FORMAT, STATE_VERSION)
-    saved_config = saved["config"]
-    if not isinstance(saved_config, Mapping):
-        raise ValueError(f"state dict config must be a dict, got {saved_config!r}")
-    check_same_config(saved_config, config.to_dict(), "this controller")
+    """The host values and the step of a ``Controller.state_dict()`` of this
+    or an earlier version (migrated, ``MIGRATIONS``), made under ``config``
+    (up to ``RESUME_MAY_CHANGE``); refuses, with an error naming what
+    differs, another format, a newer version, missing keys, another config,
+    and a state the controller could not have reached."""
+    step = check_envelope(saved, STATE_FORMAT, STATE_VERSION, oldest=OLDEST_STATE_VERSION)
+    for name in ("config", "state"):
+        if not isinstance(saved[name], Mapping):
+            raise ValueError(f"state dict {name} must be a dict, got {saved[name]!r}")
+    for version in range(saved["version"], STATE_VERSION):
+        saved = MIGRATIONS[version](saved)
+    saved_config = {**ADDED_CONFIG_FIELDS, **saved["config"]}
+    check_same_config(saved_config, config.to_dict(), "this controller", may_differ=RESUME_MAY_CHANGE)
     host = parse_values(saved["state"], STATE_FIELDS, STATE_FLAGS)
     # A state the controller could have reached: finite, and inside the bounds it keeps.
     bounds = {
@@ -158,3 +176,35 @@ def parse_state(saved: Mapping[str, Any], config: Config) -> tuple[dict[str, flo
         if not low <= value <= high:  # NaN fails too
             raise ValueError(f"state dict 'state.{name}' must be a finite number in [{low}, {high}], got {value!r}")
     return host, step
+
+
+# -- earlier versions: each function makes the next version's state dict ---------
+
+
+def _renamed(values: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
+    return {renames.get(name, name): value for name, value in values.items()}
+
+
+def _from_v1(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """2 added the verifier's two success-rate EMAs: a version-1 state has
+    none yet (not initialized, as a fresh controller's)."""
+    unset = {"ema_expert_reward": 0.0, "ema_policy_reward": 0.0, "has_expert_reward": False, "has_policy_reward": False}
+    return {**saved, "version": 2, "state": {**saved["state"], **unset}}
+
+
+def _from_v2(saved: Mapping[str, Any]) -> dict[str, Any]:
+    return {**saved, "version": 3, "state": _renamed(saved["state"], {"kl_ema": "ema_kl"})}
+
+
+def _from_v3(saved: Mapping[str, Any]) -> dict[str, Any]:
+    renames = {
+        "ema_expert_reward": "ema_expert_success",
+        "ema_policy_reward": "ema_policy_success",
+        "has_expert_reward": "has_expert_success",
+        "has_policy_reward": "has_policy_success",
+        "n_dropped": "n_nonfinite_rows",
+    }
+    return {**saved, "version": 4, "state": _renamed(saved["state"], renames)}
+
+
+MIGRATIONS = {1: _from_v1, 2: _from_v2, 3: _from_v3}

@@ -37,7 +37,7 @@ from gaccore.batch import TokenBatch
 from gaccore.registry import backend, check_implementation, checked, library_of
 from gaccore.rows import BatchStats, RowResults, finalize, with_roles, with_scores
 from gaccore.step import PlainRunner
-from gaccore.validation import check_batch, check_filter_demos, check_sft_coef, check_trim
+from gaccore.validation import check_batch, check_sft_coef, check_threshold, check_trim
 
 __all__ = ["NUMPY_BACKEND", "NumpyBackend", "batch_stats", "k3", "row_results"]
 
@@ -159,6 +159,7 @@ def batch_stats(
     sft_coef: str = "phi",
     scores: Any = None,
     filter_demos: float | None = None,
+    success_threshold: float | None = None,
     implementation: str = "auto",
 ) -> BatchStats[Any, Any]:
     """The proxies of SPEC.md §2 for one batch.
@@ -168,7 +169,9 @@ def batch_stats(
     ``scores`` ``[B]`` are the verifier's scores of the rows (NaN: not
     scored); they give the success rates, and with ``filter_demos`` a
     demonstration scored below it leaves the SFT statistic (``kept_demos``).
-    Never raises on valid shapes and dtypes; undefined statistics are NaN.
+    ``success_threshold`` turns scores into successes for the rates (see
+    ``Config``). Never raises on valid shapes and dtypes; undefined
+    statistics are NaN.
 
     numpy arrays give Python floats and ints, computed in float64. torch
     tensors give 0-d tensors on their device (floats float64, counts int64)
@@ -180,13 +183,19 @@ def batch_stats(
     pass (CPU tensors), ``"torch"`` the twin.
     """
     check_trim(trim)
-    check_filter_demos(filter_demos)
+    check_threshold("filter_demos", filter_demos)
+    check_threshold("success_threshold", success_threshold)
     check_sft_coef(sft_coef)
     batch = TokenBatch(logp, mask, adv, expert, ref_logp, scores)
     check_implementation(implementation, library_of(logp))
     side = checked(batch)
     return side.batch_stats(
-        batch, sft_coef=sft_coef, trim=trim, filter_demos=filter_demos, implementation=implementation
+        batch,
+        sft_coef=sft_coef,
+        trim=trim,
+        filter_demos=filter_demos,
+        success_threshold=success_threshold,
+        implementation=implementation,
     )
 
 
@@ -209,9 +218,11 @@ class NumpyBackend:
         sft_coef: str,
         trim: float,
         filter_demos: float | None,
+        success_threshold: float | None,
         implementation: str,
     ) -> BatchStats[float, int]:
-        return finalize(row_results(batch, sft_coef), trim=trim, filter_demos=filter_demos)
+        rows = row_results(batch, sft_coef)
+        return finalize(rows, trim=trim, filter_demos=filter_demos, success_threshold=success_threshold)
 
     def merge(self, a: RowResults, b: RowResults) -> RowResults:
         return a.merge(b)
@@ -226,8 +237,10 @@ class NumpyBackend:
         """Process groups are torch's: the mean over one comes from the torch side."""
         return backend("torch").mean_over_group(value, process_group, device)
 
-    def finalize(self, rows: RowResults, *, trim: float, filter_demos: float | None) -> BatchStats[float, int]:
-        return finalize(rows, trim=trim, filter_demos=filter_demos)
+    def finalize(
+        self, rows: RowResults, *, trim: float, filter_demos: float | None, success_threshold: float | None
+    ) -> BatchStats[float, int]:
+        return finalize(rows, trim=trim, filter_demos=filter_demos, success_threshold=success_threshold)
 
     def device_of(self, value: Any) -> None:
         return None

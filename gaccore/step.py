@@ -33,7 +33,7 @@ A = TypeVar("A", bound=Scalar)
 # Below this share of failures left to the policy, the expert's advantage is 0/0: treated as none.
 MIN_FAILURE_RATE = 1e-6
 # A step's scalar observations: each None, a real number or a 0-d array/tensor.
-OBSERVATIONS = ("kl", "expert_reward", "policy_reward")
+OBSERVATIONS = ("kl", "expert_success", "policy_success")
 # What a step returns: the new state, the step's batch statistics as state
 # scalars (None on a step without statistics), and the mu that update returns.
 Closed = tuple[ControllerState[Any], BatchStats[Any, Any] | None, Any]
@@ -63,7 +63,7 @@ def rho_step(rho: A, ema_kl: A, active: A, config: Config) -> A:
     return clip(where(high, raised, where(low, lowered, rho)), config.rho_min, config.rho_max)
 
 
-def verified_rho(expert_reward: A, policy_reward: A, config: Config) -> A:
+def verified_rho(expert_success: A, policy_success: A, config: Config) -> A:
     """The target ratio of ``mode="verified"``: the expert's advantage over the policy.
 
     ``(r_E - r_P) / (1 - r_P)``, clipped to [rho_min, rho_max], where ``r_E``
@@ -75,8 +75,8 @@ def verified_rho(expert_reward: A, policy_reward: A, config: Config) -> A:
     rewards do not, and pull towards its mistakes). An extension of the
     paper: Eq. 6's expert bias has no proxy there, the verifier measures it.
     """
-    failures = clip(1.0 - policy_reward, MIN_FAILURE_RATE, FLOAT_MAX)
-    advantage = clip((expert_reward - policy_reward) / failures, 0.0, 1.0)
+    failures = clip(1.0 - policy_success, MIN_FAILURE_RATE, FLOAT_MAX)
+    advantage = clip((expert_success - policy_success) / failures, 0.0, 1.0)
     return clip(advantage, config.rho_min, config.rho_max)
 
 
@@ -92,15 +92,15 @@ def advance(
     kl: A | None,
     prior_value: A | None,
     *,
-    expert_reward: A | None = None,
-    policy_reward: A | None = None,
+    expert_success: A | None = None,
+    policy_success: A | None = None,
 ) -> ControllerState[A]:
     """One optimizer step of the controller (SPEC.md §3, steps 1-7, without ``t += 1``).
 
     ``batch`` holds this step's proxies as state scalars (``None`` on steps
     without statistics), ``kl`` the caller's KL observation, ``prior_value``
     the prior at this step as a state scalar (``None`` or non-finite: no
-    blend), and ``expert_reward``/``policy_reward`` the step's verifier
+    blend), and ``expert_success``/``policy_success`` the step's verifier
     success rates of the demonstrations and of the rollouts, where finite,
     else the batch's rates from its per-row scores (folded into EMAs in
     every mode; they steer rho in ``mode="verified"``). Branch-free in the
@@ -108,7 +108,7 @@ def advance(
     one graph per combination of ``None``s.
     """
     with quiet(state.mu):  # NaN/inf are data here, masked below
-        return _advance_steps(state, config, batch, kl, prior_value, expert_reward, policy_reward)
+        return _advance_steps(state, config, batch, kl, prior_value, expert_success, policy_success)
 
 
 def _advance_steps(
@@ -117,8 +117,8 @@ def _advance_steps(
     batch: BatchStats[A, A] | None,
     kl: A | None,
     prior_value: A | None,
-    expert_reward: A | None,
-    policy_reward: A | None,
+    expert_success: A | None,
+    policy_success: A | None,
 ) -> ControllerState[A]:
     # The new state's values by name, filled in step by step and read back by
     # the later steps; one ControllerState at the end (each dataclasses.replace
@@ -139,7 +139,7 @@ def _advance_steps(
             ema, has, finite = fold(s[f"ema_{name}"], s[f"has_{name}"], value, config.stat_beta)
             s[f"ema_{name}"], s[f"has_{name}"] = ema, has
             s[f"n_skipped_{name}"] = s[f"n_skipped_{name}"] + where(finite, 0.0, 1.0)
-        s["n_dropped"] = clip(s["n_dropped"] + batch.n_dropped, 0.0, FLOAT_MAX)
+        s["n_nonfinite_rows"] = clip(s["n_nonfinite_rows"] + batch.n_nonfinite_rows, 0.0, FLOAT_MAX)
 
     # 2. KL-controlled rho: the caller's kl when finite, else the batch's.
     observation = kl
@@ -154,15 +154,15 @@ def _advance_steps(
 
     # 2b. The verifier's success rates (the caller's when finite, else the batch's
     # from its scores); in mode "verified" they set rho once both are known.
-    for name, reward in (("expert_reward", expert_reward), ("policy_reward", policy_reward)):
+    for name, reward in (("expert_success", expert_success), ("policy_success", policy_success)):
         if batch is not None:
             measured = getattr(batch, name)
             reward = measured if reward is None else where(isfinite(reward), reward, measured)
         if reward is not None:
             s[f"ema_{name}"], s[f"has_{name}"], _ = fold(s[f"ema_{name}"], s[f"has_{name}"], reward, config.stat_beta)
     if config.mode == "verified":
-        verified = s["has_expert_reward"] & s["has_policy_reward"]
-        rho = verified_rho(s["ema_expert_reward"], s["ema_policy_reward"], config)
+        verified = s["has_expert_success"] & s["has_policy_success"]
+        rho = verified_rho(s["ema_expert_success"], s["ema_policy_success"], config)
         s["rho"] = where(verified, rho, s["rho"])
 
     # 3. Estimate (Eq. 12, with Eq. 3).
@@ -202,13 +202,15 @@ def close_step(
 ) -> tuple[ControllerState[A], BatchStats[Any, Any] | None]:
     """Everything a step does after its row results are complete: finalize
     them (when given) into ``batch``, place the proxies as state scalars and
-    ``advance`` with the step's observations (``kl``, ``expert_reward``,
-    ``policy_reward`` as state scalars or ``None``). The whole device-side
+    ``advance`` with the step's observations (``kl``, ``expert_success``,
+    ``policy_success`` as state scalars or ``None``). The whole device-side
     update, and what a compiling runner hands to ``torch.compile``; returns the
     new state and the placed batch (detached state scalars, never the
     caller's tensors)."""
     if rows is not None:
-        batch = backend.finalize(rows, trim=config.trim, filter_demos=config.filter_demos)
+        batch = backend.finalize(
+            rows, trim=config.trim, filter_demos=config.filter_demos, success_threshold=config.success_threshold
+        )
     placed = None
     if batch is not None:
         placed = BatchStats(**{name: backend.scalar(getattr(batch, name), device) for name in BATCH_FIELDS})
@@ -218,8 +220,8 @@ def close_step(
         placed,
         observations["kl"],
         prior_value,
-        expert_reward=observations["expert_reward"],
-        policy_reward=observations["policy_reward"],
+        expert_success=observations["expert_success"],
+        policy_success=observations["policy_success"],
     )
     return new_state, placed
 

@@ -90,11 +90,13 @@ def check_trim(trim: float) -> None:
         raise ValueError(f"trim must be a number in [0, 0.5), got {trim!r}")
 
 
-def check_filter_demos(filter_demos: float | None) -> None:
-    if filter_demos is None:
+def check_threshold(name: str, value: float | None) -> None:
+    """``filter_demos`` and ``success_threshold``: None or a finite number on the verifier's scale."""
+    if value is None:
         return
-    if isinstance(filter_demos, bool) or not isinstance(filter_demos, (int, float)) or not math.isfinite(filter_demos):
-        raise ValueError(f"filter_demos must be None or a finite number (the lowest score kept), got {filter_demos!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        what = "the lowest score kept" if name == "filter_demos" else "the lowest score that counts as a success"
+        raise ValueError(f"{name} must be None or a finite number ({what}), got {value!r}")
 
 
 def check_sft_coef(sft_coef: str) -> None:

@@ -83,11 +83,13 @@ class TorchBackend:
         sft_coef: str,
         trim: float,
         filter_demos: float | None,
+        success_threshold: float | None,
         implementation: str,
     ) -> BatchStats[torch.Tensor, torch.Tensor]:
         """0-d tensors on the batch's device: floats float64, counts int64."""
         rows = self._rows(batch, sft_coef, choose(implementation, self.name, batch.logp.device.type))
-        return finalize(as_tensors(rows) if is_host(rows) else rows, trim=trim, filter_demos=filter_demos)
+        rows = as_tensors(rows) if is_host(rows) else rows
+        return finalize(rows, trim=trim, filter_demos=filter_demos, success_threshold=success_threshold)
 
     def _rows(self, batch: TokenBatch[torch.Tensor], sft_coef: str, implementation: Implementation) -> RowResults:
         """``implementation``'s row results, the scores joined: numpy arrays
@@ -113,10 +115,12 @@ class TorchBackend:
 
         return mean_over_group(value, process_group, device)
 
-    def finalize(self, rows: RowResults, *, trim: float, filter_demos: float | None) -> BatchStats[Any, Any]:
+    def finalize(
+        self, rows: RowResults, *, trim: float, filter_demos: float | None, success_threshold: float | None
+    ) -> BatchStats[Any, Any]:
         if not is_host(rows) and self._host(rows.n_tokens.device):
             rows = on_host(rows)
-        return finalize(rows, trim=trim, filter_demos=filter_demos)
+        return finalize(rows, trim=trim, filter_demos=filter_demos, success_threshold=success_threshold)
 
     def _host(self, device: torch.device) -> bool:
         return self.host_on_cpu and device.type == "cpu"

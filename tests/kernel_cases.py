@@ -30,10 +30,10 @@ ATOL = {
     "var_rl": 1e-6,
     "disagreement": 1e-6,
     "kl": 1e-9,
-    "expert_reward": 1e-12,
-    "policy_reward": 1e-12,
+    "expert_success": 1e-12,
+    "policy_success": 1e-12,
 }
-COUNTS = ("n_sft", "n_rl", "n_tokens", "n_dropped", "n_demos")
+COUNTS = ("n_sft", "n_rl", "n_tokens", "n_nonfinite_rows", "n_demos")
 
 
 def make_batch(

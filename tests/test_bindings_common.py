@@ -97,12 +97,12 @@ def test_logged_metrics_are_one_read_of_the_state() -> None:
 
 def test_the_batchs_own_success_rates_are_logged_beside_the_smoothed_ones() -> None:
     controller = Controller(stat_beta=0.5)
-    assert np.isnan(logged_metrics(controller.metrics())["gac/batch_expert_reward"])  # no step yet
+    assert np.isnan(logged_metrics(controller.metrics())["gac/batch_expert_success"])  # no step yet
     for scores in ([1.0, 0.0, 1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]):  # rows 4-5: demonstrations
         controller.update(*batch(0), scores=np.array(scores))
     logged = logged_metrics(controller.metrics())
-    assert (logged["gac/batch_expert_reward"], logged["gac/batch_policy_reward"]) == (1.0, 0.25)
-    assert (logged["gac/ema_expert_reward"], logged["gac/ema_policy_reward"]) == (0.75, 0.5)
+    assert (logged["gac/batch_expert_success"], logged["gac/batch_policy_success"]) == (1.0, 0.25)
+    assert (logged["gac/ema_expert_success"], logged["gac/ema_policy_success"]) == (0.75, 0.5)
 
 
 # -- the accumulation window: SPEC §3's rule, shared by the TRL and Trinity bindings ------------

@@ -32,7 +32,7 @@ from gaccore.step import PlainRunner, close_step  # noqa: E402
 
 CPU = torch.device("cpu")
 PLAIN = TorchBackend("torch", host_on_cpu=False)  # the torch close_step, state as 0-d tensors
-OBSERVATIONS = ("kl", "expert_reward", "policy_reward")
+OBSERVATIONS = ("kl", "expert_success", "policy_success")
 
 
 # -- random inputs ------------------------------------------------------------------
@@ -190,6 +190,7 @@ CONFIGS = {
     "verified": {"mode": "verified"},
     "per_mean": {"per_mean": True, "trim": 0.25},
     "filtered": {"mode": "verified", "filter_demos": 0.5, "trim": 0.0},
+    "thresholded": {"mode": "verified", "filter_demos": 0.25, "success_threshold": 0.25},
     "odd": {"scale": (2.0, 0.5, 3.0), "trim": 0.49, "kl_band": 0.0, "cap": 1.0, "blend": 1, "large_shift": 0.0},
 }
 
@@ -240,7 +241,7 @@ def test_kernel_writes_every_output_and_is_bit_identical():
     config = Config(mode="verified", filter_demos=0.5)
     rows = random_rows(rng, 37, expert=True, scored=0.5, hostile=True, ties=False)
     host_state = random_state(rng, config, "random")
-    observations = {"kl": torch.tensor(0.05), "expert_reward": 0.7, "policy_reward": None}
+    observations = {"kl": torch.tensor(0.05), "expert_success": 0.7, "policy_success": None}
     runs = [kernel_close(host_state, config, observations, 0.4, rows, poison=p) for p in (math.nan, 1234.5, math.nan)]
     for _, out, out_flags in runs[1:]:
         assert torch.equal(out.view(torch.int64), runs[0][1].view(torch.int64))
@@ -254,8 +255,8 @@ def test_no_rows_and_observations_as_none_or_nan():
     and NaN rewards and priors are the same step."""
     config = Config()
     host_state = {**ControllerState.initial(config), "kl_drift_area": -2.0, "has_kl": True, "ema_kl": 0.5}
-    nan_kl = {"kl": math.nan, "expert_reward": None, "policy_reward": None}
-    no_kl = {"kl": None, "expert_reward": math.nan, "policy_reward": torch.tensor(math.nan)}
+    nan_kl = {"kl": math.nan, "expert_success": None, "policy_success": None}
+    no_kl = {"kl": None, "expert_success": math.nan, "policy_success": torch.tensor(math.nan)}
     for observations in (nan_kl, no_kl):
         for prior in (None, math.nan, 0.2):
             got, _, _ = kernel_close(host_state, config, observations, prior, None)
@@ -310,13 +311,13 @@ from gaccore.config import Config
 from gaccore.kernels.close_step import kernel as cs, launch
 
 fn = cs._close_step_kernel
-scalars = {"n_rows": "i32", "kl_value": "fp64", "expert_reward_value": "fp64", "policy_reward_value": "fp64",
+scalars = {"n_rows": "i32", "kl_value": "fp64", "expert_success_value": "fp64", "policy_success_value": "fp64",
            "prior_value": "fp64", "p_flags": "*i1", "p_out_flags": "*i1", "p_kl": "*fp32", "p_out_mu": "*fp32"}
 signature = {p.name: "constexpr" if p.is_constexpr else scalars.get(p.name, "*fp64") for p in fn.params}
 variants = [
-    (Config(mode="verified", filter_demos=0.5, per_mean=True), dict(HAS_ROWS=True, KL_FROM=2, EXPERT_REWARD_FROM=2, POLICY_REWARD_FROM=1, PRIOR_FROM=2, BLOCK_B=2048, CHUNK_B=4)),
-    (Config(), dict(HAS_ROWS=False, KL_FROM=1, EXPERT_REWARD_FROM=0, POLICY_REWARD_FROM=0, PRIOR_FROM=1, BLOCK_B=1, CHUNK_B=1)),
-    (Config(), dict(HAS_ROWS=False, KL_FROM=0, EXPERT_REWARD_FROM=1, POLICY_REWARD_FROM=2, PRIOR_FROM=0, BLOCK_B=1, CHUNK_B=1)),
+    (Config(mode="verified", filter_demos=0.5, per_mean=True, success_threshold=0.5), dict(HAS_ROWS=True, KL_FROM=2, EXPERT_SUCCESS_FROM=2, POLICY_SUCCESS_FROM=1, PRIOR_FROM=2, BLOCK_B=2048, CHUNK_B=4)),
+    (Config(), dict(HAS_ROWS=False, KL_FROM=1, EXPERT_SUCCESS_FROM=0, POLICY_SUCCESS_FROM=0, PRIOR_FROM=1, BLOCK_B=1, CHUNK_B=1)),
+    (Config(), dict(HAS_ROWS=False, KL_FROM=0, EXPERT_SUCCESS_FROM=1, POLICY_SUCCESS_FROM=2, PRIOR_FROM=0, BLOCK_B=1, CHUNK_B=1)),
 ]
 for config, layout in variants:
     source = ASTSource(fn=fn, signature=signature, constexprs={**launch._constants(config), **layout})
@@ -356,8 +357,8 @@ def test_cuda_kernel_matches_the_plain_step(n_rows, config):
     cuda_device = torch.device("cuda")
     observations = {
         "kl": torch.tensor(0.03, device=cuda_device),
-        "expert_reward": 0.9,
-        "policy_reward": torch.tensor(math.nan, dtype=torch.float64, device=cuda_device),
+        "expert_success": 0.9,
+        "policy_success": torch.tensor(math.nan, dtype=torch.float64, device=cuda_device),
     }
     state = layout.pack_state(ControllerState.place(host_state, PLAIN, cuda_device))
     on_gpu = torch_rows(rows, cuda_device)
@@ -410,7 +411,7 @@ def _schedule(n_steps: int):
         batch = make_batch(5 if t % 4 < 2 else 9, 7, seed=t, adv_per_token=t % 3 == 0)
         scores = torch.linspace(0.0, 1.0, batch["logp"].shape[0]) if t % 3 else None
         kl = (torch.tensor(0.002 * t, dtype=torch.float64), 0.004, None)[t % 3]
-        rewards = {"expert_reward": 0.8, "policy_reward": torch.tensor(0.1 + 0.02 * t)} if t % 5 == 1 else {}
+        rewards = {"expert_success": 0.8, "policy_success": torch.tensor(0.1 + 0.02 * t)} if t % 5 == 1 else {}
         if t == 6:
             yield "update_stats", (gaccore.batch_stats(**batch, implementation="torch"),), {"kl": kl, **rewards}
         elif t == 8:

@@ -42,6 +42,7 @@ NON_DEFAULT = {
     "mode": "verified",
     "filter_demos": 0.5,
     "verified_patience": 5,
+    "success_threshold": 0.5,
 }
 
 

@@ -35,8 +35,8 @@ class Model:
     rho: float = math.nan
     ema: dict | None = None
     ema_kl: float | None = None
-    expert_reward: float | None = None
-    policy_reward: float | None = None
+    expert_success: float | None = None
+    policy_success: float | None = None
     last_estimate: float | None = None
     large_shifts: int = 0
     drift_area: float = 0.0
@@ -52,7 +52,7 @@ class Model:
             beta = self.config.stat_beta
             setattr(self, name, x if old is None else saturate(beta * old + (1 - beta) * x))
 
-    def step(self, stats, kl=None, expert_reward=None, policy_reward=None):
+    def step(self, stats, kl=None, expert_success=None, policy_success=None):
         c = self.config
         batch_kl = None
         if stats is not None:
@@ -82,11 +82,11 @@ class Model:
                 self.rho -= c.eta_down * (self.rho - c.rho_min)
             self.rho = min(max(self.rho, c.rho_min), c.rho_max)
             self.drift_area = saturate(self.drift_area + max(0.0, observation - c.kl_target))
-        self._fold_reward("expert_reward", expert_reward)
-        self._fold_reward("policy_reward", policy_reward)
-        if c.mode == "verified" and self.expert_reward is not None and self.policy_reward is not None:
-            failures = max(1.0 - self.policy_reward, 1e-6)
-            advantage = min(max((self.expert_reward - self.policy_reward) / failures, 0.0), 1.0)
+        self._fold_reward("expert_success", expert_success)
+        self._fold_reward("policy_success", policy_success)
+        if c.mode == "verified" and self.expert_success is not None and self.policy_success is not None:
+            failures = max(1.0 - self.policy_success, 1e-6)
+            advantage = min(max((self.expert_success - self.policy_success) / failures, 0.0), 1.0)
             self.rho = min(max(advantage, c.rho_min), c.rho_max)
         estimate = None
         if all(v is not None for v in self.ema.values()):
@@ -127,7 +127,7 @@ stats_strategy = st.builds(
     n_sft=st.integers(0, 64),
     n_rl=st.integers(0, 64),
     n_tokens=st.integers(0, 1000),
-    n_dropped=st.integers(0, 5),
+    n_nonfinite_rows=st.integers(0, 5),
 )
 rewards = st.one_of(st.none(), wild, st.floats(0, 1), st.just(1.0))
 step_inputs = st.tuples(
@@ -157,8 +157,8 @@ hostile_priors = st.sampled_from(
 def test_invariants_hold_for_any_inputs(config, prior, steps):
     ctrl = Controller(config, prior=prior)
     previous = ctrl.mu
-    for stats, kl, expert_reward, policy_reward in steps:
-        mu = ctrl.update_stats(stats, kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+    for stats, kl, expert_success, policy_success in steps:
+        mu = ctrl.update_stats(stats, kl=kl, expert_success=expert_success, policy_success=policy_success)
         assert isinstance(mu, float) and math.isfinite(mu)
         assert config.mu_min <= mu <= config.mu_max
         assert abs(mu - previous) <= config.cap + 1e-12
@@ -173,9 +173,9 @@ def test_invariants_hold_for_any_inputs(config, prior, steps):
 def test_controller_equals_the_plain_python_model(config, prior, steps):
     ctrl = Controller(config, prior=prior)
     model = Model(config, prior)
-    for stats, kl, expert_reward, policy_reward in steps:
-        got = ctrl.update_stats(stats, kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
-        want = model.step(stats, kl, expert_reward, policy_reward)
+    for stats, kl, expert_success, policy_success in steps:
+        got = ctrl.update_stats(stats, kl=kl, expert_success=expert_success, policy_success=policy_success)
+        want = model.step(stats, kl, expert_success, policy_success)
         assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
         assert ctrl.rho == pytest.approx(model.rho, rel=1e-12, abs=1e-12)
     metrics = ctrl.metrics()
@@ -301,7 +301,7 @@ def test_telemetry_counts_skipped_statistics_and_dropped_rows():
     ctrl.update_stats(BatchStats(math.nan, 1.0, math.inf, math.nan, 0, 5, 10, 3))
     m = ctrl.metrics()
     assert (m["n_skipped_var_sft"], m["n_skipped_var_rl"], m["n_skipped_disagreement"]) == (1, 0, 1)
-    assert m["n_dropped"] == 3 and math.isnan(m["estimate"])
+    assert m["n_nonfinite_rows"] == 3 and math.isnan(m["estimate"])
 
 
 # --- persistence ---------------------------------------------------------------
@@ -388,15 +388,15 @@ def test_bad_state_dicts_are_refused_and_change_nothing(path, value, match):
         (lambda b: b.update(logp=b["logp"].astype(int)), TypeError, "logp must have a floating-point"),
         (lambda b: b.update(kl=np.zeros(2)), TypeError, "kl must be"),
         (lambda b: b.update(kl="high"), TypeError, "kl must be"),
-        (lambda b: b.update(expert_reward=np.ones(3)), TypeError, "expert_reward must be"),
-        (lambda b: b.update(policy_reward=True), TypeError, "policy_reward must be"),
+        (lambda b: b.update(expert_success=np.ones(3)), TypeError, "expert_success must be"),
+        (lambda b: b.update(policy_success=True), TypeError, "policy_success must be"),
     ],
 )
 def test_bad_input_names_the_argument_and_leaves_the_controller_unchanged(mutate, error, match):
     rng = np.random.default_rng(5)
     ctrl, twin = _trained(), _trained()
     logp, mask, adv, expert, _ = _batch(rng)
-    args = dict(logp=logp, mask=mask, adv=adv, expert=expert, kl=None, expert_reward=None, policy_reward=None)
+    args = dict(logp=logp, mask=mask, adv=adv, expert=expert, kl=None, expert_success=None, policy_success=None)
     mutate(args)
     before = ctrl.state_dict()
     with pytest.raises(error, match=match):
@@ -406,8 +406,8 @@ def test_bad_input_names_the_argument_and_leaves_the_controller_unchanged(mutate
             args["adv"],
             args["expert"],
             kl=args["kl"],
-            expert_reward=args["expert_reward"],
-            policy_reward=args["policy_reward"],
+            expert_success=args["expert_success"],
+            policy_success=args["policy_success"],
         )
     assert ctrl.state_dict() == before
     assert ctrl.update(logp, mask, adv, expert) == twin.update(logp, mask, adv, expert)
@@ -522,7 +522,7 @@ def test_import_gaccore_does_not_import_torch():
 
 
 @pytest.mark.parametrize(
-    "expert_reward, policy_reward, rho",
+    "expert_success, policy_success, rho",
     [
         (1.0, 0.0, 0.95),  # a perfect expert: rho_max whatever the policy's level
         (1.0, 0.9, 0.95),
@@ -532,19 +532,19 @@ def test_import_gaccore_does_not_import_torch():
         (0.5, 1.0, 0.10),  # the policy never fails: nothing left to teach
     ],
 )
-def test_verified_rho_is_the_experts_advantage_over_the_policy(expert_reward, policy_reward, rho):
+def test_verified_rho_is_the_experts_advantage_over_the_policy(expert_success, policy_success, rho):
     ctrl = Controller(mode="verified", stat_beta=0.0)
-    ctrl.update_stats(None, expert_reward=expert_reward, policy_reward=policy_reward)
+    ctrl.update_stats(None, expert_success=expert_success, policy_success=policy_success)
     assert ctrl.rho == pytest.approx(rho, abs=1e-12)
     metrics = ctrl.metrics()
-    assert (metrics["ema_expert_reward"], metrics["ema_policy_reward"]) == (expert_reward, policy_reward)
+    assert (metrics["ema_expert_success"], metrics["ema_policy_success"]) == (expert_success, policy_success)
 
 
 def test_verified_mode_keeps_the_kl_rho_until_both_rewards_are_known():
     ctrl = Controller(mode="verified", stat_beta=0.0)
-    ctrl.update_stats(None, kl=0.1, expert_reward=1.0)  # no policy reward yet: the KL controller moves rho
+    ctrl.update_stats(None, kl=0.1, expert_success=1.0)  # no policy reward yet: the KL controller moves rho
     assert ctrl.rho == pytest.approx(0.5 + 0.02 * (0.95 - 0.5))
-    ctrl.update_stats(None, kl=0.1, policy_reward=0.5)  # both known (EMAs): the verifier sets rho
+    ctrl.update_stats(None, kl=0.1, policy_success=0.5)  # both known (EMAs): the verifier sets rho
     assert ctrl.rho == pytest.approx(0.95)
 
 
@@ -552,8 +552,8 @@ def test_verified_mode_keeps_the_kl_rho_until_both_rewards_are_known():
 @given(steps=st.lists(step_inputs, min_size=1, max_size=30))
 def test_the_paper_mode_only_reports_the_rewards(steps):
     with_rewards, without = Controller(), Controller()
-    for stats, kl, expert_reward, policy_reward in steps:
-        got = with_rewards.update_stats(stats, kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+    for stats, kl, expert_success, policy_success in steps:
+        got = with_rewards.update_stats(stats, kl=kl, expert_success=expert_success, policy_success=policy_success)
         assert got == without.update_stats(stats, kl=kl)
         assert with_rewards.rho == without.rho
 
@@ -563,10 +563,10 @@ def test_the_paper_mode_only_reports_the_rewards(steps):
 def test_verified_state_round_trip_continues_the_same_trajectory(steps, split):
     split = min(split, len(steps) - 1)
     ref, resumed = Controller(mode="verified"), Controller(mode="verified")
-    for stats, kl, expert_reward, policy_reward in steps[:split]:
-        ref.update_stats(stats, kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+    for stats, kl, expert_success, policy_success in steps[:split]:
+        ref.update_stats(stats, kl=kl, expert_success=expert_success, policy_success=policy_success)
     resumed.load_state_dict(json.loads(json.dumps(ref.state_dict())))
-    for stats, kl, expert_reward, policy_reward in steps[split:]:
-        inputs = dict(kl=kl, expert_reward=expert_reward, policy_reward=policy_reward)
+    for stats, kl, expert_success, policy_success in steps[split:]:
+        inputs = dict(kl=kl, expert_success=expert_success, policy_success=policy_success)
         assert resumed.update_stats(stats, **inputs) == ref.update_stats(stats, **inputs)
         assert resumed.rho == ref.rho

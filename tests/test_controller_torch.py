@@ -354,7 +354,7 @@ def _varied_steps(n_steps, device="cpu"):
         batch = {k: None if v is None else v.to(device) for k, v in batch.items()}
         kl = torch.tensor(0.002 * (t % 4), dtype=torch.float64, device=device) if t % 3 else None
         policy = torch.tensor(0.1 + 0.02 * t, device=device)
-        rewards = {"expert_reward": 0.8, "policy_reward": policy} if t % 5 == 1 else {}
+        rewards = {"expert_success": 0.8, "policy_success": policy} if t % 5 == 1 else {}
         if t % 7 == 6:
             yield "update_stats", (gaccore.batch_stats(**batch, implementation="torch"),), {"kl": kl, **rewards}
         else:
@@ -442,7 +442,7 @@ def _replay_steps(n_steps, device="cpu"):
             None,
             torch.tensor(0.003, dtype=torch.float32),
         )[(t + u) % 4]
-        rewards = {"expert_reward": 0.8, "policy_reward": torch.tensor(0.1 + 0.02 * t)} if t % 5 == 1 else {}
+        rewards = {"expert_success": 0.8, "policy_success": torch.tensor(0.1 + 0.02 * t)} if t % 5 == 1 else {}
         step = {**batch, "scores": scores, "kl": kl, **rewards}
         yield {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in step.items()}
 

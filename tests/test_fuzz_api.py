@@ -193,9 +193,9 @@ def _scalars(low: float, high: float) -> st.SearchStrategy[Any]:
 
 
 OBSERVATIONS = st.fixed_dictionaries(
-    {"kl": _scalars(0.0, 0.1), "expert_reward": _scalars(0.0, 1.0), "policy_reward": _scalars(0.0, 1.0)}
+    {"kl": _scalars(0.0, 0.1), "expert_success": _scalars(0.0, 1.0), "policy_success": _scalars(0.0, 1.0)}
 )
-OBSERVATION_NAMES = st.sampled_from(["kl", "expert_reward", "policy_reward"])
+OBSERVATION_NAMES = st.sampled_from(["kl", "expert_success", "policy_success"])
 BAD_SCALARS = st.sampled_from(
     ["high", True, [0.01], np.zeros(2), np.array("x"), 1j, torch.zeros(2), torch.tensor(True)]
 )
@@ -352,7 +352,7 @@ class ControllerApi(RuleBasedStateMachine):
         if source == "none":
             stats = None
         elif source == "hostile":
-            stats = gaccore.BatchStats(*data.draw(HOSTILE_PROXIES), n_sft=3, n_rl=3, n_tokens=30, n_dropped=0)
+            stats = gaccore.BatchStats(*data.draw(HOSTILE_PROXIES), n_sft=3, n_rl=3, n_tokens=30, n_nonfinite_rows=0)
         elif source == "not-stats":
             stats = {"var_sft": 0.1}
         else:

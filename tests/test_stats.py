@@ -65,7 +65,7 @@ def direct_stats(logp, mask, adv, expert=None, ref_logp=None, trim=0.1, sft_coef
         n_sft=len(sft_nll),
         n_rl=len(rl_seq),
         n_tokens=len(a_tok),
-        n_dropped=dropped,
+        n_nonfinite_rows=dropped,
     )
 
 
@@ -129,7 +129,7 @@ def test_invalid_rows_are_dropped_and_counted():
     ref[7, 0] = -np.inf
     mask[9] = False  # no tokens: neither valid nor dropped
     got = batch_stats(logp, mask, adv, expert, ref_logp=ref)
-    assert got.n_dropped == 3
+    assert got.n_nonfinite_rows == 3
     assert got.n_sft + got.n_rl == 12 - 3 - 1
     assert_stats_match(got, direct_stats(logp, mask, adv, expert, ref))
 

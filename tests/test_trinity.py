@@ -223,7 +223,7 @@ def test_the_experiences_rewards_give_the_rates_and_the_filter_drops_the_rejecte
     controller = loss_fn.policy_loss_fn.gac
     controller.step()
     read = controller.metrics()
-    assert read["ema_expert_reward"] == 0.5 and read["ema_policy_reward"] == 0.75
+    assert read["ema_expert_success"] == 0.5 and read["ema_policy_success"] == 0.75
     assert read["batch_n_demos"] == 2 and read["batch_n_sft"] == 1 and read["demos_kept"] == 0.5
 
     # The same loss as the micro-batch without the rejected demonstration (row 4), at the same mu.
@@ -265,7 +265,7 @@ def test_the_last_steps_own_rates_are_logged_beside_the_smoothed_ones() -> None:
     for step, rewards in ((1, [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]), (2, [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]), (3, [0.0] * 6)):
         td, log_probs = micro_batch(step, step)
         logged.append(loss_fn({"log_probs": log_probs}, scored(td, rewards))[1])
-    assert math.isnan(logged[0]["actor/gac/batch_expert_reward"])
-    assert (logged[1]["actor/gac/batch_expert_reward"], logged[1]["actor/gac/batch_policy_reward"]) == (0.5, 0.75)
-    assert (logged[2]["actor/gac/batch_expert_reward"], logged[2]["actor/gac/batch_policy_reward"]) == (1.0, 0.25)
-    assert (logged[2]["actor/gac/ema_expert_reward"], logged[2]["actor/gac/ema_policy_reward"]) == (0.75, 0.5)
+    assert math.isnan(logged[0]["actor/gac/batch_expert_success"])
+    assert (logged[1]["actor/gac/batch_expert_success"], logged[1]["actor/gac/batch_policy_success"]) == (0.5, 0.75)
+    assert (logged[2]["actor/gac/batch_expert_success"], logged[2]["actor/gac/batch_policy_success"]) == (1.0, 0.25)
+    assert (logged[2]["actor/gac/ema_expert_success"], logged[2]["actor/gac/ema_policy_success"]) == (0.75, 0.5)

@@ -256,8 +256,8 @@ def test_readme_trl_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # The README's verified-mode example continues the one above.
     namespace = runpy.run_path(str(SNIPPETS / "trl_verified.py"), init_globals=namespace, run_name="__main__")
     metrics = namespace["verified"].gac.metrics()
-    assert (metrics["batch_expert_reward"], metrics["demos_kept"]) == (0.5, 0.5)
-    assert metrics["ema_policy_reward"] == metrics["ema_policy_reward"]  # the rollouts were scored too
+    assert (metrics["batch_expert_success"], metrics["demos_kept"]) == (0.5, 0.5)
+    assert metrics["ema_policy_success"] == metrics["ema_policy_success"]  # the rollouts were scored too
 
 
 # -- without code: GACGRPOConfig from YAML and the command line, python -m gaccore.bindings.trl ------
@@ -360,7 +360,7 @@ def test_python_m_entry_point_trains_from_the_readme_yaml(tmp_path: Path, model_
     # The YAML's and the command line's knobs reached the controller.
     assert (controller["config"]["kl_target"], controller["config"]["cap"]) == (0.05, 0.02)
     assert (controller["config"]["mode"], controller["config"]["filter_demos"]) == ("verified", 0.5)
-    assert controller["state"]["has_expert_reward"] and controller["state"]["has_policy_reward"]
+    assert controller["state"]["has_expert_success"] and controller["state"]["has_policy_success"]
     history = json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
     assert [entry["step"] for entry in history if "gac/mu" in entry] == [1, 2]
     assert (output / "model.safetensors").exists()  # the trained model, saved at the end
@@ -433,15 +433,15 @@ def test_the_verifier_scores_demonstrations_and_the_filter_drops_the_rejected(
     for mask, drawn in zip(sft_masks, draws, strict=True):
         kept_rows = mask.sum(dim=1) > 0
         assert kept_rows.tolist() == drawn  # a rejected demonstration has no token in the SFT loss
-    first = {key: logged(trainer, key)[1] for key in ("gac/ema_expert_reward", "gac/demos_kept", "reward")}
-    assert first["gac/ema_expert_reward"] == pytest.approx(sum(draws[0]) / len(draws[0]))
+    first = {key: logged(trainer, key)[1] for key in ("gac/ema_expert_success", "gac/demos_kept", "reward")}
+    assert first["gac/ema_expert_success"] == pytest.approx(sum(draws[0]) / len(draws[0]))
     assert first["gac/demos_kept"] == pytest.approx(sum(draws[0]) / len(draws[0]))
     # The rollouts' success rate is the mean reward TRL itself logged for the step.
-    assert logged(trainer, "gac/ema_policy_reward")[1] == pytest.approx(first["reward"])
+    assert logged(trainer, "gac/ema_policy_success")[1] == pytest.approx(first["reward"])
     # The batch's own rates, logged beside the smoothed ones: this step's draw and rollouts.
     for step, drawn in enumerate(draws, start=1):
-        assert logged(trainer, "gac/batch_expert_reward")[step] == pytest.approx(sum(drawn) / len(drawn))
-        assert logged(trainer, "gac/batch_policy_reward")[step] == pytest.approx(logged(trainer, "reward")[step])
+        assert logged(trainer, "gac/batch_expert_success")[step] == pytest.approx(sum(drawn) / len(drawn))
+        assert logged(trainer, "gac/batch_policy_success")[step] == pytest.approx(logged(trainer, "reward")[step])
     metrics = trainer.gac.metrics()
     assert metrics["batch_n_demos"] == 2 and metrics["batch_n_sft"] == sum(draws[-1])
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import gaccore
 from gaccore import Config, Controller, batch_stats, kept_demos
 
-PROXIES = ("var_sft", "var_rl", "disagreement", "kl", "n_sft", "n_rl", "n_tokens", "n_dropped")
+PROXIES = ("var_sft", "var_rl", "disagreement", "kl", "n_sft", "n_rl", "n_tokens", "n_nonfinite_rows")
 
 
 def numpy_batch(seed: int, rows: int = 12, tokens: int = 7) -> dict[str, np.ndarray]:
@@ -76,12 +76,12 @@ def test_the_success_rates_are_the_mean_scores_of_scored_rows() -> None:
     expert = batch["expert"]
     stats = batch_stats(**batch, scores=scores, filter_demos=0.5)
     scored = np.isfinite(scores)
-    assert stats.expert_reward == pytest.approx(scores[expert & scored].mean())  # the filter does not change it
-    assert stats.policy_reward == pytest.approx(scores[~expert & scored].mean())
+    assert stats.expert_success == pytest.approx(scores[expert & scored].mean())  # the filter does not change it
+    assert stats.policy_success == pytest.approx(scores[~expert & scored].mean())
     unscored = batch_stats(**batch)
-    assert math.isnan(unscored.expert_reward) and math.isnan(unscored.policy_reward)
+    assert math.isnan(unscored.expert_success) and math.isnan(unscored.policy_success)
     no_experts = batch_stats(**{**batch, "expert": None}, scores=scores, filter_demos=0.5)
-    assert math.isnan(no_experts.expert_reward) and no_experts.n_demos == 0
+    assert math.isnan(no_experts.expert_success) and no_experts.n_demos == 0
     assert no_experts.n_sft == stats.n_rl + stats.n_demos  # the fallback: no row is a demonstration
 
 
@@ -106,7 +106,9 @@ def test_the_controller_folds_the_rates_of_its_scores() -> None:
         scores = np.random.default_rng(step).random(len(batch["adv"]))
         expert = batch["expert"]
         mu = from_scores.update(**batch, scores=scores)
-        assert mu == by_hand.update(**batch, expert_reward=scores[expert].mean(), policy_reward=scores[~expert].mean())
+        assert mu == by_hand.update(
+            **batch, expert_success=scores[expert].mean(), policy_success=scores[~expert].mean()
+        )
     assert from_scores.metrics()["rho"] == by_hand.metrics()["rho"] != config.rho_init
 
 
@@ -118,8 +120,8 @@ def test_metrics_report_the_rates_and_the_share_of_demonstrations_kept() -> None
     metrics = ctrl.metrics()
     expert = batch["expert"]
     assert metrics["demos_kept"] == pytest.approx((scores[expert] >= 0.5).mean())
-    assert metrics["ema_expert_reward"] == pytest.approx(scores[expert].mean())
-    assert metrics["ema_policy_reward"] == 1.0
+    assert metrics["ema_expert_success"] == pytest.approx(scores[expert].mean())
+    assert metrics["ema_policy_success"] == 1.0
     assert math.isnan(Controller().metrics()["demos_kept"])
 
 
@@ -205,7 +207,7 @@ def test_statistics_computed_elsewhere_bring_their_rates() -> None:
         ctrl = Controller(mode="verified", verified_patience=2)
         for _ in range(4):
             ctrl.update_stats(scored)  # rates from the scores: no warning
-    assert ctrl.metrics()["ema_expert_reward"] == 1.0
+    assert ctrl.metrics()["ema_expert_success"] == 1.0
     unscored = Controller(mode="verified", verified_patience=2)
     unscored.update_stats(batch_stats(**batch))
     with pytest.warns(RuntimeWarning, match="no verifier success rates for 2 steps"):
@@ -228,3 +230,55 @@ def test_observed_scores_and_advantages_are_copied_not_viewed() -> None:
     assert [
         name for name in want if not (got[name] == want[name] or (np.isnan(got[name]) and np.isnan(want[name])))
     ] == []
+
+
+# -- verified mode reads success rates: scores outside [0, 1] are refused or turned into successes --------------
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("bad", [[2.0], [-1.0, 1.0], [0.5, 1.5]])
+def test_verified_mode_refuses_scores_that_are_no_success_rates(kind, bad):
+    """A summed format + accuracy reward, or rewards of -1/+1: the error says what to pass, nothing changes."""
+    inputs = _verified_inputs()
+    scores = np.resize(np.asarray(bad, dtype=np.float64), inputs["logp"].shape[0])
+    if kind == "torch":
+        torch = pytest.importorskip("torch")
+        inputs = {k: None if v is None else torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+        scores = torch.from_numpy(scores)
+    ctrl = gaccore.Controller(mode="verified")
+    before = ctrl.state_dict()
+    for call in (ctrl.update, ctrl.observe):
+        with pytest.raises(ValueError, match=r"scores: mode='verified' reads each score as a success rate in \[0, 1\]"):
+            call(**inputs, scores=scores)
+        with pytest.raises(ValueError, match=r"pass Config\(success_threshold=t\)"):
+            call(**inputs, scores=scores)
+    assert ctrl.state_dict() == before
+    gaccore.Controller().update(**inputs, scores=scores)  # the paper's mode only reports the rates
+
+
+def test_success_threshold_turns_scores_into_successes_for_the_rates_only():
+    """Rewards of -1/+1 with success_threshold 0: the rates are those of 0/1 successes; the
+    filter keeps reading the scores as they are (filter_demos on the reward's scale)."""
+    inputs = _verified_inputs()
+    rows = inputs["logp"].shape[0]
+    rewards = np.where(np.arange(rows) % 3 == 0, -1.0, 1.0)
+    rewards[-1] = np.nan  # not scored
+    successes = np.where(np.isnan(rewards), np.nan, (rewards >= 0.0).astype(np.float64))
+    got = gaccore.batch_stats(**inputs, scores=rewards, success_threshold=0.0, filter_demos=0.5)
+    want = gaccore.batch_stats(**inputs, scores=successes, filter_demos=0.5)
+    assert (got.expert_success, got.policy_success) == (want.expert_success, want.policy_success)
+    assert got.n_sft == want.n_sft  # -1 < 0.5 < +1 and 0 < 0.5 < 1: the same demonstrations kept
+    ctrl = gaccore.Controller(mode="verified", success_threshold=0.0)
+    ctrl.update(**inputs, scores=rewards)
+    assert ctrl.metrics()["ema_expert_success"] == want.expert_success
+
+
+def _verified_inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    rows, tokens = 9, 6
+    return {
+        "logp": -rng.random((rows, tokens)).astype(np.float32),
+        "mask": np.ones((rows, tokens), dtype=bool),
+        "adv": rng.standard_normal(rows).astype(np.float32),
+        "expert": np.arange(rows) >= 5,
+    }

@@ -358,10 +358,10 @@ def test_the_verifiers_scores_give_the_rates_the_filter_and_the_logged_metrics()
     ctrl = Controller(mode="verified", filter_demos=FILTER_DEMOS, **CONTROLLER)
     metrics = gac_verl.compute_mu(batch, ctrl)
 
-    assert metrics["gac/ema_policy_reward"] == pytest.approx(0.25)  # one of four rollouts solved
-    assert metrics["gac/ema_expert_reward"] == pytest.approx(0.5)  # the expert's rate counts the rejected one too
+    assert metrics["gac/ema_policy_success"] == pytest.approx(0.25)  # one of four rollouts solved
+    assert metrics["gac/ema_expert_success"] == pytest.approx(0.5)  # the expert's rate counts the rejected one too
     # The batch's own rates beside the smoothed ones (the first step: the same).
-    assert (metrics["gac/batch_policy_reward"], metrics["gac/batch_expert_reward"]) == pytest.approx((0.25, 0.5))
+    assert (metrics["gac/batch_policy_success"], metrics["gac/batch_expert_success"]) == pytest.approx((0.25, 0.5))
     assert metrics["gac/demos_kept"] == 0.5
     assert metrics["gac/rho"] == pytest.approx((0.5 - 0.25) / (1 - 0.25))  # the share of failures the expert fixes
     assert batch.meta_info[gac_verl.MU_KEY] == metrics["gac/mu"]
@@ -379,7 +379,7 @@ def test_a_row_whose_scores_hold_nan_is_unscored_and_kept() -> None:
     scores[REJECTED] = math.nan
     batch = driver_batch(41, scores=scores)
     metrics = gac_verl.compute_mu(batch, Controller(filter_demos=FILTER_DEMOS, **CONTROLLER))
-    assert metrics["gac/ema_expert_reward"] == 1.0 and metrics["gac/demos_kept"] == 1.0
+    assert metrics["gac/ema_expert_success"] == 1.0 and metrics["gac/demos_kept"] == 1.0
     assert batch.batch["response_mask"][REJECTED].any()
 
 
@@ -421,8 +421,8 @@ def test_the_filtered_controller_sees_the_batch_without_the_rejected_demonstrati
         gac_verl.compute_mu(driver_batch(seed, scores=SCORES).select_idxs(~REJECTED), unfiltered)
     with_filter, without_rows = filtered.metrics(), unfiltered.metrics()
     # The expert's success rate measures the expert, the filter's rejects included.
-    assert (with_filter.pop("ema_expert_reward"), without_rows.pop("ema_expert_reward")) == (0.5, 1.0)
-    assert (with_filter.pop("batch_expert_reward"), without_rows.pop("batch_expert_reward")) == (0.5, 1.0)
+    assert (with_filter.pop("ema_expert_success"), without_rows.pop("ema_expert_success")) == (0.5, 1.0)
+    assert (with_filter.pop("batch_expert_success"), without_rows.pop("batch_expert_success")) == (0.5, 1.0)
     assert (with_filter.pop("batch_n_demos"), without_rows.pop("batch_n_demos")) == (2, 1)
     assert (with_filter.pop("demos_kept"), without_rows.pop("demos_kept")) == (0.5, 1.0)
     assert with_filter == pytest.approx(without_rows, nan_ok=True)
@@ -438,7 +438,7 @@ def test_without_token_level_scores_verified_mode_and_the_filter_are_refused() -
         assert "expert rows too" in str(refused.value) and remedy in str(refused.value)
         assert ctrl.step_count == 0
     metrics = gac_verl.compute_mu(batch, Controller(**CONTROLLER))  # mode "paper" runs without scores
-    assert math.isnan(metrics["gac/ema_expert_reward"]) and math.isnan(metrics["gac/ema_policy_reward"])
+    assert math.isnan(metrics["gac/ema_expert_success"]) and math.isnan(metrics["gac/ema_policy_success"])
 
 
 def test_controller_state_round_trips_through_verls_checkpoint_layout(tmp_path: Path) -> None:

@@ -226,8 +226,8 @@ def test_verified_mode_reads_the_queues_scores_and_the_workers_skip_a_rejected_d
     metrics: dict = {}
     trainer._update_actor(kv_batch(), metrics)
 
-    assert metrics["gac/ema_policy_reward"] == pytest.approx(0.25)
-    assert metrics["gac/ema_expert_reward"] == pytest.approx(0.5)
+    assert metrics["gac/ema_policy_success"] == pytest.approx(0.25)
+    assert metrics["gac/ema_expert_success"] == pytest.approx(0.5)
     assert metrics["gac/demos_kept"] == 0.5
     (extra_info,) = trainer.actor_rollout_wg.received
     assert extra_info[gac_verl.MU_KEY] == metrics["gac/mu"]  # one state read for the workers and the log

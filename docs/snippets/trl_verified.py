@@ -24,5 +24,5 @@ verified = GACGRPOTrainer(
         report_to=[],
     ),
 )
-verified.train()  # logs gac/batch_expert_reward (here 0.5: "c d" -> "c" is wrong), gac/demos_kept, ...
-print(verified.gac.metrics()["batch_expert_reward"])
+verified.train()  # logs gac/batch_expert_success (here 0.5: "c d" -> "c" is wrong), gac/demos_kept, ...
+print(verified.gac.metrics()["batch_expert_success"])

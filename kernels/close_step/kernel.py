@@ -41,20 +41,12 @@ cast rounds it, with no cast launched after the kernel. Comparisons
 propagate NaN as torch does (``gaccore.kernels.triton_numerics``), and the
 trimmed variance sorts NaN after +inf (``torch.sort``).
 
-The trimmed variance (Eq. 9, ``gaccore.rows.trimmed_variance``) keeps the
-sorted positions [k, n - k) of the SFT rows' ``nll`` with every other row
-padded to +inf. Here each row's position in that stable sort is its rank:
-the rows whose value sorts before it, ties broken by index, counted by
-comparing it with every other row, ``CHUNK_B`` rows at a time. That is
-B^2 comparisons in one program, which is why ``MAX_ROWS`` bounds B: above
-it ``CloseStepKernel`` returns ``None`` and the controller runs the plain
-``close_step``. ``BLOCK_B`` is B rounded up to a power of two. Compiled for
-sm_90 (ptxas, no GPU needed) the kernel spills no register up to 4096 rows
-at 8 warps (1024 rows at 4 warps spill a little, hence 8 warps above 512);
-the bound of 2048 rows is set by the comparisons instead, 4M of them on one
-SM, which should stay some tens of microseconds, below the multi-op path's
-host time. Chosen without a GPU to time it on: bench/gpu.py times the
-eager update.
+The trimmed variance (Eq. 9) ranks each SFT row by comparing it with every
+other (torch.sort's stable order: NaN after +inf, ties by index),
+``CHUNK_B`` rows at a time: B^2 comparisons in one program, which is why
+``launch.MAX_ROWS`` bounds B (above it the plain ``close_step`` runs).
+Compiled for sm_90 the kernel spills no register up to 4096 rows at 8
+warps; the 2048-row bound is the comparisons' (docs/decisions.md).
 """
 
 import sys
@@ -79,35 +71,35 @@ from ..triton_numerics import (
 )
 from .layout import (
     BATCH_DISAGREEMENT,
-    BATCH_EXPERT_REWARD,
+    BATCH_EXPERT_SUCCESS,
     BATCH_KL,
     BATCH_N_DEMOS,
-    BATCH_N_DROPPED,
+    BATCH_N_NONFINITE_ROWS,
     BATCH_N_RL,
     BATCH_N_SFT,
     BATCH_N_TOKENS,
-    BATCH_POLICY_REWARD,
+    BATCH_POLICY_SUCCESS,
     BATCH_VAR_RL,
     BATCH_VAR_SFT,
     EMA_DISAGREEMENT,
-    EMA_EXPERT_REWARD,
+    EMA_EXPERT_SUCCESS,
     EMA_KL,
-    EMA_POLICY_REWARD,
+    EMA_POLICY_SUCCESS,
     EMA_VAR_RL,
     EMA_VAR_SFT,
     ESTIMATE,
     HAS_DISAGREEMENT,
     HAS_ESTIMATE,
-    HAS_EXPERT_REWARD,
+    HAS_EXPERT_SUCCESS,
     HAS_KL,
-    HAS_POLICY_REWARD,
+    HAS_POLICY_SUCCESS,
     HAS_VAR_RL,
     HAS_VAR_SFT,
     KL_DRIFT_AREA,
     MU,
     MU_BAR,
-    N_DROPPED,
     N_LARGE_SHIFTS,
+    N_NONFINITE_ROWS,
     N_SKIPPED_DISAGREEMENT,
     N_SKIPPED_VAR_RL,
     N_SKIPPED_VAR_SFT,
@@ -183,6 +175,8 @@ def _finalize_rows(
     p_out,
     FILTER: tl.constexpr,
     FILTER_AT: tl.constexpr,
+    SUCCESS: tl.constexpr,
+    SUCCESS_AT: tl.constexpr,
     TRIM: tl.constexpr,
     BLOCK_B: tl.constexpr,
     CHUNK_B: tl.constexpr,
@@ -231,11 +225,13 @@ def _finalize_rows(
 
     b_kl = tl.where(b_n_tokens > 0.0, masked_sum(m_rl, tl.load(p_kl_sum + o_b, mask=m_b, other=0.0)) / b_total, nan())
     b_valid = tl.load(p_valid + o_b, mask=m_b, other=0.0)
-    b_n_dropped = count(m_b & (tl.load(p_n_tokens + o_b, mask=m_b, other=0.0) > 0.0) & (b_valid == 0.0))
+    b_n_nonfinite_rows = count(m_b & (tl.load(p_n_tokens + o_b, mask=m_b, other=0.0) > 0.0) & (b_valid == 0.0))
     b_score = tl.load(p_score + o_b, mask=m_b, other=0.0)
     m_scored = tl.abs(b_score) < INF  # false for NaN and inf: not scored
-    b_expert_reward = masked_mean(m_demo & m_scored, b_score)
-    b_policy_reward = masked_mean(m_rl & m_scored, b_score)
+    if SUCCESS:  # a score at or above the threshold is a success, one below a failure
+        b_score = tl.where(b_score >= f64(SUCCESS_AT), f64(1.0), f64(0.0))
+    b_expert_success = masked_mean(m_demo & m_scored, b_score)
+    b_policy_success = masked_mean(m_rl & m_scored, b_score)
 
     # Eq. 9: sorted positions [k, n - k) of the SFT values, the other rows
     # +inf and NaN after +inf (torch.sort); a row's position is its rank.
@@ -275,11 +271,11 @@ def _finalize_rows(
     tl.store(p_out + BATCH_N_SFT, b_n_sft)
     tl.store(p_out + BATCH_N_RL, b_n_rl)
     tl.store(p_out + BATCH_N_TOKENS, b_n_tokens_int)
-    tl.store(p_out + BATCH_N_DROPPED, b_n_dropped)
-    tl.store(p_out + BATCH_EXPERT_REWARD, b_expert_reward)
-    tl.store(p_out + BATCH_POLICY_REWARD, b_policy_reward)
+    tl.store(p_out + BATCH_N_NONFINITE_ROWS, b_n_nonfinite_rows)
+    tl.store(p_out + BATCH_EXPERT_SUCCESS, b_expert_success)
+    tl.store(p_out + BATCH_POLICY_SUCCESS, b_policy_success)
     tl.store(p_out + BATCH_N_DEMOS, count(m_demo))
-    return var_sft, var_rl, disagreement, b_kl, b_n_sft, b_n_rl, b_n_dropped, b_expert_reward, b_policy_reward
+    return var_sft, var_rl, disagreement, b_kl, b_n_sft, b_n_rl, b_n_nonfinite_rows, b_expert_success, b_policy_success
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -310,10 +306,10 @@ def _close_step_kernel(
     # the observations: the tensor read where *_FROM is FROM_TENSOR, the value where FROM_HOST
     p_kl,
     kl_value: tl.float64,
-    p_expert_reward,
-    expert_reward_value: tl.float64,
-    p_policy_reward,
-    policy_reward_value: tl.float64,
+    p_expert_success,
+    expert_success_value: tl.float64,
+    p_policy_success,
+    policy_success_value: tl.float64,
     p_prior,
     prior_value: tl.float64,  # a non-finite prior: no blend
     p_out,
@@ -321,13 +317,15 @@ def _close_step_kernel(
     p_out_mu,
     HAS_ROWS: tl.constexpr,
     KL_FROM: tl.constexpr,
-    EXPERT_REWARD_FROM: tl.constexpr,
-    POLICY_REWARD_FROM: tl.constexpr,
+    EXPERT_SUCCESS_FROM: tl.constexpr,
+    POLICY_SUCCESS_FROM: tl.constexpr,
     PRIOR_FROM: tl.constexpr,
     MODE_VERIFIED: tl.constexpr,
     PER_MEAN: tl.constexpr,
     FILTER: tl.constexpr,
     FILTER_AT: tl.constexpr,
+    SUCCESS: tl.constexpr,
+    SUCCESS_AT: tl.constexpr,
     TRIM: tl.constexpr,
     STAT_BETA: tl.constexpr,
     KL_BETA: tl.constexpr,
@@ -360,29 +358,29 @@ def _close_step_kernel(
     ema_s = tl.load(p_state + EMA_VAR_SFT)
     ema_r = tl.load(p_state + EMA_VAR_RL)
     ema_kl = tl.load(p_state + EMA_KL)
-    ema_er = tl.load(p_state + EMA_EXPERT_REWARD)
-    ema_pr = tl.load(p_state + EMA_POLICY_REWARD)
+    ema_er = tl.load(p_state + EMA_EXPERT_SUCCESS)
+    ema_pr = tl.load(p_state + EMA_POLICY_SUCCESS)
     estimate_prev = tl.load(p_state + ESTIMATE)
     n_large_shifts = tl.load(p_state + N_LARGE_SHIFTS)
     kl_drift_area = tl.load(p_state + KL_DRIFT_AREA)
     n_skipped_d = tl.load(p_state + N_SKIPPED_DISAGREEMENT)
     n_skipped_s = tl.load(p_state + N_SKIPPED_VAR_SFT)
     n_skipped_r = tl.load(p_state + N_SKIPPED_VAR_RL)
-    n_dropped = tl.load(p_state + N_DROPPED)
+    n_nonfinite_rows = tl.load(p_state + N_NONFINITE_ROWS)
     has_d = tl.load(p_flags + HAS_DISAGREEMENT) != 0
     has_s = tl.load(p_flags + HAS_VAR_SFT) != 0
     has_r = tl.load(p_flags + HAS_VAR_RL) != 0
     has_kl = tl.load(p_flags + HAS_KL) != 0
-    has_er = tl.load(p_flags + HAS_EXPERT_REWARD) != 0
-    has_pr = tl.load(p_flags + HAS_POLICY_REWARD) != 0
+    has_er = tl.load(p_flags + HAS_EXPERT_SUCCESS) != 0
+    has_pr = tl.load(p_flags + HAS_POLICY_SUCCESS) != 0
     has_estimate = tl.load(p_flags + HAS_ESTIMATE) != 0
 
     kl = _observation(p_kl, kl_value, KL_FROM)
-    expert_reward = _observation(p_expert_reward, expert_reward_value, EXPERT_REWARD_FROM)
-    policy_reward = _observation(p_policy_reward, policy_reward_value, POLICY_REWARD_FROM)
+    expert_success = _observation(p_expert_success, expert_success_value, EXPERT_SUCCESS_FROM)
+    policy_success = _observation(p_policy_success, policy_success_value, POLICY_SUCCESS_FROM)
 
     if HAS_ROWS:
-        var_sft, var_rl, disagreement, b_kl, b_n_sft, b_n_rl, b_n_dropped, b_expert_reward, b_policy_reward = (
+        var_sft, var_rl, disagreement, b_kl, b_n_sft, b_n_rl, b_n_nonfinite_rows, b_expert_success, b_policy_success = (
             _finalize_rows(
                 p_n_tokens,
                 p_valid,
@@ -406,6 +404,8 @@ def _close_step_kernel(
                 p_out,
                 FILTER,
                 FILTER_AT,
+                SUCCESS,
+                SUCCESS_AT,
                 TRIM,
                 BLOCK_B,
                 CHUNK_B,
@@ -422,11 +422,11 @@ def _close_step_kernel(
         n_skipped_s = n_skipped_s + tl.where(m_finite, 0.0, 1.0)
         ema_r, has_r, m_finite = _fold(ema_r, has_r, var_rl, stat_beta)
         n_skipped_r = n_skipped_r + tl.where(m_finite, 0.0, 1.0)
-        n_dropped = clip(n_dropped + b_n_dropped, 0.0, f64_max)
+        n_nonfinite_rows = clip(n_nonfinite_rows + b_n_nonfinite_rows, 0.0, f64_max)
         # The caller's observations where finite, else the batch's.
         kl = tl.where(is_finite(kl), kl, b_kl)
-        expert_reward = tl.where(is_finite(expert_reward), expert_reward, b_expert_reward)
-        policy_reward = tl.where(is_finite(policy_reward), policy_reward, b_policy_reward)
+        expert_success = tl.where(is_finite(expert_success), expert_success, b_expert_success)
+        policy_success = tl.where(is_finite(policy_success), policy_success, b_policy_success)
 
     # 2. KL-controlled rho (Eq. 11/16), when there is an observation to fold.
     if HAS_ROWS or KL_FROM != FROM_NONE:
@@ -440,8 +440,8 @@ def _close_step_kernel(
         kl_drift_area = clip(kl_drift_area + tl.where(m_observed, b_excess, 0.0), 0.0, f64_max)
 
     # 2b. The verifier's success rates (a non-finite one leaves its EMA as it is).
-    ema_er, has_er, _ = _fold(ema_er, has_er, expert_reward, stat_beta)
-    ema_pr, has_pr, _ = _fold(ema_pr, has_pr, policy_reward, stat_beta)
+    ema_er, has_er, _ = _fold(ema_er, has_er, expert_success, stat_beta)
+    ema_pr, has_pr, _ = _fold(ema_pr, has_pr, policy_success, stat_beta)
     if MODE_VERIFIED:
         b_failures = clip(1.0 - ema_pr, f64(MIN_FAILURE_RATE), f64_max)
         b_advantage = clip((ema_er - ema_pr) / b_failures, 0.0, 1.0)
@@ -482,19 +482,19 @@ def _close_step_kernel(
     tl.store(p_out + EMA_VAR_SFT, ema_s)
     tl.store(p_out + EMA_VAR_RL, ema_r)
     tl.store(p_out + EMA_KL, ema_kl)
-    tl.store(p_out + EMA_EXPERT_REWARD, ema_er)
-    tl.store(p_out + EMA_POLICY_REWARD, ema_pr)
+    tl.store(p_out + EMA_EXPERT_SUCCESS, ema_er)
+    tl.store(p_out + EMA_POLICY_SUCCESS, ema_pr)
     tl.store(p_out + ESTIMATE, tl.where(m_defined, estimate, estimate_prev))
     tl.store(p_out + N_LARGE_SHIFTS, n_large_shifts)
     tl.store(p_out + KL_DRIFT_AREA, kl_drift_area)
     tl.store(p_out + N_SKIPPED_DISAGREEMENT, n_skipped_d)
     tl.store(p_out + N_SKIPPED_VAR_SFT, n_skipped_s)
     tl.store(p_out + N_SKIPPED_VAR_RL, n_skipped_r)
-    tl.store(p_out + N_DROPPED, n_dropped)
+    tl.store(p_out + N_NONFINITE_ROWS, n_nonfinite_rows)
     tl.store(p_out_flags + HAS_DISAGREEMENT, has_d)
     tl.store(p_out_flags + HAS_VAR_SFT, has_s)
     tl.store(p_out_flags + HAS_VAR_RL, has_r)
     tl.store(p_out_flags + HAS_KL, has_kl)
-    tl.store(p_out_flags + HAS_EXPERT_REWARD, has_er)
-    tl.store(p_out_flags + HAS_POLICY_REWARD, has_pr)
+    tl.store(p_out_flags + HAS_EXPERT_SUCCESS, has_er)
+    tl.store(p_out_flags + HAS_POLICY_SUCCESS, has_pr)
     tl.store(p_out_flags + HAS_ESTIMATE, has_estimate | m_defined)

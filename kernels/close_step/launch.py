@@ -44,6 +44,8 @@ def _constants(config: Config) -> dict[str, Any]:
         "PER_MEAN": config.per_mean,
         "FILTER": config.filter_demos is not None,
         "FILTER_AT": None if config.filter_demos is None else float(config.filter_demos),
+        "SUCCESS": config.success_threshold is not None,
+        "SUCCESS_AT": None if config.success_threshold is None else float(config.success_threshold),
         "TRIM": float(config.trim),
         "STAT_BETA": float(config.stat_beta),
         "KL_BETA": float(config.kl_beta),
@@ -95,8 +97,8 @@ def kernel_close_step(
     ``update`` returns (``empty_outputs``; tests poison them).
 
     ``packed_state`` is ``pack_state(state)`` or the buffers of a state this
-    returned; ``observations`` holds ``kl``, ``expert_reward`` and
-    ``policy_reward`` and ``prior_value`` the prior at this step, each
+    returned; ``observations`` holds ``kl``, ``expert_success`` and
+    ``policy_success`` and ``prior_value`` the prior at this step, each
     ``None``, a number or a 0-d tensor (a prior of ``None``: no blend). A
     tensor is read where it lies when the kernel runs, which is what lets a
     CUDA graph replay the launch with new values. At most ``MAX_ROWS`` rows.
@@ -107,8 +109,8 @@ def kernel_close_step(
     if n_rows > MAX_ROWS:
         raise ValueError(f"kernel_close_step takes at most MAX_ROWS = {MAX_ROWS} rows, got {n_rows}")
     kl_from, kl, kl_value = _observation_args(observations["kl"], device)
-    expert_from, expert, expert_value = _observation_args(observations["expert_reward"], device)
-    policy_from, policy, policy_value = _observation_args(observations["policy_reward"], device)
+    expert_from, expert, expert_value = _observation_args(observations["expert_success"], device)
+    policy_from, policy, policy_value = _observation_args(observations["policy_success"], device)
     prior_from, prior, prior_host = _observation_args(prior_value, device)
     # A pointer the kernel never reads stands in for every absent tensor.
     row_args = {f"p_{name}": floats if rows is None else getattr(rows, name).contiguous() for name in ROW_FIELDS}
@@ -120,10 +122,10 @@ def kernel_close_step(
         p_flags=flags,
         p_kl=floats if kl is None else kl,
         kl_value=kl_value,
-        p_expert_reward=floats if expert is None else expert,
-        expert_reward_value=expert_value,
-        p_policy_reward=floats if policy is None else policy,
-        policy_reward_value=policy_value,
+        p_expert_success=floats if expert is None else expert,
+        expert_success_value=expert_value,
+        p_policy_success=floats if policy is None else policy,
+        policy_success_value=policy_value,
         p_prior=floats if prior is None else prior,
         prior_value=prior_host,
         p_out=out,
@@ -131,8 +133,8 @@ def kernel_close_step(
         p_out_mu=out_mu,
         HAS_ROWS=rows is not None,
         KL_FROM=kl_from,
-        EXPERT_REWARD_FROM=expert_from,
-        POLICY_REWARD_FROM=policy_from,
+        EXPERT_SUCCESS_FROM=expert_from,
+        POLICY_SUCCESS_FROM=policy_from,
         PRIOR_FROM=prior_from,
         BLOCK_B=block,
         CHUNK_B=min(block, max(1, RANK_TILE // block)),
