@@ -239,10 +239,10 @@ def test_a_run_is_keyed_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.
     after = {method: key(method) for method in before}
     assert after["gac"] != before["gac"] and after["gac-no-prior"] != before["gac-no-prior"]
     assert after["chord"] == before["chord"] and after["pure-sft"] == before["pure-sft"]
-    report = copies["gaccore"] / "demo" / "report.py"
+    report = copies["gaccore.demo"] / "report.py"
     report.write_text(report.read_text() + "\nEDITED = True\n")
     assert {method: key(method) for method in after} == after  # reporting code retrains nothing
-    for edited in (copies["gaccore.bindings"] / "losses.py", copies["gaccore"] / "demo" / "train.py"):
+    for edited in (copies["gaccore.bindings"] / "losses.py", copies["gaccore.demo"] / "train.py"):
         edited.write_text(edited.read_text() + "\nEDITED = True\n")
         assert all(key(method) != after[method] for method in after)
         after = {method: key(method) for method in after}

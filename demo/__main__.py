@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gaccore.demo.runner import RunPlan, grid_plan, run_suite
-from gaccore.demo.task import FALSE_ACCEPT, FALSE_REJECT, SUITE
-from gaccore.demo.train import (
+from .runner import RunPlan, grid_plan, run_suite
+from .task import FALSE_ACCEPT, FALSE_REJECT, SUITE
+from .train import (
     MAIN_METHODS,
     METHODS,
     QUICK_METHODS,

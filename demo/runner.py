@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gaccore.demo.report import build_report, write_outputs
-from gaccore.demo.task import SUITE
-from gaccore.demo.train import METHODS, RunResult, RunSettings, is_gac_method, method_sources, train_one
+from .report import build_report, write_outputs
+from .task import SUITE
+from .train import METHODS, RunResult, RunSettings, is_gac_method, method_sources, train_one
 
 # 2: keyed by the code of the sources (code_of), not their text.
 RECORD_SCHEMA = "gaccore.demo.run/2"

@@ -27,8 +27,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from gaccore.demo.task import SUITE, make_suite_task
-from gaccore.demo.train import (
+from .task import SUITE, make_suite_task
+from .train import (
     DESCRIPTIONS,
     METHODS,
     SCHEDULE_METHODS,
@@ -40,7 +40,7 @@ from gaccore.demo.train import (
     RunSettings,
     is_gac_method,
 )
-from gaccore.demo.verdict import Comparison, compare, iqm_interval, regrets, stratified_interval, track_verdict
+from .verdict import Comparison, compare, iqm_interval, regrets, stratified_interval, track_verdict
 
 # 3: two tracks and the schedule question, with bootstrap intervals; no curves (runs/ holds them).
 SCHEMA = "gaccore.demo.report/3"

@@ -43,9 +43,10 @@ import torch
 from gaccore import Config, Controller, kept_demos
 from gaccore.baselines import FixedMu, HPTGate, KLProportional, MixingRule, RewardVariance, ScheduleMu
 from gaccore.bindings.losses import mix, sft_loss
-from gaccore.demo.model import TinyTransformer
-from gaccore.demo.task import ANSWER_LEN, FALSE_ACCEPT, FALSE_REJECT, ArithmeticTask, make_suite_task, reward
 from gaccore.stats import k3
+
+from .model import TinyTransformer
+from .task import ANSWER_LEN, FALSE_ACCEPT, FALSE_REJECT, ArithmeticTask, make_suite_task, reward
 
 # Below this within-group reward spread the group carries no RL signal.
 GROUP_STD_EPS = 1e-4
@@ -317,18 +318,17 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-# Where the code that decides a run's numbers lives (kernels/ and bindings/
-# install as gaccore.kernels and gaccore.bindings); tests point it at a copy.
+# Where the code that decides a run's numbers lives (demo/, kernels/ and
+# bindings/ install as gaccore.demo, gaccore.kernels and gaccore.bindings);
+# tests point it at a copy.
 SOURCE_DIRS: dict[str, Path] = {
-    package: _package_dir(package) for package in ("gaccore", "gaccore.kernels", "gaccore.bindings")
+    package: _package_dir(package) for package in ("gaccore", "gaccore.demo", "gaccore.kernels", "gaccore.bindings")
 }
 # The torch SFT loss and mix(), which every method trains with.
 SFT_LOSS_SOURCE = ("gaccore.bindings", "losses.py")
 # Demo files that plan, store and report runs but never touch one's numbers
 # (the settings they pass on are in the key): editing them retrains nothing.
-DEMO_REPORTING_SOURCES = [
-    ("gaccore", f"demo/{name}") for name in ("__main__.py", "runner.py", "report.py", "verdict.py")
-]
+DEMO_REPORTING_SOURCES = [("gaccore.demo", name) for name in ("__main__.py", "runner.py", "report.py", "verdict.py")]
 # What a baseline's numbers can depend on beyond the demo itself: the rules
 # with what they import, and gaccore.stats, whose k3 is the KL every run logs
 # and feeds to its rule. Left out on purpose: gaccore.validation (checks, no
@@ -354,17 +354,18 @@ def method_sources(method: str) -> dict[str, Path]:
     """The source files whose edits can change ``method``'s numbers, named
     independently of where the packages live: for a baseline, the demo's
     task, model and loop, the baseline rules with what they import, and the
-    torch SFT loss; for GAC, every file of the core (the demo's included)
-    and of the torch side but ``KERNELS_NOT_RUN``, and the SFT loss; never
+    torch SFT loss; for GAC, the demo's files, every file of the core and
+    of the torch side but ``KERNELS_NOT_RUN``, and the SFT loss; never
     ``DEMO_REPORTING_SOURCES``."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    core, kernels = SOURCE_DIRS["gaccore"], SOURCE_DIRS["gaccore.kernels"]
+    core, demo, kernels = SOURCE_DIRS["gaccore"], SOURCE_DIRS["gaccore.demo"], SOURCE_DIRS["gaccore.kernels"]
+    files = [("gaccore.demo", p.relative_to(demo).as_posix()) for p in demo.glob("*.py")]
     if is_gac_method(method):
         # In a wheel the subpackages sit inside gaccore/: name each file once, by its package.
         subpackages = [SOURCE_DIRS[package] for package in SOURCE_DIRS if package != "gaccore"]
         core_files = [p for p in core.rglob("*.py") if not any(p.is_relative_to(sub) for sub in subpackages)]
-        files = [("gaccore", p.relative_to(core).as_posix()) for p in core_files]
+        files += [("gaccore", p.relative_to(core).as_posix()) for p in core_files]
         files += [
             ("gaccore.kernels", p.relative_to(kernels).as_posix())
             for p in kernels.rglob("*.py")
@@ -372,7 +373,7 @@ def method_sources(method: str) -> dict[str, Path]:
         ]
         files.append(SFT_LOSS_SOURCE)
     else:
-        files = [("gaccore", p.relative_to(core).as_posix()) for p in core.glob("demo/*.py")] + BASELINE_SOURCES
+        files += BASELINE_SOURCES
     files = [(package, name) for package, name in files if (package, name) not in DEMO_REPORTING_SOURCES]
     return {f"{package.replace('.', '/')}/{name}": SOURCE_DIRS[package] / name for package, name in sorted(files)}
 
