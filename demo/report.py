@@ -27,19 +27,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from .methods import DESCRIPTIONS, METHODS, SCHEDULE_METHODS, SCHEDULE_OF, SUITE_SEEDS, is_gac_method
+from .settings import TASK_SEED, RunResult, RunSettings
+from .sources import SOURCE_DIRS
 from .task import SUITE, make_suite_task
-from .train import (
-    DESCRIPTIONS,
-    METHODS,
-    SCHEDULE_METHODS,
-    SCHEDULE_OF,
-    SOURCE_DIRS,
-    SUITE_SEEDS,
-    TASK_SEED,
-    RunResult,
-    RunSettings,
-    is_gac_method,
-)
 from .verdict import Comparison, compare, iqm_interval, regrets, stratified_interval, track_verdict
 
 # 3: two tracks and the schedule question, with bootstrap intervals; no curves (runs/ holds them).

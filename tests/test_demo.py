@@ -19,11 +19,8 @@ pytest.importorskip("tqdm")
 
 from gaccore.baselines import FixedMu, HPTGate
 from gaccore.demo import __main__ as cli
-from gaccore.demo import runner, train
-from gaccore.demo.report import SCHEMA, _left_out, _schedule_grid, deterministic_view, track_title
-from gaccore.demo.runner import grid_plan, run_identity, run_key, run_suite
-from gaccore.demo.task import EQUALS, MINUS, PLUS, SUITE, make_suite_task, make_task, reward
-from gaccore.demo.train import (
+from gaccore.demo import runner, sources
+from gaccore.demo.methods import (
     QUICK_METHODS,
     QUICK_SEEDS,
     QUICK_TASKS,
@@ -31,12 +28,13 @@ from gaccore.demo.train import (
     SCHEDULE_TASKS,
     TRACK_U,
     TRACK_V,
-    RunResult,
-    RunSettings,
-    group_advantages,
-    hybrid_loss,
-    method_sources,
 )
+from gaccore.demo.report import SCHEMA, _left_out, _schedule_grid, deterministic_view, track_title
+from gaccore.demo.runner import grid_plan, run_identity, run_key, run_suite
+from gaccore.demo.settings import RunResult, RunSettings
+from gaccore.demo.sources import method_sources
+from gaccore.demo.task import EQUALS, MINUS, PLUS, SUITE, make_suite_task, make_task, reward
+from gaccore.demo.train import group_advantages, hybrid_loss
 from gaccore.demo.verdict import compare, track_verdict
 
 TINY = RunSettings(steps=12, prompts_per_step=4, group_size=4, eval_every=6)
@@ -206,10 +204,10 @@ def test_a_run_is_keyed_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.
     assert "gaccore/kernels/fused.py" not in method_sources("gac")  # never runs on the demo's CPU tensors
     assert "gaccore/controller.py" not in method_sources("chord")
     assert {"gaccore/baselines.py", "gaccore/demo/train.py", "gaccore/bindings/losses.py"} <= set(method_sources("hpt"))
-    copies = {package: tmp_path / package for package in train.SOURCE_DIRS}
-    for package, source in train.SOURCE_DIRS.items():
+    copies = {package: tmp_path / package for package in sources.SOURCE_DIRS}
+    for package, source in sources.SOURCE_DIRS.items():
         shutil.copytree(source, copies[package], ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(train, "SOURCE_DIRS", copies)
+    monkeypatch.setattr(sources, "SOURCE_DIRS", copies)
 
     def key(method: str) -> str:
         return run_key(run_identity("perfect", method, 0, TINY))
