@@ -34,7 +34,18 @@ SFT_LOSS_SOURCE = ("gaccore.bindings", "losses.py")
 # Demo files that plan, store and report runs but never touch one's numbers
 # (the settings they pass on are in the key): editing them retrains nothing.
 DEMO_REPORTING_SOURCES = [
-    ("gaccore.demo", name) for name in ("__main__.py", "runner.py", "sources.py", "report.py", "verdict.py")
+    ("gaccore.demo", name)
+    for name in (
+        "__main__.py",
+        "runner.py",
+        "sources.py",
+        "report.py",
+        "summaries.py",
+        "provenance.py",
+        "markdown.py",
+        "figures.py",
+        "verdict.py",
+    )
 ]
 # What a baseline's numbers can depend on beyond the demo itself: the rules
 # with what they import, and gaccore.stats, whose k3 is the KL every run logs

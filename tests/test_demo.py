@@ -20,6 +20,7 @@ pytest.importorskip("tqdm")
 from gaccore.baselines import FixedMu, HPTGate
 from gaccore.demo import __main__ as cli
 from gaccore.demo import runner, sources
+from gaccore.demo.markdown import _left_out, _schedule_grid
 from gaccore.demo.methods import (
     QUICK_METHODS,
     QUICK_SEEDS,
@@ -29,10 +30,11 @@ from gaccore.demo.methods import (
     TRACK_U,
     TRACK_V,
 )
-from gaccore.demo.report import SCHEMA, _left_out, _schedule_grid, deterministic_view, track_title
+from gaccore.demo.report import SCHEMA, deterministic_view
 from gaccore.demo.runner import grid_plan, run_identity, run_key, run_suite
 from gaccore.demo.settings import RunResult, RunSettings
 from gaccore.demo.sources import method_sources
+from gaccore.demo.summaries import track_title
 from gaccore.demo.task import EQUALS, MINUS, PLUS, SUITE, make_suite_task, make_task, reward
 from gaccore.demo.train import group_advantages, hybrid_loss
 from gaccore.demo.verdict import compare, track_verdict
