@@ -80,10 +80,11 @@ METHODS: dict[str, Method] = {
         lambda s, k: KLProportional(0.5 / s.kl_target), "mu = clip(gain * KL EMA, 0.05, 0.9), gain = 0.5 / KL target"
     ),
     "rewvar-ctrl": Method(
-        lambda s, k: RewardVariance(0.5 * 0.125), "mu = clip(0.0625 / within-group reward variance EMA, 0.05, 0.9)"
+        lambda s, k: RewardVariance(0.5 * 0.125, group_size=s.group_size),
+        "mu = clip(0.0625 / within-group reward variance EMA, 0.05, 0.9)",
     ),
     "hpt": Method(
-        lambda s, k: HPTGate(success_reward=1.0),
+        lambda s, k: HPTGate(success_reward=1.0, group_size=s.group_size),
         "per prompt: SFT on its demo if none of its rollouts succeeded, else RL (mu = gated share)",
     ),
     "pure-rl": Method(lambda s, k: FixedMu(0.0), "mu = 0 (GRPO only)"),
@@ -123,7 +124,7 @@ METHODS: dict[str, Method] = {
         lambda s, k: FixedMu(0.5), "constant mu = 0.5 over the accepted demonstrations", filtered=True
     ),
     "hpt-filtered": Method(
-        lambda s, k: HPTGate(success_reward=1.0),
+        lambda s, k: HPTGate(success_reward=1.0, group_size=s.group_size),
         "hpt, imitating a prompt's demonstration only when the checker accepts it",
         filtered=True,
     ),

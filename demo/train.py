@@ -155,7 +155,7 @@ class Trainer:
             if self.method.reads_scores:
                 kwargs["scores"] = torch.cat([torch.from_numpy(rewards_np).reshape(-1), demo_scores])
         else:
-            kwargs["rewards"] = rewards_np
+            kwargs["scores"] = torch.cat([torch.from_numpy(rewards_np).reshape(-1), demo_scores])
         self.last_rule_inputs = (args, kwargs)
         controller_started = time.perf_counter()
         mu = float(self.rule.update(*args, **kwargs))

@@ -112,8 +112,8 @@ def test_group_advantages_and_hpt_loss() -> None:
     assert torch.allclose(advantages[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-3)
     assert torch.equal(advantages[1], torch.zeros(4))  # no signal in a uniform group
 
-    gate = HPTGate()
-    mu = gate.update(rewards=np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]))
+    gate = HPTGate(group_size=2)
+    mu = gate.update(scores=np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]).reshape(-1))
     logp = torch.log(torch.tensor([[0.5, 0.25], [0.9, 0.9], [0.2, 0.6], [0.3, 0.3]]))
     rl_loss = torch.tensor(0.7)
     everything = torch.ones(4, dtype=torch.bool)
@@ -371,12 +371,12 @@ def test_a_rejected_demonstration_adds_nothing_to_the_sft_loss_of_any_rule() -> 
     rl_loss = torch.tensor(0.7)
     kept = torch.tensor([True, False, True, True])
     for rule in (FixedMu(0.25), FixedMu(1.0)):
-        mu = rule.update(rewards=np.zeros((4, 2)))
+        mu = rule.update(scores=np.zeros(8))
         filtered = hybrid_loss(rule, mu, logp, rl_loss, "nll", kept)
         without = hybrid_loss(rule, mu, logp[kept], rl_loss, "nll", kept[kept])
         assert torch.allclose(filtered, without)
-    gate = HPTGate()
-    mu = gate.update(rewards=np.zeros((4, 2)))  # every prompt gated
+    gate = HPTGate(group_size=2)
+    mu = gate.update(scores=np.zeros(8))  # every prompt gated
     assert torch.allclose(hybrid_loss(gate, mu, logp, rl_loss, "nll", kept), mu * -logp[kept].sum() / 6 + rl_loss)
 
 
