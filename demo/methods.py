@@ -44,13 +44,15 @@ def _chord(settings: RunSettings, schedule_scale: float) -> ScheduleMu:
 class Method:
     """A training rule of the demo and what it may read.
 
-    ``reads_scores``: the rule gets the checker's score of every
-    demonstration of the step with the rollouts' rewards (``Controller``:
-    ``scores=``). ``filtered``: a demonstration the checker rejects adds
-    nothing to the SFT loss (and, for GAC, to its SFT statistics).
-    ``schedule_scale``: the schedule (CHORD's, or GAC's prior) is planned
-    for this multiple of the run's length, as a user who guessed the run's
-    length wrong would plan it.
+    Every rule gets ``scores=``, one per row: the rollouts' rewards, and
+    for the demonstrations NaN (not scored), or with ``reads_scores`` the
+    checker's score of each. ``filtered``: a demonstration the checker
+    rejects adds nothing to the SFT loss (and, for GAC, to its SFT
+    statistics). ``schedule_scale``: the schedule (CHORD's, or GAC's prior)
+    is planned for this multiple of the run's length, as a user who guessed
+    the run's length wrong would plan it. ``recorded``: the names of the
+    rule's ``metrics()`` that the run's record keeps step by step
+    (``RunResult.proxies``).
     """
 
     rule: RuleFactory
@@ -58,6 +60,16 @@ class Method:
     reads_scores: bool = False
     filtered: bool = False
     schedule_scale: float = 1.0
+    recorded: tuple[str, ...] = ()
+
+
+# What a GAC run records of its controller each step: the three proxies' EMAs, rho and the raw estimate.
+GAC_RECORDED = ("ema_disagreement", "ema_var_sft", "ema_var_rl", "rho", "estimate")
+
+
+def _gac_method(rule: RuleFactory, description: str, **fields: Any) -> Method:
+    """A method whose rule is a ``gaccore.Controller``: it records ``GAC_RECORDED``."""
+    return Method(rule, description, recorded=GAC_RECORDED, **fields)
 
 
 FILTER_THRESHOLD = 0.5  # the checker scores 1 (accept) or 0 (reject)
@@ -69,7 +81,7 @@ _FILTERED = {"mode": "verified", "filter_demos": FILTER_THRESHOLD}
 # target; the reward-variance rule gives mu = 0.5 at half the largest
 # within-group variance of a 0/1 reward (0.25 / 2).
 METHODS: dict[str, Method] = {
-    "gac": Method(
+    "gac": _gac_method(
         _gac,
         "gaccore.Controller, library defaults (Eq. 3 + EMA + prior blend + cap, KL-controlled rho); prior "
         "0.85 -> 0.15 over the same phases as chord",
@@ -89,31 +101,33 @@ METHODS: dict[str, Method] = {
     ),
     "pure-rl": Method(lambda s, k: FixedMu(0.0), "mu = 0 (GRPO only)"),
     "pure-sft": Method(lambda s, k: FixedMu(1.0), "mu = 1 (imitation only)"),
-    "gac-no-cap": Method(lambda s, k: _gac(s, k, cap=1.0), "GAC with cap = 1 (no per-step limit)"),
-    "gac-no-ema": Method(lambda s, k: _gac(s, k, ema_beta=0.0), "GAC with ema_beta = 0 (no smoothing of the estimate)"),
-    "gac-no-prior": Method(lambda s, k: _gac(s, k, prior_off=True), "GAC with prior = None (no schedule blend)"),
+    "gac-no-cap": _gac_method(lambda s, k: _gac(s, k, cap=1.0), "GAC with cap = 1 (no per-step limit)"),
+    "gac-no-ema": _gac_method(
+        lambda s, k: _gac(s, k, ema_beta=0.0), "GAC with ema_beta = 0 (no smoothing of the estimate)"
+    ),
+    "gac-no-prior": _gac_method(lambda s, k: _gac(s, k, prior_off=True), "GAC with prior = None (no schedule blend)"),
     # GAC trained (and measured) with the other SFT loss than the comparison's.
-    "gac-phi": Method(
+    "gac-phi": _gac_method(
         lambda s, k: _gac(s, k, sft_coef="phi"),
         "GAC trained with CHORD's token-weighted SFT loss phi = p(1-p) (statistic sft_coef='phi')",
     ),
-    "gac-nll": Method(
+    "gac-nll": _gac_method(
         lambda s, k: _gac(s, k, sft_coef="nll"),
         "GAC trained with the plain NLL SFT loss (statistic sft_coef='nll')",
     ),
     # The checker's scores: the verified mode reads them; the filtered rules drop the rejected demonstrations.
-    "gac-verified": Method(
+    "gac-verified": _gac_method(
         lambda s, k: _gac(s, k, **_VERIFIED),
         "GAC, mode='verified': rho from the checker's rate of the demonstrations against the rollouts' success",
         reads_scores=True,
     ),
-    "gac-verified-filtered": Method(
+    "gac-verified-filtered": _gac_method(
         lambda s, k: _gac(s, k, **_FILTERED),
         "gac-verified over the accepted demonstrations only (filter_demos = 0.5)",
         reads_scores=True,
         filtered=True,
     ),
-    "gac-verified-no-prior": Method(
+    "gac-verified-no-prior": _gac_method(
         lambda s, k: _gac(s, k, **_VERIFIED, prior_off=True),
         "GAC, mode='verified', prior = None",
         reads_scores=True,
@@ -131,15 +145,15 @@ METHODS: dict[str, Method] = {
     # The schedule planned for half and for twice the actual run.
     "chord-half": Method(_chord, "chord, its schedule planned for half the run", schedule_scale=0.5),
     "chord-double": Method(_chord, "chord, its schedule planned for twice the run", schedule_scale=2.0),
-    "gac-half": Method(_gac, "gac, its prior planned for half the run", schedule_scale=0.5),
-    "gac-double": Method(_gac, "gac, its prior planned for twice the run", schedule_scale=2.0),
-    "gac-verified-half": Method(
+    "gac-half": _gac_method(_gac, "gac, its prior planned for half the run", schedule_scale=0.5),
+    "gac-double": _gac_method(_gac, "gac, its prior planned for twice the run", schedule_scale=2.0),
+    "gac-verified-half": _gac_method(
         lambda s, k: _gac(s, k, **_VERIFIED),
         "gac-verified, its prior planned for half the run",
         reads_scores=True,
         schedule_scale=0.5,
     ),
-    "gac-verified-double": Method(
+    "gac-verified-double": _gac_method(
         lambda s, k: _gac(s, k, **_VERIFIED),
         "gac-verified, its prior planned for twice the run",
         reads_scores=True,

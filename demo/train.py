@@ -8,9 +8,13 @@ Every optimizer step, for every method alike:
 3. one forward pass over the rollouts and the expert's demonstrations of the
    same prompts gives the answer-token log-probabilities; a frozen-in-time
    reference (see below) gives the KL;
-4. the mixing rule reads the detached statistics and returns ``mu``;
-5. ``loss = mu * L_SFT + (1 - mu) * L_RL`` (HPT: its per-prompt gate, see
-   ``hybrid_loss``), one backward, gradient clipping, AdamW.
+4. the mixing rule reads the detached statistics, the KL and each row's
+   score (``scores=``, as ``gaccore.Controller`` takes it: a rollout's
+   reward, a demonstration's checker score where the method may read it,
+   else NaN) and returns ``mu``; every rule is called the same way;
+5. ``loss = mu * L_SFT + (1 - mu) * L_RL`` (a rule that mixes per prompt,
+   HPT: its ``sft_weights``, see ``hybrid_loss``), one backward, gradient
+   clipping, AdamW.
 
 L_RL is the on-policy GRPO policy gradient (one update per batch, so the
 PPO ratio is 1 and clipping never acts); L_SFT is the token-weighted SFT
@@ -36,10 +40,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from gaccore import Controller, kept_demos
-from gaccore.baselines import HPTGate, MixingRule
+from gaccore import kept_demos
 from gaccore.bindings.losses import mix, sft_loss
 from gaccore.stats import k3
 
@@ -82,17 +86,23 @@ def evaluate(policy: TinyTransformer, task: ArithmeticTask) -> tuple[float, floa
 
 
 def hybrid_loss(
-    rule: Any, mu: float, logp_demos: torch.Tensor, rl_loss: torch.Tensor, sft_coef: str, kept: torch.Tensor
+    sft_weights: npt.NDArray[np.float64] | None,
+    mu: float,
+    logp_demos: torch.Tensor,
+    rl_loss: torch.Tensor,
+    sft_coef: str,
+    kept: torch.Tensor,
 ) -> torch.Tensor:
-    """``mu * L_SFT + (1 - mu) * L_RL`` for a scalar rule, the SFT loss over
-    the ``kept`` demonstrations only (a rejected one adds nothing); for HPT's
-    per-prompt gate, SFT on the kept demonstrations of the gated prompts
-    (weighted by their share, ``mu``) plus the RL loss of all groups, where
-    the gated ones (all rollouts failed) have zero advantages and so
-    contribute nothing."""
+    """``mu * L_SFT + (1 - mu) * L_RL`` for a rule that mixes one scalar
+    (``sft_weights`` None), the SFT loss over the ``kept`` demonstrations
+    only (a rejected one adds nothing). With per-prompt ``sft_weights`` (HPT's
+    gate, one per prompt group), SFT on the kept demonstrations of the gated
+    prompts (weight above 0), weighted by their share ``mu``, plus the RL
+    loss of all groups, where the gated ones (all rollouts failed) have zero
+    advantages and so contribute nothing."""
     demo_tokens = kept.unsqueeze(-1).expand_as(logp_demos)
-    if isinstance(rule, HPTGate):
-        gated = torch.from_numpy(rule.sft_weights > 0).unsqueeze(-1) & demo_tokens
+    if sft_weights is not None:
+        gated = torch.from_numpy(sft_weights > 0).unsqueeze(-1) & demo_tokens
         return mu * sft_loss(logp_demos, gated, sft_coef=sft_coef) + rl_loss
     return mix(sft_loss(logp_demos, demo_tokens, sft_coef=sft_coef), rl_loss, mu)
 
@@ -144,18 +154,15 @@ class Trainer:
             ref_logp = self.reference.answer_logp(group_prompts, rollouts)
             kl = k3(ref_logp - logp[: P * G].detach()).mean()
 
-        # The rule reads detached tensors; GAC computes its statistics on them
+        # Every rule reads the same detached tensors; GAC computes its statistics on them
         # with gaccore.kernels (on CPU, the numba pass, or without numba the torch twin).
         adv_rows = torch.cat([advantages.reshape(-1), torch.zeros(P)])
         args = (logp.detach(), self.mask, adv_rows, self.expert)
         demo_scores = torch.from_numpy(task.train_demo_score[chosen])
         kept = kept_demos(demo_scores, FILTER_THRESHOLD if self.method.filtered else None)
-        kwargs: dict[str, Any] = {"kl": kl}
-        if isinstance(self.rule, Controller):
-            if self.method.reads_scores:
-                kwargs["scores"] = torch.cat([torch.from_numpy(rewards_np).reshape(-1), demo_scores])
-        else:
-            kwargs["scores"] = torch.cat([torch.from_numpy(rewards_np).reshape(-1), demo_scores])
+        # Each row's score: the rollouts' rewards, then the checker's verdicts where the method may read them.
+        shown = demo_scores if self.method.reads_scores else torch.full_like(demo_scores, math.nan)
+        kwargs: dict[str, Any] = {"kl": kl, "scores": torch.cat([torch.from_numpy(rewards_np).reshape(-1), shown])}
         self.last_rule_inputs = (args, kwargs)
         controller_started = time.perf_counter()
         mu = float(self.rule.update(*args, **kwargs))
@@ -163,7 +170,9 @@ class Trainer:
 
         # On-policy GRPO: one update per batch, so the PPO ratio is 1 and its gradient is adv * grad log p.
         rl_loss = -(advantages.reshape(-1) * logp[: P * G].mean(dim=-1)).mean()
-        loss = hybrid_loss(self.rule, mu, logp[P * G :], rl_loss, self.sft_coef, kept)
+        # A rule that mixes per prompt (HPTGate) has sft_weights; gaccore.Controller and the scalar rules mix one mu.
+        sft_weights = getattr(self.rule, "sft_weights", None)
+        loss = hybrid_loss(sft_weights, mu, logp[P * G :], rl_loss, self.sft_coef, kept)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), self.settings.grad_clip)
@@ -187,7 +196,6 @@ def train_one(
     mixing rule; return its record."""
     task = make_suite_task(task_name, TASK_SEED, false_accept=settings.false_accept, false_reject=settings.false_reject)
     trainer = Trainer(method, seed, task, settings)
-    rule = trainer.rule
     result = RunResult(method=method, seed=seed, task=task_name)
     previous_raw: float | None = None
     started = time.perf_counter()
@@ -200,15 +208,15 @@ def train_one(
         result.kl.append(outcome.kl)
         result.train_reward.append(outcome.train_reward)
         result.kl_drift_area += max(0.0, outcome.kl - settings.kl_target)
-        raw = _raw_estimate(rule, outcome.mu)
-        if raw is not None:
+        metrics = trainer.rule.metrics()
+        # The unsmoothed value the rule proposes: GAC's clipped mu^ (NaN until defined), a baseline's mu.
+        raw = metrics["estimate"]
+        if not math.isnan(raw):
             if previous_raw is not None and abs(raw - previous_raw) > LARGE_SHIFT:
                 result.large_shifts += 1
             previous_raw = raw
-        if isinstance(rule, Controller):
-            metrics = rule.metrics()
-            for name in ("ema_disagreement", "ema_var_sft", "ema_var_rl", "rho", "estimate"):
-                result.proxies.setdefault(name, []).append(metrics[name])
+        for name in trainer.method.recorded:
+            result.proxies.setdefault(name, []).append(metrics[name])
         if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
             accuracy, carry, no_carry = evaluate(trainer.policy, task)
             result.eval_steps.append(step + 1)
@@ -219,14 +227,3 @@ def train_one(
             progress(1)
     result.wall_s = time.perf_counter() - started
     return result
-
-
-def _raw_estimate(rule: Any, mu: float) -> float | None:
-    """The unsmoothed value a rule proposes this step: GAC's clipped ``mu^``
-    (None until defined), the output itself for the baselines."""
-    if isinstance(rule, Controller):
-        estimate = rule.metrics()["estimate"]
-        return None if math.isnan(estimate) else estimate
-    if isinstance(rule, MixingRule):
-        return mu
-    raise TypeError(f"unsupported rule {type(rule).__name__}")

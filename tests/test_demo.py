@@ -22,6 +22,8 @@ from gaccore.demo import __main__ as cli
 from gaccore.demo import runner, sources
 from gaccore.demo.markdown import _left_out, _schedule_grid
 from gaccore.demo.methods import (
+    GAC_RECORDED,
+    METHODS,
     QUICK_METHODS,
     QUICK_SEEDS,
     QUICK_TASKS,
@@ -29,6 +31,7 @@ from gaccore.demo.methods import (
     SCHEDULE_TASKS,
     TRACK_U,
     TRACK_V,
+    is_gac_method,
 )
 from gaccore.demo.report import SCHEMA, deterministic_view
 from gaccore.demo.runner import grid_plan, run_identity, run_key, run_suite
@@ -36,7 +39,7 @@ from gaccore.demo.settings import RunResult, RunSettings
 from gaccore.demo.sources import method_sources
 from gaccore.demo.summaries import track_title
 from gaccore.demo.task import EQUALS, MINUS, PLUS, SUITE, make_suite_task, make_task, reward
-from gaccore.demo.train import group_advantages, hybrid_loss
+from gaccore.demo.train import Trainer, group_advantages, hybrid_loss
 from gaccore.demo.verdict import compare, track_verdict
 
 TINY = RunSettings(steps=12, prompts_per_step=4, group_size=4, eval_every=6)
@@ -117,12 +120,35 @@ def test_group_advantages_and_hpt_loss() -> None:
     logp = torch.log(torch.tensor([[0.5, 0.25], [0.9, 0.9], [0.2, 0.6], [0.3, 0.3]]))
     rl_loss = torch.tensor(0.7)
     everything = torch.ones(4, dtype=torch.bool)
-    loss = hybrid_loss(gate, mu, logp, rl_loss, "nll", everything)
+    loss = hybrid_loss(gate.sft_weights, mu, logp, rl_loss, "nll", everything)
     # SFT only on the demos of prompts 0 and 2, weighted by their share (1/2 of the prompts).
     expected = -(logp[0].sum() + logp[2].sum()) / 4 * 0.5 + rl_loss
     assert torch.allclose(loss, expected)
-    fixed = hybrid_loss(FixedMu(0.25), 0.25, logp, rl_loss, "nll", everything)
+    fixed = hybrid_loss(FixedMu(0.25).sft_weights, 0.25, logp, rl_loss, "nll", everything)
     assert torch.allclose(fixed, 0.25 * -logp.mean() + 0.75 * rl_loss)
+
+
+def test_every_rule_gets_each_rows_score_and_only_the_checked_ones_see_the_checkers() -> None:
+    torch = pytest.importorskip("torch")
+    task = make_suite_task("carry-drop")
+    rollouts = TINY.prompts_per_step * TINY.group_size
+    for method in ("gac", "hpt", "rewvar-ctrl", "sft-filtered", "gac-verified", "gac-verified-filtered"):
+        trainer = Trainer(method, 0, task, TINY)
+        trainer.step()
+        _, kwargs = trainer.last_rule_inputs
+        scores = kwargs["scores"]
+        assert scores.shape == (rollouts + TINY.prompts_per_step,)
+        assert set(scores[:rollouts].tolist()) <= {0.0, 1.0}  # the rollouts' rewards, in the batch's order
+        demos = scores[rollouts:]
+        if METHODS[method].reads_scores:
+            assert set(demos.tolist()) <= {0.0, 1.0}  # the checker's verdicts
+        else:
+            assert bool(torch.isnan(demos).all())  # not scored: the expert cannot be checked
+
+
+def test_gac_methods_record_their_proxies_and_the_baselines_nothing() -> None:
+    for name, method in METHODS.items():
+        assert method.recorded == (GAC_RECORDED if is_gac_method(name) else ()), name
 
 
 TINY_TASKS = ["perfect", "sub-borrow"]
@@ -372,12 +398,14 @@ def test_a_rejected_demonstration_adds_nothing_to_the_sft_loss_of_any_rule() -> 
     kept = torch.tensor([True, False, True, True])
     for rule in (FixedMu(0.25), FixedMu(1.0)):
         mu = rule.update(scores=np.zeros(8))
-        filtered = hybrid_loss(rule, mu, logp, rl_loss, "nll", kept)
-        without = hybrid_loss(rule, mu, logp[kept], rl_loss, "nll", kept[kept])
+        filtered = hybrid_loss(rule.sft_weights, mu, logp, rl_loss, "nll", kept)
+        without = hybrid_loss(rule.sft_weights, mu, logp[kept], rl_loss, "nll", kept[kept])
         assert torch.allclose(filtered, without)
     gate = HPTGate(group_size=2)
     mu = gate.update(scores=np.zeros(8))  # every prompt gated
-    assert torch.allclose(hybrid_loss(gate, mu, logp, rl_loss, "nll", kept), mu * -logp[kept].sum() / 6 + rl_loss)
+    assert torch.allclose(
+        hybrid_loss(gate.sft_weights, mu, logp, rl_loss, "nll", kept), mu * -logp[kept].sum() / 6 + rl_loss
+    )
 
 
 def test_too_few_seeds_decide_nothing_even_when_the_runs_look_clear() -> None:
