@@ -24,75 +24,89 @@ def _package_dir(package: str) -> Path:
 
 
 # Where the code that decides a run's numbers lives (demo/, kernels/ and
-# bindings/ install as gaccore.demo, gaccore.kernels and gaccore.bindings);
-# tests point it at a copy.
+# bindings/ install as gaccore.demo, gaccore.kernels and gaccore.bindings;
+# in a wheel all of them sit inside gaccore/); tests point it at a copy.
 SOURCE_DIRS: dict[str, Path] = {
     package: _package_dir(package) for package in ("gaccore", "gaccore.demo", "gaccore.kernels", "gaccore.bindings")
 }
+# The demo's files that plan, key, store and report runs but never touch a
+# run's numbers (the settings they pass on are in the key): editing them
+# retrains nothing. Every other file of the demo keys every run.
+DEMO_REPORTING_FILES = (
+    "__main__.py",
+    "runner.py",
+    "sources.py",
+    "report.py",
+    "summaries.py",
+    "provenance.py",
+    "markdown.py",
+    "figures.py",
+    "verdict.py",
+)
 # The torch SFT loss and mix(), which every method trains with.
 SFT_LOSS_SOURCE = ("gaccore.bindings", "losses.py")
-# Demo files that plan, store and report runs but never touch one's numbers
-# (the settings they pass on are in the key): editing them retrains nothing.
-DEMO_REPORTING_SOURCES = [
-    ("gaccore.demo", name)
-    for name in (
-        "__main__.py",
-        "runner.py",
-        "sources.py",
-        "report.py",
-        "summaries.py",
-        "provenance.py",
-        "markdown.py",
-        "figures.py",
-        "verdict.py",
-    )
-]
-# What a baseline's numbers can depend on beyond the demo itself: the rules
-# with what they import, and gaccore.stats, whose k3 is the KL every run logs
-# and feeds to its rule. Left out on purpose: gaccore.validation (checks, no
-# arithmetic).
-BASELINE_SOURCES = [
+# What a baseline's numbers can depend on beyond the demo's own files: the
+# rules with what they import (gaccore.stats, whose k3 is also the KL every
+# run logs and feeds to its rule), gaccore.rows (kept_demos, the filter of
+# the filtered baselines), and the SFT loss. Left out on purpose:
+# gaccore.validation (checks, no arithmetic).
+BASELINE_SOURCES = (
     ("gaccore", "baselines.py"),
     ("gaccore", "stats.py"),
+    ("gaccore", "rows.py"),
     ("gaccore", "schedules.py"),
     ("gaccore", "persistence.py"),
     ("gaccore", "_array.py"),
     SFT_LOSS_SOURCE,
-]
+)
+# The torch side's files that a demo run never executes, as paths inside
+# kernels/ (a folder stands for every file in it). The demo trains on CPU
+# tensors: its statistics come from the numba pass or, without numba, the
+# torch twin, never from a Triton kernel (the row kernel, the close-step
+# kernel), and it has no process group (the distributed gather) and no
+# compiled or replayed step (the CUDA graphs). A GAC run's key covers every
+# other file of the torch side, so editing one of these retrains nothing.
+# When kernels/ changes, change this list with it: a test checks that every
+# entry exists.
+TORCH_SIDE_NOT_RUN_ON_CPU = ("fused.py", "close_step.py", "distributed.py", "graphs.py")
 
 
-# The torch side's modules a demo run never executes: it trains on CPU
-# tensors, where statistics come from the numba pass or, without numba, the
-# twin (never the Triton kernel), with no process group and no compiled step.
-# Editing them retrains nothing.
-KERNELS_NOT_RUN = ("fused.py", "distributed.py", "graphs.py")
+def _listed(path: str, entries: tuple[str, ...]) -> bool:
+    """Whether ``path`` (posix, inside a package) is one of ``entries`` or inside a folder of them."""
+    return any(path == entry or path.startswith(entry.rstrip("/") + "/") for entry in entries)
+
+
+def _files(package: str) -> list[str]:
+    """Every Python file of ``package``, as a posix path inside it. In a
+    wheel the subpackages sit inside gaccore/: each file counts for its own
+    package only."""
+    root = SOURCE_DIRS[package]
+    nested = [folder for other, folder in SOURCE_DIRS.items() if other != package and folder.is_relative_to(root)]
+    inside = [p for p in root.rglob("*.py") if not any(p.is_relative_to(folder) for folder in nested)]
+    return sorted(p.relative_to(root).as_posix() for p in inside)
 
 
 def method_sources(method: str) -> dict[str, Path]:
     """The source files whose edits can change ``method``'s numbers, named
-    independently of where the packages live: for a baseline, the demo's
-    task, model and loop, the baseline rules with what they import, and the
-    torch SFT loss; for GAC, the demo's files, every file of the core and
-    of the torch side but ``KERNELS_NOT_RUN``, and the SFT loss; never
-    ``DEMO_REPORTING_SOURCES``."""
+    independently of where the packages live (``gaccore/demo/train.py``):
+    for every method the demo's own files but ``DEMO_REPORTING_FILES``; for
+    a baseline, with them ``BASELINE_SOURCES`` (the baseline rules with what
+    they import, and the torch SFT loss); for GAC, with them every file of
+    the core, every file of the torch side but
+    ``TORCH_SIDE_NOT_RUN_ON_CPU``, and the SFT loss."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-    core, demo, kernels = SOURCE_DIRS["gaccore"], SOURCE_DIRS["gaccore.demo"], SOURCE_DIRS["gaccore.kernels"]
-    files = [("gaccore.demo", p.relative_to(demo).as_posix()) for p in demo.glob("*.py")]
+    files = [("gaccore.demo", name) for name in _files("gaccore.demo") if name not in DEMO_REPORTING_FILES]
     if is_gac_method(method):
-        # In a wheel the subpackages sit inside gaccore/: name each file once, by its package.
-        subpackages = [SOURCE_DIRS[package] for package in SOURCE_DIRS if package != "gaccore"]
-        core_files = [p for p in core.rglob("*.py") if not any(p.is_relative_to(sub) for sub in subpackages)]
-        files += [("gaccore", p.relative_to(core).as_posix()) for p in core_files]
+        files += [("gaccore", name) for name in _files("gaccore")]
         files += [
-            ("gaccore.kernels", p.relative_to(kernels).as_posix())
-            for p in kernels.rglob("*.py")
-            if p.name not in KERNELS_NOT_RUN
+            ("gaccore.kernels", name)
+            for name in _files("gaccore.kernels")
+            if not _listed(name, TORCH_SIDE_NOT_RUN_ON_CPU)
         ]
         files.append(SFT_LOSS_SOURCE)
     else:
         files += BASELINE_SOURCES
-    files = [(package, name) for package, name in files if (package, name) not in DEMO_REPORTING_SOURCES]
     return {f"{package.replace('.', '/')}/{name}": SOURCE_DIRS[package] / name for package, name in sorted(files)}
 
 

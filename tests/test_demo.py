@@ -274,6 +274,45 @@ def test_a_run_is_keyed_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.
         after = {method: key(method) for method in after}
 
 
+def test_the_run_key_covers_the_training_files_and_never_the_reporting_ones() -> None:
+    kernels = sources.SOURCE_DIRS["gaccore.kernels"]
+    for entry in sources.TORCH_SIDE_NOT_RUN_ON_CPU:  # kept in step with kernels/
+        assert (kernels / entry).exists(), f"TORCH_SIDE_NOT_RUN_ON_CPU names {entry}, which kernels/ does not hold"
+    demo = {p.name for p in sources.SOURCE_DIRS["gaccore.demo"].glob("*.py")}
+    assert set(sources.DEMO_REPORTING_FILES) < demo
+    training = demo - set(sources.DEMO_REPORTING_FILES)
+    assert {"settings.py", "methods.py", "train.py", "task.py", "model.py"} <= training
+    core = {p.name for p in sources.SOURCE_DIRS["gaccore"].glob("*.py")}
+    torch_side = {p.relative_to(kernels).as_posix() for p in kernels.rglob("*.py")}
+    for method in ("gac", "gac-verified-filtered", "chord", "hpt", "sft-filtered"):
+        keyed = method_sources(method)
+        assert all(path.exists() for path in keyed.values())
+        assert {f"gaccore/demo/{name}" for name in training} <= set(keyed)
+        assert not {f"gaccore/demo/{name}" for name in sources.DEMO_REPORTING_FILES} & set(keyed)
+        assert [name for name in keyed if name.startswith("gaccore/bindings/")] == ["gaccore/bindings/losses.py"]
+        if is_gac_method(method):
+            assert {f"gaccore/{name}" for name in core} <= set(keyed)
+            assert {name for name in keyed if name.startswith("gaccore/kernels/")} == {
+                f"gaccore/kernels/{name}" for name in torch_side - set(sources.TORCH_SIDE_NOT_RUN_ON_CPU)
+            }
+        else:  # the rules, what they import, and kept_demos (rows.py): the filter of the filtered baselines
+            assert {"gaccore/baselines.py", "gaccore/stats.py", "gaccore/rows.py"} <= set(keyed)
+            assert not any(name.startswith("gaccore/kernels/") or name == "gaccore/controller.py" for name in keyed)
+
+
+def test_the_run_key_names_the_same_files_in_a_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed from a wheel, demo/, kernels/ and bindings/ sit inside gaccore/: each file still keys once."""
+    source_layout = {method: set(method_sources(method)) for method in ("gac", "hpt")}
+    wheel = tmp_path / "gaccore"
+    shutil.copytree(sources.SOURCE_DIRS["gaccore"], wheel, ignore=shutil.ignore_patterns("__pycache__"))
+    inside = {"gaccore": wheel}
+    for package in ("gaccore.demo", "gaccore.kernels", "gaccore.bindings"):
+        inside[package] = wheel / package.split(".")[1]
+        shutil.copytree(sources.SOURCE_DIRS[package], inside[package], ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(sources, "SOURCE_DIRS", inside)
+    assert {method: set(method_sources(method)) for method in source_layout} == source_layout
+
+
 def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["demo", "--task", "carry-drop", "--steps", "4", "--methods", "pure-rl", "gac", "--out", str(tmp_path)]
     assert cli.main([*argv, "--no-progress"]) == 0
