@@ -3,6 +3,7 @@ run records, determinism, the command line, and the verdict's arithmetic."""
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from dataclasses import asdict
@@ -311,6 +312,15 @@ def test_the_run_key_names_the_same_files_in_a_wheel(tmp_path: Path, monkeypatch
         shutil.copytree(sources.SOURCE_DIRS[package], inside[package], ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(sources, "SOURCE_DIRS", inside)
     assert {method: set(method_sources(method)) for method in source_layout} == source_layout
+
+
+def test_the_report_reads_the_catalogue_never_the_training_loop() -> None:
+    """The reporting files import the settings and the method catalogue, never the loop, model, runner or run key."""
+    folder = sources.SOURCE_DIRS["gaccore.demo"]
+    for name in ("report.py", "summaries.py", "provenance.py", "markdown.py", "figures.py", "verdict.py"):
+        tree = ast.parse((folder / name).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert not imported & {"train", "runner", "model", "sources"}, (name, imported)
 
 
 def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
