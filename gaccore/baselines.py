@@ -5,8 +5,9 @@ use today (and that the GAC paper compares against), written so that a
 training loop can swap them for ``gaccore.Controller`` without other changes:
 
     ``update(logp, mask, adv, expert=None, *, kl=None, ref_logp=None,
-    rewards=None) -> mu``, the ``mu`` property, ``metrics()``,
-    ``state_dict()`` / ``load_state_dict()``.
+    scores=None) -> mu``, the ``mu`` property, ``metrics()`` (with
+    ``"estimate"``, the value the rule proposes this step, as the
+    controller's), ``state_dict()`` / ``load_state_dict()``.
 
 They are numpy-only and deliberately simple: torch inputs are converted to
 host numpy arrays (a synchronization), and only the rules that need a tensor
@@ -24,19 +25,27 @@ Rules and the information each one reads:
   or computes the k3 KL of the non-expert rows from ``ref_logp``.
 - ``RewardVariance(var_ref, ...)``: ``mu = clip(var_ref / var_ema, mu_min,
   mu_max)``, inversely proportional to the within-group reward variance
-  ("RewVar-ctrl"): little reward signal, more imitation. Reads ``rewards=``.
-- ``HPTGate(...)``: per prompt, SFT only for prompts none of whose rollouts
-  succeed, RL for the others (HPT's accuracy gate). Reads ``rewards=``.
+  ("RewVar-ctrl"): little reward signal, more imitation. Reads ``scores=``
+  of the rollouts, in groups of ``group_size``.
+- ``HPTGate(group_size=...)``: per prompt, SFT only for prompts none of
+  whose rollouts succeed, RL for the others (HPT's accuracy gate). Reads
+  ``scores=`` of the rollouts, in groups of ``group_size``.
 
 Decision on HPT: its mixing is per prompt, not one scalar, so ``HPTGate``
 exposes ``sft_weights`` (one weight per prompt group, 1.0 = train on the
 demonstration, 0.0 = train on the rollouts) and ``update`` returns the
 scalar ``mu`` = the fraction of gated prompts, which is what to log and what
 the scalar loss ``mu * L_SFT + (1 - mu) * L_RL`` would use if a loop cannot
-apply per-prompt weights.
+apply per-prompt weights. The scalar rules leave ``sft_weights`` at None.
 
-``rewards`` is an array ``[n_groups, group_size]`` of the step's rollout
-rewards, one row per prompt (GRPO's groups), in the order of the prompts.
+``scores`` is what ``Controller.update`` takes: an array ``[B]`` (numpy or
+torch), one verifier score per row of the batch, in the batch's order (a
+rollout's reward; NaN where a row is not scored). The rules that compare
+the rollouts of one prompt (``RewardVariance``, ``HPTGate``) read the
+scores of the non-expert rows (every row when ``expert`` is None), in the
+batch's order, as consecutive groups of ``group_size`` rollouts per prompt
+(GRPO's groups), ``group_size`` being given at construction; the scores of
+expert rows are never read.
 
 State dicts are JSON-ready (``format``, ``version``, ``step``, ``config``,
 ``state``; non-finite numbers as ``None``). ``load_state_dict`` refuses a
@@ -144,7 +153,7 @@ class StepInputs:
     expert: Any
     kl: Any
     ref_logp: Any
-    rewards: Any
+    scores: Any
 
 
 class MixingRule:
@@ -155,6 +164,9 @@ class MixingRule:
     """
 
     kind: ClassVar[str]
+    # One SFT weight per prompt group for a rule that mixes per prompt
+    # (``HPTGate``), set by ``update``; None for a rule that mixes one scalar.
+    sft_weights: FloatArray | None = None
 
     def __init__(self, mu_init: float) -> None:
         self._step = 0
@@ -178,14 +190,15 @@ class MixingRule:
         *,
         kl: Any = None,
         ref_logp: Any = None,
-        rewards: Any = None,
+        scores: Any = None,
     ) -> float:
         """One optimizer step; returns the mixing weight for this step's loss.
 
-        The positional arguments match ``Controller.update``; a rule ignores
-        the ones it does not need (they may be ``None``).
+        The arguments match ``Controller.update`` (``scores``: ``[B]``, each
+        row's verifier score, NaN where not scored); a rule ignores the ones
+        it does not need (they may be ``None``).
         """
-        self._mu = self._next_mu(StepInputs(logp, mask, adv, expert, kl, ref_logp, rewards))
+        self._mu = self._next_mu(StepInputs(logp, mask, adv, expert, kl, ref_logp, scores))
         self._step += 1
         return self._mu
 
@@ -193,7 +206,10 @@ class MixingRule:
         raise NotImplementedError
 
     def metrics(self) -> dict[str, float]:
-        return {"step": float(self._step), "mu": self._mu}
+        """The step count, ``mu``, and ``estimate``: the value the rule
+        proposes this step before any smoothing, under the controller's key
+        (these rules apply theirs as it is, so it is ``mu``)."""
+        return {"step": float(self._step), "mu": self._mu, "estimate": self._mu}
 
     def _config(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -350,22 +366,44 @@ class KLProportional(_SignalRule):
         return {"gain": self.gain, **self._bounds()}
 
 
-def _group_rewards(rewards: Any) -> FloatArray:
-    if rewards is None:
-        raise ValueError("rewards is required: an array [n_groups, group_size] of rollout rewards")
-    array = _to_numpy(rewards, "rewards")
+def _check_group_size(group_size: Any) -> int:
     _require(
-        array.ndim == 2 and array.shape[1] >= 1, f"rewards must have shape [n_groups, group_size], got {array.shape}"
+        isinstance(group_size, numbers.Integral) and not isinstance(group_size, bool) and group_size >= 1,
+        f"group_size must be a whole number >= 1 (the rollouts per prompt), got {group_size!r}",
     )
-    return array
+    return int(group_size)
+
+
+def _rollout_groups(inputs: StepInputs, group_size: int) -> FloatArray:
+    """The rollouts' scores as ``[n_groups, group_size]``: the scores of the
+    non-expert rows in the batch's order, ``group_size`` consecutive ones
+    per prompt."""
+    if inputs.scores is None:
+        raise ValueError("scores is required: an array [B] of each row's verifier score (a rollout's reward)")
+    scores = _to_numpy(inputs.scores, "scores")
+    _require(scores.ndim == 1, f"scores must have shape [B], one score per row, got shape {scores.shape}")
+    if inputs.expert is not None:
+        expert = _to_numpy(inputs.expert, "expert")
+        _require(
+            expert.shape == scores.shape,
+            f"expert must have the shape of scores, {scores.shape}, one flag per row, got {expert.shape}",
+        )
+        scores = scores[expert == 0]
+    _require(
+        scores.size % group_size == 0,
+        f"the {scores.size} rollout rows (rows not flagged expert) do not split into prompt groups of "
+        f"group_size={group_size}",
+    )
+    return scores.reshape(-1, group_size)
 
 
 class RewardVariance(_SignalRule):
     """RewVar-ctrl: ``mu = clip(var_ref / var_ema, mu_min, mu_max)``.
 
     ``var_ema`` is an EMA (``beta``) of the mean over prompt groups of the
-    within-group reward variance (population, ddof=0) of ``rewards``; groups
-    whose variance is not finite are skipped, a step without any is ignored.
+    within-group reward variance (population, ddof=0) of the rollouts'
+    ``scores``, ``group_size`` per prompt; groups whose variance is not
+    finite are skipped, a step without any is ignored.
     A variance of 0 (no group has a mixed outcome: nothing for GRPO to learn
     from) gives ``mu_max``.
     """
@@ -377,17 +415,19 @@ class RewardVariance(_SignalRule):
         self,
         var_ref: float,
         *,
+        group_size: int,
         mu_min: float = 0.05,
         mu_max: float = 0.9,
         mu_init: float = 0.5,
         beta: float = 0.9,
     ) -> None:
         _check_positive(var_ref=var_ref)
+        self.group_size = _check_group_size(group_size)
         super().__init__(mu_min=mu_min, mu_max=mu_max, mu_init=mu_init, beta=beta)
         self.var_ref = float(var_ref)
 
     def _next_mu(self, inputs: StepInputs) -> float:
-        groups = _group_rewards(inputs.rewards)
+        groups = _rollout_groups(inputs, self.group_size)
         with np.errstate(over="ignore", invalid="ignore"):
             variances = groups.var(axis=1)
         # Groups with a non-finite reward (or a variance beyond float range) carry no usable information.
@@ -403,36 +443,38 @@ class RewardVariance(_SignalRule):
         return float(np.clip(self.var_ref / self.ema, self.mu_min, self.mu_max))
 
     def _config(self) -> dict[str, Any]:
-        return {"var_ref": self.var_ref, **self._bounds()}
+        return {"var_ref": self.var_ref, "group_size": self.group_size, **self._bounds()}
 
 
 class HPTGate(MixingRule):
     """HPT's accuracy gate: SFT for prompts none of whose rollouts succeed.
 
-    A rollout succeeds when its reward is ``>= success_reward``. After
+    The rollouts' ``scores`` form prompt groups of ``group_size``; a
+    rollout succeeds when its score is ``>= success_reward``. After
     ``update``, ``sft_weights[g]`` is 1.0 for prompt group ``g`` when all of
     its rollouts failed (train on its demonstration) and 0.0 otherwise (train
     on its rollouts with the RL loss); ``mu`` is the mean of ``sft_weights``,
-    the fraction of gated prompts. Groups with a non-finite reward count as
-    failed. Stateless between steps apart from the last gate.
+    the fraction of gated prompts. A rollout with a non-finite score counts
+    as failed. Stateless between steps apart from the last gate.
     """
 
     kind = "HPTGate"
 
-    def __init__(self, success_reward: float = 1.0) -> None:
+    def __init__(self, success_reward: float = 1.0, *, group_size: int) -> None:
         _require(
             isinstance(success_reward, numbers.Real) and math.isfinite(success_reward),
             f"success_reward must be a finite number, got {success_reward!r}",
         )
+        self.group_size = _check_group_size(group_size)
         super().__init__(0.0)
         self.success_reward = float(success_reward)
-        self.sft_weights: FloatArray = np.zeros(0)
+        self.sft_weights = np.zeros(0)
 
     def _next_mu(self, inputs: StepInputs) -> float:
-        groups = _group_rewards(inputs.rewards)
+        groups = _rollout_groups(inputs, self.group_size)
         solved = (np.where(np.isfinite(groups), groups, -math.inf) >= self.success_reward).any(axis=1)
         self.sft_weights = np.where(solved, 0.0, 1.0)
         return float(self.sft_weights.mean()) if self.sft_weights.size else 0.0
 
     def _config(self) -> dict[str, Any]:
-        return {"success_reward": self.success_reward}
+        return {"success_reward": self.success_reward, "group_size": self.group_size}

@@ -3,6 +3,7 @@ run records, determinism, the command line, and the verdict's arithmetic."""
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from dataclasses import asdict
@@ -19,11 +20,11 @@ pytest.importorskip("tqdm")
 
 from gaccore.baselines import FixedMu, HPTGate
 from gaccore.demo import __main__ as cli
-from gaccore.demo import runner, train
-from gaccore.demo.report import SCHEMA, _left_out, _schedule_grid, deterministic_view, track_title
-from gaccore.demo.runner import grid_plan, run_identity, run_key, run_suite
-from gaccore.demo.task import EQUALS, MINUS, PLUS, SUITE, make_suite_task, make_task, reward
-from gaccore.demo.train import (
+from gaccore.demo import runner, sources
+from gaccore.demo.markdown import _left_out, _schedule_grid
+from gaccore.demo.methods import (
+    GAC_RECORDED,
+    METHODS,
     QUICK_METHODS,
     QUICK_SEEDS,
     QUICK_TASKS,
@@ -31,12 +32,15 @@ from gaccore.demo.train import (
     SCHEDULE_TASKS,
     TRACK_U,
     TRACK_V,
-    RunResult,
-    RunSettings,
-    group_advantages,
-    hybrid_loss,
-    method_sources,
+    is_gac_method,
 )
+from gaccore.demo.report import SCHEMA, deterministic_view
+from gaccore.demo.runner import grid_plan, run_identity, run_key, run_suite
+from gaccore.demo.settings import RunResult, RunSettings
+from gaccore.demo.sources import method_sources
+from gaccore.demo.summaries import track_title
+from gaccore.demo.task import EQUALS, MINUS, PLUS, SUITE, make_suite_task, make_task, reward
+from gaccore.demo.train import Trainer, group_advantages, hybrid_loss
 from gaccore.demo.verdict import compare, track_verdict
 
 TINY = RunSettings(steps=12, prompts_per_step=4, group_size=4, eval_every=6)
@@ -112,17 +116,40 @@ def test_group_advantages_and_hpt_loss() -> None:
     assert torch.allclose(advantages[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-3)
     assert torch.equal(advantages[1], torch.zeros(4))  # no signal in a uniform group
 
-    gate = HPTGate()
-    mu = gate.update(rewards=np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]))
+    gate = HPTGate(group_size=2)
+    mu = gate.update(scores=np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]).reshape(-1))
     logp = torch.log(torch.tensor([[0.5, 0.25], [0.9, 0.9], [0.2, 0.6], [0.3, 0.3]]))
     rl_loss = torch.tensor(0.7)
     everything = torch.ones(4, dtype=torch.bool)
-    loss = hybrid_loss(gate, mu, logp, rl_loss, "nll", everything)
+    loss = hybrid_loss(gate.sft_weights, mu, logp, rl_loss, "nll", everything)
     # SFT only on the demos of prompts 0 and 2, weighted by their share (1/2 of the prompts).
     expected = -(logp[0].sum() + logp[2].sum()) / 4 * 0.5 + rl_loss
     assert torch.allclose(loss, expected)
-    fixed = hybrid_loss(FixedMu(0.25), 0.25, logp, rl_loss, "nll", everything)
+    fixed = hybrid_loss(FixedMu(0.25).sft_weights, 0.25, logp, rl_loss, "nll", everything)
     assert torch.allclose(fixed, 0.25 * -logp.mean() + 0.75 * rl_loss)
+
+
+def test_every_rule_gets_each_rows_score_and_only_the_checked_ones_see_the_checkers() -> None:
+    torch = pytest.importorskip("torch")
+    task = make_suite_task("carry-drop")
+    rollouts = TINY.prompts_per_step * TINY.group_size
+    for method in ("gac", "hpt", "rewvar-ctrl", "sft-filtered", "gac-verified", "gac-verified-filtered"):
+        trainer = Trainer(method, 0, task, TINY)
+        trainer.step()
+        _, kwargs = trainer.last_rule_inputs
+        scores = kwargs["scores"]
+        assert scores.shape == (rollouts + TINY.prompts_per_step,)
+        assert set(scores[:rollouts].tolist()) <= {0.0, 1.0}  # the rollouts' rewards, in the batch's order
+        demos = scores[rollouts:]
+        if METHODS[method].reads_scores:
+            assert set(demos.tolist()) <= {0.0, 1.0}  # the checker's verdicts
+        else:
+            assert bool(torch.isnan(demos).all())  # not scored: the expert cannot be checked
+
+
+def test_gac_methods_record_their_proxies_and_the_baselines_nothing() -> None:
+    for name, method in METHODS.items():
+        assert method.recorded == (GAC_RECORDED if is_gac_method(name) else ()), name
 
 
 TINY_TASKS = ["perfect", "sub-borrow"]
@@ -206,10 +233,10 @@ def test_a_run_is_keyed_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.
     assert "gaccore/kernels/fused.py" not in method_sources("gac")  # never runs on the demo's CPU tensors
     assert "gaccore/controller.py" not in method_sources("chord")
     assert {"gaccore/baselines.py", "gaccore/demo/train.py", "gaccore/bindings/losses.py"} <= set(method_sources("hpt"))
-    copies = {package: tmp_path / package for package in train.SOURCE_DIRS}
-    for package, source in train.SOURCE_DIRS.items():
+    copies = {package: tmp_path / package for package in sources.SOURCE_DIRS}
+    for package, source in sources.SOURCE_DIRS.items():
         shutil.copytree(source, copies[package], ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(train, "SOURCE_DIRS", copies)
+    monkeypatch.setattr(sources, "SOURCE_DIRS", copies)
 
     def key(method: str) -> str:
         return run_key(run_identity("perfect", method, 0, TINY))
@@ -239,13 +266,61 @@ def test_a_run_is_keyed_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.
     after = {method: key(method) for method in before}
     assert after["gac"] != before["gac"] and after["gac-no-prior"] != before["gac-no-prior"]
     assert after["chord"] == before["chord"] and after["pure-sft"] == before["pure-sft"]
-    report = copies["gaccore"] / "demo" / "report.py"
+    report = copies["gaccore.demo"] / "report.py"
     report.write_text(report.read_text() + "\nEDITED = True\n")
     assert {method: key(method) for method in after} == after  # reporting code retrains nothing
-    for edited in (copies["gaccore.bindings"] / "losses.py", copies["gaccore"] / "demo" / "train.py"):
+    for edited in (copies["gaccore.bindings"] / "losses.py", copies["gaccore.demo"] / "train.py"):
         edited.write_text(edited.read_text() + "\nEDITED = True\n")
         assert all(key(method) != after[method] for method in after)
         after = {method: key(method) for method in after}
+
+
+def test_the_run_key_covers_the_training_files_and_never_the_reporting_ones() -> None:
+    kernels = sources.SOURCE_DIRS["gaccore.kernels"]
+    for entry in sources.TORCH_SIDE_NOT_RUN_ON_CPU:  # kept in step with kernels/
+        assert (kernels / entry).exists(), f"TORCH_SIDE_NOT_RUN_ON_CPU names {entry}, which kernels/ does not hold"
+    demo = {p.name for p in sources.SOURCE_DIRS["gaccore.demo"].glob("*.py")}
+    assert set(sources.DEMO_REPORTING_FILES) < demo
+    training = demo - set(sources.DEMO_REPORTING_FILES)
+    assert {"settings.py", "methods.py", "train.py", "task.py", "model.py"} <= training
+    core = {p.name for p in sources.SOURCE_DIRS["gaccore"].glob("*.py")}
+    torch_side = {p.relative_to(kernels).as_posix() for p in kernels.rglob("*.py")}
+    for method in ("gac", "gac-verified-filtered", "chord", "hpt", "sft-filtered"):
+        keyed = method_sources(method)
+        assert all(path.exists() for path in keyed.values())
+        assert {f"gaccore/demo/{name}" for name in training} <= set(keyed)
+        assert not {f"gaccore/demo/{name}" for name in sources.DEMO_REPORTING_FILES} & set(keyed)
+        assert [name for name in keyed if name.startswith("gaccore/bindings/")] == ["gaccore/bindings/losses.py"]
+        if is_gac_method(method):
+            assert {f"gaccore/{name}" for name in core} <= set(keyed)
+            assert {name for name in keyed if name.startswith("gaccore/kernels/")} == {
+                f"gaccore/kernels/{name}" for name in torch_side - set(sources.TORCH_SIDE_NOT_RUN_ON_CPU)
+            }
+        else:  # the rules, what they import, and kept_demos (rows.py): the filter of the filtered baselines
+            assert {"gaccore/baselines.py", "gaccore/stats.py", "gaccore/rows.py"} <= set(keyed)
+            assert not any(name.startswith("gaccore/kernels/") or name == "gaccore/controller.py" for name in keyed)
+
+
+def test_the_run_key_names_the_same_files_in_a_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed from a wheel, demo/, kernels/ and bindings/ sit inside gaccore/: each file still keys once."""
+    source_layout = {method: set(method_sources(method)) for method in ("gac", "hpt")}
+    wheel = tmp_path / "gaccore"
+    shutil.copytree(sources.SOURCE_DIRS["gaccore"], wheel, ignore=shutil.ignore_patterns("__pycache__"))
+    inside = {"gaccore": wheel}
+    for package in ("gaccore.demo", "gaccore.kernels", "gaccore.bindings"):
+        inside[package] = wheel / package.split(".")[1]
+        shutil.copytree(sources.SOURCE_DIRS[package], inside[package], ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(sources, "SOURCE_DIRS", inside)
+    assert {method: set(method_sources(method)) for method in source_layout} == source_layout
+
+
+def test_the_report_reads_the_catalogue_never_the_training_loop() -> None:
+    """The reporting files import the settings and the method catalogue, never the loop, model, runner or run key."""
+    folder = sources.SOURCE_DIRS["gaccore.demo"]
+    for name in ("report.py", "summaries.py", "provenance.py", "markdown.py", "figures.py", "verdict.py"):
+        tree = ast.parse((folder / name).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert not imported & {"train", "runner", "model", "sources"}, (name, imported)
 
 
 def test_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -371,13 +446,15 @@ def test_a_rejected_demonstration_adds_nothing_to_the_sft_loss_of_any_rule() -> 
     rl_loss = torch.tensor(0.7)
     kept = torch.tensor([True, False, True, True])
     for rule in (FixedMu(0.25), FixedMu(1.0)):
-        mu = rule.update(rewards=np.zeros((4, 2)))
-        filtered = hybrid_loss(rule, mu, logp, rl_loss, "nll", kept)
-        without = hybrid_loss(rule, mu, logp[kept], rl_loss, "nll", kept[kept])
+        mu = rule.update(scores=np.zeros(8))
+        filtered = hybrid_loss(rule.sft_weights, mu, logp, rl_loss, "nll", kept)
+        without = hybrid_loss(rule.sft_weights, mu, logp[kept], rl_loss, "nll", kept[kept])
         assert torch.allclose(filtered, without)
-    gate = HPTGate()
-    mu = gate.update(rewards=np.zeros((4, 2)))  # every prompt gated
-    assert torch.allclose(hybrid_loss(gate, mu, logp, rl_loss, "nll", kept), mu * -logp[kept].sum() / 6 + rl_loss)
+    gate = HPTGate(group_size=2)
+    mu = gate.update(scores=np.zeros(8))  # every prompt gated
+    assert torch.allclose(
+        hybrid_loss(gate.sft_weights, mu, logp, rl_loss, "nll", kept), mu * -logp[kept].sum() / 6 + rl_loss
+    )
 
 
 def test_too_few_seeds_decide_nothing_even_when_the_runs_look_clear() -> None:

@@ -1,7 +1,8 @@
 """The import layers of pyproject.toml hold, and a breach of them fails the lint.
 
-import-linter reads the package as it is installed (kernels/ and bindings/
-inside gaccore/), so each test assembles that layout in a scratch folder.
+import-linter reads the package as it is installed (demo/, kernels/ and
+bindings/ inside gaccore/), so each test assembles that layout in a scratch
+folder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="needs the dev
 def assemble(folder: Path) -> Path:
     package = folder / "gaccore"
     shutil.copytree(ROOT / "gaccore", package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "demo", package / "demo", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "kernels", package / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "bindings", package / "bindings", ignore=shutil.ignore_patterns("__pycache__"))
     return package
@@ -55,6 +57,7 @@ def test_the_layers_hold(tmp_path: Path) -> None:
         ("rows.py", "import gaccore.kernels.tensors", "demo > bindings > kernels"),
         ("controller.py", "from gaccore.bindings import common", "demo > bindings > kernels"),
         ("kernels/row_stats/twin.py", "import gaccore.bindings.losses", "demo > bindings > kernels"),
+        ("bindings/losses.py", "from gaccore.demo import task", "demo > bindings > kernels"),
         ("kernels/row_stats/twin.py", "from gaccore.kernels import runners", "backend > runners > close step"),
         ("kernels/tensors.py", "from gaccore.kernels.row_stats import twin", "backend > runners > close step"),
         ("stats.py", "import torch", "imports neither torch nor triton"),

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gaccore.demo.task import ANSWER_LEN, PROMPT_LEN, VOCAB_SIZE
+from .task import ANSWER_LEN, PROMPT_LEN, VOCAB_SIZE
 
 
 class Block(nn.Module):

@@ -10,9 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gaccore.demo.runner import RunPlan, grid_plan, run_suite
-from gaccore.demo.task import FALSE_ACCEPT, FALSE_REJECT, SUITE
-from gaccore.demo.train import (
+from .methods import (
     MAIN_METHODS,
     METHODS,
     QUICK_METHODS,
@@ -24,9 +22,11 @@ from gaccore.demo.train import (
     SUITE_SEEDS,
     TRACK_U,
     TRACK_V,
-    RunSettings,
     ablations,
 )
+from .runner import RunPlan, grid_plan, run_suite
+from .settings import RunSettings
+from .task import FALSE_ACCEPT, FALSE_REJECT, SUITE
 
 USAGE = """\
 gaccore demo                       # the quick demo: 1 task, 4 methods, 2 seeds (about 5.5 min on 2 cores)

@@ -6,7 +6,7 @@ of everything its numbers depend on: the task, the method, the seed, the
 settings, the torch and numpy versions (and for GAC methods numba's, or
 its absence: it decides which CPU path computes the statistics), and a
 digest of the source files the method's code runs through
-(``train.method_sources``). With
+(``sources.method_sources``). With
 ``reuse=True`` a run whose record exists under the same key is loaded
 instead of trained, so an interrupted suite resumes where it stopped and a
 new method extends a suite without retraining the others; an edit of the
@@ -18,7 +18,6 @@ they run (``python -m gaccore.demo`` names its module ``__main__``).
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import importlib.metadata
 import json
@@ -34,9 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gaccore.demo.report import build_report, write_outputs
-from gaccore.demo.task import SUITE
-from gaccore.demo.train import METHODS, RunResult, RunSettings, is_gac_method, method_sources, train_one
+from .methods import METHODS, is_gac_method
+from .report import build_report, write_outputs
+from .settings import RunResult, RunSettings
+from .sources import sources_digest
+from .task import SUITE
+from .train import train_one
 
 # 2: keyed by the code of the sources (code_of), not their text.
 RECORD_SCHEMA = "gaccore.demo.run/2"
@@ -44,29 +46,6 @@ RECORD_SCHEMA = "gaccore.demo.run/2"
 PROGRESS_EVERY = 10
 
 RunPlan = tuple[str, str, int]  # (task, method, seed)
-
-
-def code_of(source: str) -> str:
-    """A module's code without what cannot change a number: its syntax tree
-    with every docstring dropped (comments are not in the tree), dumped
-    without line numbers. An edit of a docstring or a comment, or a
-    reformatting, leaves it unchanged."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                if isinstance(body[0].value.value, str):
-                    node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, include_attributes=False)
-
-
-def sources_digest(method: str) -> str:
-    """SHA-256 over the names and the code (``code_of``) of ``method``'s source files."""
-    digest = hashlib.sha256()
-    for name, path in method_sources(method).items():
-        digest.update(name.encode() + b"\0" + code_of(path.read_text()).encode() + b"\0")
-    return digest.hexdigest()
 
 
 def numba_version() -> str | None:
