@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,8 +51,10 @@ class Implementation:
     def picked_where(self, device_type: str) -> bool:
         return ANY_DEVICE in self.auto_on or device_type in self.auto_on
 
-    def row_results(self, batch: TokenBatch[Any], sft_coef: str) -> Any:
-        return importlib.import_module(self.module).row_results(batch, sft_coef)
+    @property
+    def row_results(self) -> Callable[[TokenBatch[Any], str], Any]:
+        """The implementation's ``row_results(batch, sft_coef)``, its module imported on first use."""
+        return importlib.import_module(self.module).row_results  # type: ignore[no-any-return]
 
 
 IMPLEMENTATIONS = (

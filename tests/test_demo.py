@@ -228,9 +228,9 @@ def test_reuse_loads_records_instead_of_training(
 
 def test_a_run_is_keyed_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "gaccore/controller.py" in method_sources("gac")
-    assert "gaccore/kernels/reference.py" in method_sources("gac-no-prior")
-    assert "gaccore/kernels/cpu_rows.py" in method_sources("gac")
-    assert "gaccore/kernels/fused.py" not in method_sources("gac")  # never runs on the demo's CPU tensors
+    assert "gaccore/kernels/row_stats/twin.py" in method_sources("gac-no-prior")
+    assert "gaccore/kernels/row_stats/cpu_pass.py" in method_sources("gac")
+    assert "gaccore/kernels/row_stats/fused.py" not in method_sources("gac")  # never runs on the demo's CPU tensors
     assert "gaccore/controller.py" not in method_sources("chord")
     assert {"gaccore/baselines.py", "gaccore/demo/train.py", "gaccore/bindings/losses.py"} <= set(method_sources("hpt"))
     copies = {package: tmp_path / package for package in sources.SOURCE_DIRS}
@@ -254,15 +254,15 @@ def test_a_run_is_keyed_by_the_code_it_runs(tmp_path: Path, monkeypatch: pytest.
         patched.setattr(runner, "numba_version", lambda: None)
         assert key("gac") != installed["gac"] and key("chord") == installed["chord"]
     before = {method: key(method) for method in ("gac", "gac-no-prior", "chord", "pure-sft")}
-    controller = copies["gaccore"] / "controller.py"
+    controller, step = copies["gaccore"] / "controller.py", copies["gaccore"] / "step.py"
     # Docstrings, comments and layout change no number: nothing retrains.
     edit(controller, '"""The GAC controller', '"""The GAC controller (an edited docstring)')
-    edit(controller, "# 1. Proxies into their EMAs.", "# 1. The proxies go into their EMAs (an edited comment).")
+    edit(step, "# 1. Proxies into their EMAs.", "# 1. The proxies go into their EMAs (an edited comment).")
     controller.write_text(controller.read_text() + "\n\n# a trailing comment\n")
-    edit(copies["gaccore.kernels"] / "fused.py", "MAX_BLOCK_T = ", "UNUSED_HERE = 1\nMAX_BLOCK_T = ")
+    edit(copies["gaccore.kernels"] / "row_stats" / "launch.py", "MAX_BLOCK_T = ", "UNUSED_HERE = 1\nMAX_BLOCK_T = ")
     assert {method: key(method) for method in before} == before
     # Code does: the GAC methods retrain, the baselines do not.
-    edit(controller, "_MIN_FAILURE_RATE = 1e-6", "_MIN_FAILURE_RATE = 1e-7")
+    edit(step, "MIN_FAILURE_RATE = 1e-6", "MIN_FAILURE_RATE = 1e-7")
     after = {method: key(method) for method in before}
     assert after["gac"] != before["gac"] and after["gac-no-prior"] != before["gac-no-prior"]
     assert after["chord"] == before["chord"] and after["pure-sft"] == before["pure-sft"]
@@ -294,7 +294,9 @@ def test_the_run_key_covers_the_training_files_and_never_the_reporting_ones() ->
         if is_gac_method(method):
             assert {f"gaccore/{name}" for name in core} <= set(keyed)
             assert {name for name in keyed if name.startswith("gaccore/kernels/")} == {
-                f"gaccore/kernels/{name}" for name in torch_side - set(sources.TORCH_SIDE_NOT_RUN_ON_CPU)
+                f"gaccore/kernels/{name}"
+                for name in torch_side
+                if not any(name == entry or name.startswith(entry + "/") for entry in sources.TORCH_SIDE_NOT_RUN_ON_CPU)
             }
         else:  # the rules, what they import, and kept_demos (rows.py): the filter of the filtered baselines
             assert {"gaccore/baselines.py", "gaccore/stats.py", "gaccore/rows.py"} <= set(keyed)
