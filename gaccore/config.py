@@ -18,6 +18,11 @@ from gaccore.validation import SFT_COEFS, SftCoef, check_threshold
 # ``gaccore.controller.verified_rho``).
 Mode = Literal["paper", "verified"]
 MODES: tuple[str, ...] = get_args(Mode)
+# Where the prior comes from: "steps", the warmup-cosine schedule over the
+# optimizer steps (SPEC.md §3); "success", the same shape over the rollouts'
+# success rate (needs no run length; see ``gaccore.step.success_prior``).
+PriorFrom = Literal["steps", "success"]
+PRIORS_FROM: tuple[str, ...] = get_args(PriorFrom)
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -66,6 +71,10 @@ class Config:
         None, "demonstrations the verifier scores below this leave the SFT loss and statistics; None keeps all"
     )
     verified_patience: int = _setting(20, "mode 'verified': warn once after this many steps without the two rates")
+    prior_from: PriorFrom = _setting(
+        "steps", "'steps': the prior decays over warmup/decay steps; 'success': over the rollouts' success rate"
+    )
+    success_target: float = _setting(0.5, "prior_from 'success': the rollouts' success rate where it reaches mu_valley")
     success_threshold: float | None = _setting(
         None,
         "scores at or above this count as successes in the success rates; None: scores are rates in [0, 1]",
@@ -82,6 +91,9 @@ class Config:
             elif f.name == "mode":
                 if value not in MODES:
                     raise ValueError(f"mode must be one of {MODES}, got {value!r}")
+            elif f.name == "prior_from":
+                if value not in PRIORS_FROM:
+                    raise ValueError(f"prior_from must be one of {PRIORS_FROM}, got {value!r}")
             elif f.name == "per_mean":
                 if not isinstance(value, bool):
                     raise ValueError(f"per_mean must be a bool, got {value!r}")
@@ -121,10 +133,15 @@ class Config:
         require(self.kl_target > 0.0, "kl_target", "kl_target > 0")
         require(self.kl_band >= 0.0, "kl_band", "kl_band >= 0")
         require(self.large_shift >= 0.0, "large_shift", "large_shift >= 0")
+        require(0.0 < self.success_target <= 1.0, "success_target", "0 < success_target <= 1")
 
-    def schedule_prior(self) -> WarmupCosine:
-        """The controller's default prior: warmup-cosine from ``mu_init`` to
-        ``mu_peak`` over ``warmup_steps``, then to ``mu_valley`` over ``decay_steps``."""
+    def schedule_prior(self) -> WarmupCosine | None:
+        """The controller's default prior over steps: warmup-cosine from
+        ``mu_init`` to ``mu_peak`` over ``warmup_steps``, then to ``mu_valley``
+        over ``decay_steps``; ``None`` with ``prior_from="success"``, whose
+        prior the step computes from the success rate itself."""
+        if self.prior_from == "success":
+            return None
         return warmup_cosine(self.warmup_steps, self.decay_steps, self.mu_peak, self.mu_valley, mu_start=self.mu_init)
 
     def to_dict(self) -> dict[str, Any]:

@@ -60,9 +60,7 @@ class Controller:
         **overrides: Any,
     ) -> None:
         config = _resolve_config(config, overrides)
-        prior = config.schedule_prior() if prior is _PRIOR_FROM_CONFIG else prior
-        if prior is not None and not callable(prior):
-            raise TypeError(f"prior must be a callable step -> mu or None, got {prior!r}")
+        prior = _resolve_prior(prior, config)
         if compile_step is not False and compile_step is not True and compile_step != "reduce-overhead":
             raise TypeError(f'compile_step must be False, True or "reduce-overhead", got {compile_step!r}')
         self.config, self.prior, self.process_group = config, prior, process_group
@@ -320,6 +318,18 @@ def _resolve_config(config: Config | None, overrides: dict[str, Any]) -> Config:
     if unknown:
         raise TypeError(f"unknown Config fields in overrides: {unknown}")
     return dataclasses.replace(config, **overrides)
+
+
+def _resolve_prior(prior: Any, config: Config) -> Prior | None:
+    """The prior callable: ``config``'s schedule by default (none with
+    ``prior_from="success"``, whose prior the step computes itself)."""
+    if prior is _PRIOR_FROM_CONFIG:
+        return config.schedule_prior()
+    if prior is not None and config.prior_from == "success":
+        raise TypeError("prior: prior_from='success' computes the prior from the success rate; pass no prior callable")
+    if prior is not None and not callable(prior):
+        raise TypeError(f"prior must be a callable step -> mu or None, got {prior!r}")
+    return prior  # type: ignore[no-any-return]
 
 
 def _checked(batch: TokenBatch[Any], config: Config, *, first_step: bool) -> StatsBackend:

@@ -39,6 +39,8 @@ ADDED_CONFIG_FIELDS: dict[str, Any] = {
     "mode": "paper",
     "filter_demos": None,
     "verified_patience": 20,
+    "prior_from": "steps",
+    "success_target": 0.5,
     "success_threshold": None,
 }
 # Settings a resumed run may change: they decide no number of the state or of

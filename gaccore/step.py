@@ -80,6 +80,20 @@ def verified_rho(expert_success: A, policy_success: A, config: Config) -> A:
     return clip(advantage, config.rho_min, config.rho_max)
 
 
+def success_prior(policy_success: A, has_policy_success: A, config: Config) -> A:
+    """The prior of ``prior_from="success"``: ``mu_peak`` while the rollouts
+    fail, ``mu_valley`` once their success rate's EMA reaches
+    ``success_target``, a smoothstep between (``3 x^2 - 2 x^3`` of the rate
+    over the target), and ``mu_peak`` before any rate is known. The
+    warmup-cosine's shape with the policy's progress in place of the step:
+    imitate while the rollouts give GRPO nothing to learn from, hand over
+    to RL as they start to succeed, whatever the run's length."""
+    progress = clip(policy_success / config.success_target, 0.0, 1.0)
+    handed_over = progress * progress * (3.0 - 2.0 * progress)
+    value = config.mu_peak - (config.mu_peak - config.mu_valley) * handed_over
+    return where(has_policy_success, value, config.mu_peak)
+
+
 def capped_step(mu: A, target: A, config: Config) -> A:
     """Eq. 13: move at most ``cap`` towards ``target``, inside [mu_min, mu_max]."""
     return clip(mu + clip(target - mu, -config.cap, config.cap), config.mu_min, config.mu_max)
@@ -172,6 +186,8 @@ def _advance_steps(
     estimate = clip(where(defined, raw, 0.0), 0.0, 1.0)
 
     # 4. EMA of the estimate; 5. prior blend; 6. cap (Eq. 13).
+    if config.prior_from == "success":
+        prior_value = success_prior(s["ema_policy_success"], s["has_policy_success"], config)
     beta = config.ema_beta
     mu_bar = where(defined, beta * s["mu_bar"] + (1.0 - beta) * estimate, s["mu_bar"])
     target = mu_bar

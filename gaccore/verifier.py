@@ -1,7 +1,8 @@
 """What the controller does with the verifier's scores beyond the statistics.
 
-``mode="verified"`` steers rho with two success rates, so it needs scores
-that are successes or success rates: ``check_success_scores`` refuses others
+``mode="verified"`` steers rho with two success rates and
+``prior_from="success"`` the prior with the rollouts' one, so both need
+scores that are successes or success rates: ``check_success_scores`` refuses others
 (``Config.success_threshold`` turns any reward into successes instead), and
 ``RatesWatch`` warns when a run gives the mode no rates at all.
 """
@@ -18,22 +19,26 @@ from gaccore.config import Config
 
 
 def check_success_scores(scores: Any, config: Config, *, first_step: bool) -> None:
-    """In ``mode="verified"`` without ``success_threshold``, refuse scores
+    """Where a success rate steers mu (``mode="verified"``, ``prior_from="success"``)
+    and no ``success_threshold`` makes successes of the scores, refuse scores
     outside [0, 1] (NaN and inf: not scored), naming ``scores`` and what to
-    pass. Host scores (numpy, CPU tensors) are read at every call; scores on
-    a device at the controller's first step only, since reading them
-    synchronizes."""
-    if scores is None or config.mode != "verified" or config.success_threshold is not None:
+    pass. numpy scores are read at every call; torch tensors at the
+    controller's first step only, since reading one on a device synchronizes
+    (the first step is where a reward's convention shows)."""
+    reader = "mode='verified'" if config.mode == "verified" else "prior_from='success'"
+    if scores is None or config.success_threshold is not None:
+        return
+    if config.mode != "verified" and config.prior_from != "success":
         return
     if is_torch(scores):
-        if scores.device.type != "cpu" and not first_step:
+        if not first_step:
             return
         scores = scores.detach().cpu().double().numpy()
     values = np.asarray(scores, dtype=np.float64)
     values = values[np.isfinite(values)]
     if values.size and not 0.0 <= values.min() <= values.max() <= 1.0:
         raise ValueError(
-            f"scores: mode='verified' reads each score as a success rate in [0, 1] (NaN: not scored), got scores "
+            f"scores: {reader} reads each score as a success rate in [0, 1] (NaN: not scored), got scores "
             f"from {values.min():g} to {values.max():g}; pass Config(success_threshold=t) to count a score at or "
             "above t as a success (the reward of a right answer; 0.0 for rewards of -1 and +1), or scores in [0, 1]"
         )

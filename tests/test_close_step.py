@@ -191,6 +191,7 @@ CONFIGS = {
     "per_mean": {"per_mean": True, "trim": 0.25},
     "filtered": {"mode": "verified", "filter_demos": 0.5, "trim": 0.0},
     "thresholded": {"mode": "verified", "filter_demos": 0.25, "success_threshold": 0.25},
+    "success_prior": {"prior_from": "success", "success_target": 0.4, "mu_peak": 0.8, "mu_valley": 0.1},
     "odd": {"scale": (2.0, 0.5, 3.0), "trim": 0.49, "kl_band": 0.0, "cap": 1.0, "blend": 1, "large_shift": 0.0},
 }
 

@@ -42,6 +42,8 @@ NON_DEFAULT = {
     "mode": "verified",
     "filter_demos": 0.5,
     "verified_patience": 5,
+    "prior_from": "success",
+    "success_target": 0.3,
     "success_threshold": 0.5,
 }
 

@@ -570,3 +570,46 @@ def test_verified_state_round_trip_continues_the_same_trajectory(steps, split):
         inputs = dict(kl=kl, expert_success=expert_success, policy_success=policy_success)
         assert resumed.update_stats(stats, **inputs) == ref.update_stats(stats, **inputs)
         assert resumed.rho == ref.rho
+
+
+# -- prior_from="success": the prior from the rollouts' success rate, no run length ---------------------------
+
+
+@given(success=st.floats(0.0, 1.0), target=st.floats(0.05, 1.0), has=st.booleans())
+def test_the_success_prior_hands_over_from_mu_peak_to_mu_valley(success, target, has):
+    from gaccore.step import success_prior
+
+    config = Config(prior_from="success", success_target=target)
+    value = float(success_prior(np.float64(success), np.bool_(has), config))
+    if not has:
+        assert value == config.mu_peak
+        return
+    assert config.mu_valley <= value <= config.mu_peak
+    if success >= target:
+        assert value == pytest.approx(config.mu_valley, abs=1e-12)
+    lower = float(success_prior(np.float64(success * 0.5), np.bool_(True), config))
+    assert lower >= value  # less success, more imitation
+
+
+def test_a_success_prior_controller_follows_the_rollouts_not_the_step():
+    """Two controllers at different steps but with the same success history
+    blend toward the same prior; the schedule's warmup and decay play no part."""
+    rng = np.random.default_rng(0)
+    logp = -rng.random((8, 5)).astype(np.float32)
+    mask, adv, expert = np.ones((8, 5), bool), rng.standard_normal(8).astype(np.float32), np.arange(8) >= 6
+
+    def run(warmup, decay, successes):
+        ctrl = Controller(prior_from="success", warmup_steps=warmup, decay_steps=decay, cap=1.0, blend=0.0)
+        for rate in successes:
+            scores = np.where(np.arange(8) < 6, float(rate), np.nan)
+            ctrl.update(logp, mask, adv, expert, scores=scores)
+        return ctrl.mu
+
+    failing = run(0, 1, [0.0] * 5)
+    assert failing == pytest.approx(Config().mu_peak)  # no success yet: imitate (mu_max caps nothing here)
+    assert run(0, 1, [1.0] * 5) == pytest.approx(Config().mu_valley)
+    assert run(5, 500, [0.6] * 5) == run(0, 1, [0.6] * 5)
+    with pytest.raises(TypeError, match="prior_from='success' computes the prior"):
+        Controller(prior_from="success", prior=lambda step: 0.5)
+    with pytest.raises(ValueError, match=r"scores: prior_from='success' reads each score as a success rate"):
+        Controller(prior_from="success").update(logp, mask, adv, expert, scores=np.full(8, 2.0))

@@ -49,12 +49,8 @@ Compiled for sm_90 the kernel spills no register up to 4096 rows at 8
 warps; the 2048-row bound is the comparisons' (docs/decisions.md).
 """
 
-import sys
-
 import triton
 import triton.language as tl
-
-from gaccore import step
 
 from ..triton_numerics import (
     INF,
@@ -105,50 +101,10 @@ from .layout import (
     N_SKIPPED_VAR_SFT,
     RHO,
 )
+from .numerics import F64_MAX, FROM_NONE, MIN_FAILURE_RATE, fold, observation, sft_rows, success_prior
 
 # Rank comparisons of one loop iteration: BLOCK_B x CHUNK_B pairs at most.
 RANK_TILE = 8192
-
-# Where an observation comes from (the kernel's *_FROM constexprs).
-FROM_NONE = tl.constexpr(0)
-FROM_HOST = tl.constexpr(1)
-FROM_TENSOR = tl.constexpr(2)
-
-F64_MAX = tl.constexpr(sys.float_info.max)  # the largest float64
-MIN_FAILURE_RATE = tl.constexpr(step.MIN_FAILURE_RATE)
-
-
-@triton.jit
-def _sft_rows(p_sft, p_demo, p_score, o_b, m_b, FILTER: tl.constexpr, FILTER_AT: tl.constexpr):
-    """The SFT rows, less the demonstrations the filter drops (``gaccore.rows.kept_demos``)."""
-    m_sft = m_b & (tl.load(p_sft + o_b, mask=m_b, other=0.0) != 0.0)
-    if FILTER:
-        m_demo = tl.load(p_demo + o_b, mask=m_b, other=0.0) != 0.0
-        b_score = tl.load(p_score + o_b, mask=m_b, other=0.0)
-        m_sft = m_sft & (~(b_score < f64(FILTER_AT)) | ~m_demo)
-    return m_sft
-
-
-@triton.jit
-def _fold(ema, has, value, beta):
-    """``gaccore.controller._fold``: a finite value into an EMA (the first one initializes it).
-    Returns the new EMA, its flag, and whether the value was finite."""
-    m_finite = is_finite(value)
-    value = tl.where(m_finite, value, 0.0)
-    folded = clip(tl.where(has, beta * ema + (1.0 - beta) * value, value), -f64(F64_MAX), f64(F64_MAX))
-    return tl.where(m_finite, folded, ema), has | m_finite, m_finite
-
-
-@triton.jit
-def _observation(p_value, host_value, FROM: tl.constexpr):
-    """A step's observation: read from a tensor, a host value, or none (NaN)."""
-    if FROM == FROM_TENSOR:
-        value = tl.load(p_value).to(tl.float64)
-    elif FROM == FROM_HOST:
-        value = f64(host_value)
-    else:
-        value = nan()
-    return value
 
 
 @triton.jit
@@ -187,7 +143,7 @@ def _finalize_rows(
     m_b = o_b < n_rows
     m_rl = m_b & (tl.load(p_rl + o_b, mask=m_b, other=0.0) != 0.0)
     m_demo = m_b & (tl.load(p_demo + o_b, mask=m_b, other=0.0) != 0.0)
-    m_sft = _sft_rows(p_sft, p_demo, p_score, o_b, m_b, FILTER, FILTER_AT)
+    m_sft = sft_rows(p_sft, p_demo, p_score, o_b, m_b, FILTER, FILTER_AT)
     b_n_rl = count(m_rl)
     b_n_sft = count(m_sft)
 
@@ -242,7 +198,7 @@ def _finalize_rows(
         o_j = j0 + tl.arange(0, CHUNK_B)
         m_j = o_j < n_rows
         b_nll_j = tl.where(
-            _sft_rows(p_sft, p_demo, p_score, o_j, m_j, FILTER, FILTER_AT),
+            sft_rows(p_sft, p_demo, p_score, o_j, m_j, FILTER, FILTER_AT),
             tl.load(p_nll + o_j, mask=m_j, other=0.0),
             INF,
         )
@@ -321,6 +277,10 @@ def _close_step_kernel(
     POLICY_SUCCESS_FROM: tl.constexpr,
     PRIOR_FROM: tl.constexpr,
     MODE_VERIFIED: tl.constexpr,
+    PRIOR_FROM_SUCCESS: tl.constexpr,
+    SUCCESS_TARGET: tl.constexpr,
+    MU_PEAK: tl.constexpr,
+    MU_VALLEY: tl.constexpr,
     PER_MEAN: tl.constexpr,
     FILTER: tl.constexpr,
     FILTER_AT: tl.constexpr,
@@ -375,9 +335,9 @@ def _close_step_kernel(
     has_pr = tl.load(p_flags + HAS_POLICY_SUCCESS) != 0
     has_estimate = tl.load(p_flags + HAS_ESTIMATE) != 0
 
-    kl = _observation(p_kl, kl_value, KL_FROM)
-    expert_success = _observation(p_expert_success, expert_success_value, EXPERT_SUCCESS_FROM)
-    policy_success = _observation(p_policy_success, policy_success_value, POLICY_SUCCESS_FROM)
+    kl = observation(p_kl, kl_value, KL_FROM)
+    expert_success = observation(p_expert_success, expert_success_value, EXPERT_SUCCESS_FROM)
+    policy_success = observation(p_policy_success, policy_success_value, POLICY_SUCCESS_FROM)
 
     if HAS_ROWS:
         var_sft, var_rl, disagreement, b_kl, b_n_sft, b_n_rl, b_n_nonfinite_rows, b_expert_success, b_policy_success = (
@@ -416,11 +376,11 @@ def _close_step_kernel(
         if PER_MEAN:
             var_sft = var_sft / b_n_sft
             var_rl = var_rl / b_n_rl
-        ema_d, has_d, m_finite = _fold(ema_d, has_d, disagreement, stat_beta)
+        ema_d, has_d, m_finite = fold(ema_d, has_d, disagreement, stat_beta)
         n_skipped_d = n_skipped_d + tl.where(m_finite, 0.0, 1.0)
-        ema_s, has_s, m_finite = _fold(ema_s, has_s, var_sft, stat_beta)
+        ema_s, has_s, m_finite = fold(ema_s, has_s, var_sft, stat_beta)
         n_skipped_s = n_skipped_s + tl.where(m_finite, 0.0, 1.0)
-        ema_r, has_r, m_finite = _fold(ema_r, has_r, var_rl, stat_beta)
+        ema_r, has_r, m_finite = fold(ema_r, has_r, var_rl, stat_beta)
         n_skipped_r = n_skipped_r + tl.where(m_finite, 0.0, 1.0)
         n_nonfinite_rows = clip(n_nonfinite_rows + b_n_nonfinite_rows, 0.0, f64_max)
         # The caller's observations where finite, else the batch's.
@@ -430,7 +390,7 @@ def _close_step_kernel(
 
     # 2. KL-controlled rho (Eq. 11/16), when there is an observation to fold.
     if HAS_ROWS or KL_FROM != FROM_NONE:
-        ema_kl, has_kl, m_observed = _fold(ema_kl, has_kl, kl, f64(KL_BETA))
+        ema_kl, has_kl, m_observed = fold(ema_kl, has_kl, kl, f64(KL_BETA))
         b_excess = clip(tl.where(m_observed, kl, 0.0) - f64(KL_TARGET), 0.0, f64_max)
         m_high = m_observed & (ema_kl > f64(KL_HIGH))
         m_low = m_observed & (ema_kl < f64(KL_LOW))
@@ -440,8 +400,8 @@ def _close_step_kernel(
         kl_drift_area = clip(kl_drift_area + tl.where(m_observed, b_excess, 0.0), 0.0, f64_max)
 
     # 2b. The verifier's success rates (a non-finite one leaves its EMA as it is).
-    ema_er, has_er, _ = _fold(ema_er, has_er, expert_success, stat_beta)
-    ema_pr, has_pr, _ = _fold(ema_pr, has_pr, policy_success, stat_beta)
+    ema_er, has_er, _ = fold(ema_er, has_er, expert_success, stat_beta)
+    ema_pr, has_pr, _ = fold(ema_pr, has_pr, policy_success, stat_beta)
     if MODE_VERIFIED:
         b_failures = clip(1.0 - ema_pr, f64(MIN_FAILURE_RATE), f64_max)
         b_advantage = clip((ema_er - ema_pr) / b_failures, 0.0, 1.0)
@@ -462,7 +422,10 @@ def _close_step_kernel(
     # 4. EMA of the estimate; 5. prior blend (a non-finite prior: none); 6. cap (Eq. 13).
     ema_beta = f64(EMA_BETA)
     mu_bar = tl.where(m_defined, ema_beta * mu_bar + (1.0 - ema_beta) * estimate, mu_bar)
-    prior = _observation(p_prior, prior_value, PRIOR_FROM)  # none: NaN, so no blend
+    if PRIOR_FROM_SUCCESS:  # gaccore.step.success_prior, of this step's success-rate EMA
+        prior = success_prior(ema_pr, has_pr, f64(SUCCESS_TARGET), f64(MU_PEAK), f64(MU_VALLEY))
+    else:
+        prior = observation(p_prior, prior_value, PRIOR_FROM)  # none: NaN, so no blend
     m_prior = is_finite(prior)
     blend = f64(BLEND)
     b_blended = blend * mu_bar + (1.0 - blend) * tl.where(m_prior, prior, 0.0)

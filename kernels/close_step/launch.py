@@ -26,8 +26,9 @@ from gaccore.config import Config
 from gaccore.rows import ROW_FIELDS, RowResults
 from gaccore.state import ControllerState
 
-from .kernel import FROM_HOST, FROM_NONE, FROM_TENSOR, RANK_TILE, _close_step_kernel
+from .kernel import RANK_TILE, _close_step_kernel
 from .layout import Closed, empty_outputs, pack_state, views
+from .numerics import FROM_HOST, FROM_NONE, FROM_TENSOR
 
 # Row counts above this take the plain close_step: the kernel's trimmed
 # variance compares every row with every other (kernel.py's docstring).
@@ -41,6 +42,10 @@ def _constants(config: Config) -> dict[str, Any]:
     k_d, k_s, k_r = config.scale
     return {
         "MODE_VERIFIED": config.mode == "verified",
+        "PRIOR_FROM_SUCCESS": config.prior_from == "success",
+        "SUCCESS_TARGET": float(config.success_target),
+        "MU_PEAK": float(config.mu_peak),
+        "MU_VALLEY": float(config.mu_valley),
         "PER_MEAN": config.per_mean,
         "FILTER": config.filter_demos is not None,
         "FILTER_AT": None if config.filter_demos is None else float(config.filter_demos),
