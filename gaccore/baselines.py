@@ -75,8 +75,8 @@ FloatArray = npt.NDArray[np.float64]
 
 def _to_numpy(value: Any, name: str) -> FloatArray:
     """A numpy float64 copy of an array or tensor (torch is never imported here)."""
-    if hasattr(value, "detach"):  # a torch tensor: move to host numpy
-        value = value.detach().float().cpu().numpy()
+    if hasattr(value, "detach"):  # a torch tensor: to host numpy, float64 (float32 would round a float64 reward)
+        value = value.detach().cpu().double().numpy()
     try:
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as error:

@@ -237,3 +237,12 @@ def test_import_gaccore_does_not_import_torch_or_the_demo() -> None:
     code = "import sys, gaccore; print('torch' in sys.modules, 'gaccore.demo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_float64_tensor_scores_keep_their_digits() -> None:
+    """A reward given as a float64 tensor reaches the rule unrounded (float32 would round 0.1 + 1e-9)."""
+    torch = pytest.importorskip("torch")
+    rule = RewardVariance(0.01, group_size=2)
+    rewards = [0.1, 0.1 + 1e-9]
+    rule.update(None, None, None, torch.zeros(2, dtype=torch.bool), scores=torch.tensor(rewards, dtype=torch.float64))
+    assert rule.ema == pytest.approx(float(np.var(rewards)), rel=1e-6, abs=0.0)
