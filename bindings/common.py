@@ -39,6 +39,7 @@ METRIC_PREFIX = "gac/"
 # verifier's success rates smoothed (ema_*) and of the last step's batch (batch_*).
 LOGGED_METRICS = (
     "mu",
+    "prior",
     "rho",
     "estimate",
     "ema_disagreement",

@@ -20,18 +20,21 @@ from .methods import (
     SCHEDULE_SEEDS,
     SCHEDULE_TASKS,
     SUITE_SEEDS,
+    TRACK_TASKS,
     TRACK_U,
     TRACK_V,
     ablations,
 )
 from .runner import RunPlan, grid_plan, run_suite
 from .settings import RunSettings
+from .study import run_study
 from .task import FALSE_ACCEPT, FALSE_REJECT, SUITE
 
 USAGE = """\
 gaccore demo                       # the quick demo: 1 task, 4 methods, 2 seeds (about 5.5 min on 2 cores)
 gaccore demo --suite --full        # the full suite: two tracks x 5 tasks x 5 seeds, and the schedule question
 gaccore demo --suite --full --reuse   # resume or extend it: train only the runs without a record
+gaccore demo --study --reuse       # the plan study: CHORD planned right and wrong against a rule without a plan
 gaccore demo --task carry-drop     # one task: the main methods, 1 seed
 gaccore demo --task carry-drop --full   # + the GAC ablations, 3 seeds
 gaccore demo --task carry-drop sub-borrow --methods sft-filtered gac-verified --seeds 5 --checker-errors 0 0
@@ -54,7 +57,7 @@ def suite_plan(full: bool, seeds: int | None) -> list[RunPlan]:
     n = seeds or SUITE_SEEDS
     plan: list[RunPlan] = []
     for seed in range(n):
-        plan += grid_plan(list(SUITE), TRACK_U + TRACK_V, [seed])
+        plan += grid_plan(TRACK_TASKS, TRACK_U + TRACK_V, [seed])
         if seed < min(n, SCHEDULE_SEEDS):
             plan += grid_plan(SCHEDULE_TASKS, SCHEDULE_METHODS, [seed])
     return plan
@@ -93,6 +96,11 @@ def parser() -> argparse.ArgumentParser:
     )
     which = demo.add_mutually_exclusive_group()
     which.add_argument("--suite", action="store_true", help="every task of the suite (the default)")
+    which.add_argument(
+        "--study",
+        action="store_true",
+        help="the plan study: its pilot, the selection of its regimes, its main runs (docs/demo.md)",
+    )
     which.add_argument(
         "--task",
         nargs="+",
@@ -166,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         plan = suite_plan(args.full, args.seeds)
     command = "gaccore " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    if args.study:
+        selection, _, main_runs = run_study(
+            settings, args.out, jobs=args.jobs, reuse=args.reuse, show_progress=not args.no_progress
+        )
+        print(f"\nthe plan study: {len(main_runs)} main runs on {', '.join(selection.regimes)}; {args.out}/runs/")
+        return 0
     report = run_suite(
         plan,
         settings,

@@ -38,8 +38,9 @@ def write_figures(runs: Sequence[RunResult], out: Path) -> list[Path]:
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}  # more than ten methods repeat, dashed
     styles = {m: "--" if (is_gac_method(m) and m != "gac") or i >= 10 else "-" for i, m in enumerate(methods)}
     widths = {m: 2.4 if m == "gac" else 1.2 for m in methods}
-    steps = len(runs[0].mu)
-    window = max(1, steps // 50)
+    every = runs[0].series_every  # the per-step series hold means over this many steps
+    steps = len(runs[0].mu) * every
+    window = max(1, steps // 50 // every)
     written = []
 
     def of(task: str, method: str) -> list[RunResult]:
@@ -62,7 +63,12 @@ def write_figures(runs: Sequence[RunResult], out: Path) -> list[Path]:
     rows = math.ceil(len(tasks) / cols)
     figures = (
         ("mu", "mu.png", "mu (SFT weight)", "mu per method, mean over seeds"),
-        ("kl", "kl.png", "k3 KL to the EMA policy", f"KL drift, mean over seeds, moving average of {window} steps"),
+        (
+            "kl",
+            "kl.png",
+            "k3 KL to the EMA policy",
+            f"KL drift, mean over seeds, moving average of {window * every} steps",
+        ),
     )
     for attribute, name, ylabel, title in figures:
         fig, axes = panels(rows, cols, 5.0, 3.6)
@@ -71,7 +77,7 @@ def write_figures(runs: Sequence[RunResult], out: Path) -> list[Path]:
                 # HPT's per-prompt share and the KL are noisy step to step: a moving average shows the trend.
                 smoothing = window if attribute == "kl" or m == "hpt" else 1
                 curve = _smooth(_curves(of(task, m), attribute).mean(axis=0), smoothing)
-                plot(ax, np.arange(curve.size) + smoothing - 1, curve, m)
+                plot(ax, (np.arange(curve.size) + smoothing) * every, curve, m)
             ax.set(xlabel="step", ylabel=ylabel, title=task)
             if attribute == "kl":
                 ax.set_yscale("log")
@@ -108,9 +114,10 @@ def write_figures(runs: Sequence[RunResult], out: Path) -> list[Path]:
         for row, task in zip(axes, gac_tasks, strict=True):
             for ax, (key, title) in zip(row, keys, strict=True):
                 for r in of(task, "gac"):
-                    (line,) = ax.plot(r.proxies[key], lw=1, label=f"seed {r.seed}")
+                    x = (np.arange(len(r.proxies[key])) + 1) * r.series_every
+                    (line,) = ax.plot(x, r.proxies[key], lw=1, label=f"seed {r.seed}")
                     if key == "rho":
-                        ax.plot(r.proxies["estimate"], ":", lw=1, color=line.get_color())
+                        ax.plot(x, r.proxies["estimate"], ":", lw=1, color=line.get_color())
                 ax.set_title(f"{task}: {title}", fontsize=8)
         axes[0, -1].legend(fontsize=6)
         finish(fig, "gac_proxies.png")

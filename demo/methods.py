@@ -63,8 +63,10 @@ class Method:
     recorded: tuple[str, ...] = ()
 
 
-# What a GAC run records of its controller each step: the three proxies' EMAs, rho and the raw estimate.
-GAC_RECORDED = ("ema_disagreement", "ema_var_sft", "ema_var_rl", "rho", "estimate")
+# What a GAC run records of its controller each step: the three proxies' EMAs,
+# rho, the raw estimate, the prior it blended toward and the rollouts' success
+# rate it read (the last two show how far mu strays from its prior, and why).
+GAC_RECORDED = ("ema_disagreement", "ema_var_sft", "ema_var_rl", "rho", "estimate", "prior", "ema_policy_success")
 
 
 def _gac_method(rule: RuleFactory, description: str, **fields: Any) -> Method:
@@ -142,11 +144,21 @@ METHODS: dict[str, Method] = {
         "hpt, imitating a prompt's demonstration only when the checker accepts it",
         filtered=True,
     ),
-    # The schedule planned for half and for twice the actual run.
+    # The schedule planned for a quarter of, half of, twice and four times the actual run.
+    "chord-quarter": Method(_chord, "chord, its schedule planned for a quarter of the run", schedule_scale=0.25),
     "chord-half": Method(_chord, "chord, its schedule planned for half the run", schedule_scale=0.5),
     "chord-double": Method(_chord, "chord, its schedule planned for twice the run", schedule_scale=2.0),
+    "chord-quadruple": Method(_chord, "chord, its schedule planned for four times the run", schedule_scale=4.0),
+    "gac-quarter": _gac_method(_gac, "gac, its prior planned for a quarter of the run", schedule_scale=0.25),
     "gac-half": _gac_method(_gac, "gac, its prior planned for half the run", schedule_scale=0.5),
     "gac-double": _gac_method(_gac, "gac, its prior planned for twice the run", schedule_scale=2.0),
+    "gac-quadruple": _gac_method(_gac, "gac, its prior planned for four times the run", schedule_scale=4.0),
+    # Needs no run length: the prior follows the rollouts' success rate (round 3's candidate).
+    "gac-success": _gac_method(
+        lambda s, k: _gac(s, k, prior_from="success"),
+        "gac with prior_from='success': the prior falls from 0.85 to 0.15 as the rollouts' success rate reaches "
+        "0.5 (no warmup or decay steps)",
+    ),
     "gac-verified-half": _gac_method(
         lambda s, k: _gac(s, k, **_VERIFIED),
         "gac-verified, its prior planned for half the run",
@@ -168,6 +180,7 @@ MAIN_METHODS = ["gac", "chord", "fixed-0.5", "kl-ctrl", "rewvar-ctrl", "hpt", "p
 # (held-out accuracy about 0.02 at 2000 steps, whatever the expert, since it
 # never reads a demonstration), and five seeds of it on five regimes would
 # cost a sixth of the suite to confirm that.
+TRACK_TASKS = ["perfect", "random-errors", "carry-drop", "mostly-wrong", "sub-borrow"]
 TRACK_U = ["gac", "chord", "fixed-0.5", "hpt", "pure-sft"]
 TRACK_V = [
     "gac-verified",

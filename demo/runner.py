@@ -41,7 +41,8 @@ from .task import SUITE
 from .train import train_one
 
 # 2: keyed by the code of the sources (code_of), not their text.
-RECORD_SCHEMA = "gaccore.demo.run/2"
+# 3: per-step series as means over SERIES_EVERY steps; the CPU's instruction set in the key.
+RECORD_SCHEMA = "gaccore.demo.run/3"
 # Workers report progress every this many steps (one message per step would cost more than it shows).
 PROGRESS_EVERY = 10
 
@@ -56,8 +57,21 @@ def numba_version() -> str | None:
         return None
 
 
+def numba_target() -> str | None:
+    """The CPU numba compiles the statistics pass for (``NUMBA_CPU_NAME`` or
+    the host's), ``None`` without numba."""
+    if numba_version() is None:
+        return None
+    import llvmlite.binding
+    import numba
+
+    return str(numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name())
+
+
 def run_identity(task: str, method: str, seed: int, settings: RunSettings) -> dict[str, Any]:
-    """Everything a run's numbers depend on."""
+    """Everything a run's numbers depend on, the machine's instruction set
+    included: torch's CPU kernels (and the numba pass) round differently on
+    AVX2 and AVX-512, so a record made on one is retrained on the other."""
     identity = {
         "task": task,
         "method": method,
@@ -66,9 +80,11 @@ def run_identity(task: str, method: str, seed: int, settings: RunSettings) -> di
         "sources": sources_digest(method),
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
     }
     if is_gac_method(method):
         identity["numba"] = numba_version()
+        identity["numba_cpu"] = numba_target()
     return identity
 
 
@@ -118,15 +134,34 @@ def run_suite(
     reuse: bool = False,
     show_progress: bool = True,
 ) -> dict[str, Any]:
+    """``run_plan``, then the report of its runs (``report.md``,
+    ``report.json``, figures) written into ``out`` and returned."""
+    started = time.perf_counter()
+    runs, reused = run_plan(plan, settings, out, jobs=jobs, reuse=reuse, show_progress=show_progress)
+    report = build_report(
+        runs, settings, command=command, total_wall_s=time.perf_counter() - started, jobs=jobs, reused=reused
+    )
+    write_outputs(report, runs, out)
+    return report
+
+
+def run_plan(
+    plan: Sequence[RunPlan],
+    settings: RunSettings,
+    out: Path,
+    *,
+    jobs: int = 1,
+    reuse: bool = False,
+    show_progress: bool = True,
+) -> tuple[list[RunResult], int]:
     """Train (or, with ``reuse``, load) every (task, method, seed) of
-    ``plan``, write the report (``report.md``, ``report.json``, figures)
-    into ``out``, and return it.
+    ``plan``; its runs in its order, and how many were loaded.
 
     ``jobs > 1`` trains that many runs at once in worker processes. Results
     do not depend on it: every run builds its task and seeds itself, and
     uses ``settings.threads`` torch threads wherever it runs. Each run's
-    record is written as soon as it finishes, so ``reuse`` resumes an
-    interrupted suite where it stopped.
+    record is written to ``out/runs/`` as soon as it finishes, so ``reuse``
+    resumes an interrupted suite where it stopped.
     """
     if not plan:
         raise ValueError("plan must name at least one (task, method, seed)")
@@ -138,7 +173,6 @@ def run_suite(
         if unknown:
             raise ValueError(f"unknown {name}(s) {unknown}; choose from {sorted(known)}")
     plan = list(dict.fromkeys(plan))  # a run named twice trains once
-    started = time.perf_counter()
     identities = [run_identity(task, method, seed, settings) for task, method, seed in plan]
     paths = [record_path(out, identity) for identity in identities]
     results: dict[int, RunResult] = {}
@@ -162,12 +196,7 @@ def run_suite(
                 finished(index, train_one(task, method, seed, settings, progress=bar.update))
         else:
             _train_in_workers([(index, plan[index]) for index in to_train], settings, jobs, bar, finished)
-    runs = [results[index] for index in range(len(plan))]
-    report = build_report(
-        runs, settings, command=command, total_wall_s=time.perf_counter() - started, jobs=jobs, reused=reused
-    )
-    write_outputs(report, runs, out)
-    return report
+    return [results[index] for index in range(len(plan))], reused
 
 
 def _train_in_workers(

@@ -42,6 +42,7 @@ DEMO_REPORTING_FILES = (
     "markdown.py",
     "figures.py",
     "verdict.py",
+    "study.py",
 )
 # The torch SFT loss and mix(), which every method trains with.
 SFT_LOSS_SOURCE = ("gaccore.bindings", "losses.py")

@@ -189,7 +189,7 @@ def summarize(runs: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
             "large_shifts_mean": float(np.mean([r.large_shifts for r in records])),
             "mean_mu": float(np.mean([np.mean(r.mu) for r in records])),
             "wall_s_mean": float(np.mean([r.wall_s for r in records])),
-            "step_ms_mean": float(np.mean([1000.0 * r.step_s / len(r.mu) for r in records])),
+            "step_ms_mean": float(np.mean([1000.0 * r.step_s / r.eval_steps[-1] for r in records])),
             "controller_overhead_pct": float(
                 100.0 * sum(r.controller_s for r in records) / sum(r.step_s for r in records)
             ),

@@ -63,13 +63,26 @@ FALSE_REJECT = 0.1
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One regime of the suite: an operation and how the expert errs."""
+    """One regime of the suite: an operation, how the expert errs, and what
+    else about the run differs from the suite's settings.
+
+    ``group_size``: rollouts per prompt in this regime (``None``: the
+    settings'). ``reward_flip``: the chance that a rollout's training reward
+    is flipped (a noisy verifier; evaluation stays exact). ``late_error``
+    and ``late_error_rate``: from step ``late_from`` on, the demonstrations
+    come from a second expert that errs this way (an expert that gets worse
+    during the run)."""
 
     name: str
     operation: str
     expert_error: str
     error_rate: float
     description: str
+    group_size: int | None = None
+    reward_flip: float = 0.0
+    late_error: str | None = None
+    late_error_rate: float = 0.0
+    late_from: int = 0
 
 
 SUITE: dict[str, TaskSpec] = {
@@ -80,6 +93,32 @@ SUITE: dict[str, TaskSpec] = {
         TaskSpec("carry-drop", "add", "drop-carry", 0.75, "addition, the carry dropped on 75% of the carry pairs"),
         TaskSpec("mostly-wrong", "add", "units-off", 0.8, "addition, the units digit one too high on 80% of pairs"),
         TaskSpec("sub-borrow", "sub", "drop-carry", 0.5, "subtraction, the borrow dropped on 50% of the borrow pairs"),
+        TaskSpec(
+            "pairs-2",
+            "add",
+            "drop-carry",
+            0.75,
+            "carry-drop's expert, 2 rollouts per prompt instead of 8 (RL's signal in fewer groups)",
+            group_size=2,
+        ),
+        TaskSpec(
+            "noisy-reward",
+            "add",
+            "drop-carry",
+            0.75,
+            "carry-drop's expert, each rollout's training reward flipped with probability 0.2",
+            reward_flip=0.2,
+        ),
+        TaskSpec(
+            "expert-decays",
+            "add",
+            "none",
+            0.0,
+            "addition, a perfect expert for 500 steps, then the units digit one too high on 80% of pairs",
+            late_error="units-off",
+            late_error_rate=0.8,
+            late_from=500,
+        ),
     )
 }
 
@@ -101,6 +140,13 @@ class ArithmeticTask:
     test_prompts: IntArray
     test_answers: IntArray
     test_carry: npt.NDArray[np.bool_]
+    # A second expert's answers, which replace train_demos from step late_from on (None: one expert).
+    late_demos: IntArray | None = None
+    late_from: int = 0
+
+    def demos_at(self, step: int) -> IntArray:
+        """The demonstrations the expert gives at ``step``."""
+        return self.train_demos if self.late_demos is None or step < self.late_from else self.late_demos
 
     @property
     def demo_error_rate(self) -> float:
@@ -150,6 +196,30 @@ def _operand_pairs(operation: str, count: int, rng: np.random.Generator) -> tupl
     return a_all[chosen].astype(np.int64), b_all[chosen].astype(np.int64)
 
 
+def _expert_answers(
+    answers: IntArray,
+    carry: npt.NDArray[np.bool_],
+    operation: str,
+    expert_error: str,
+    error_rate: float,
+    rng: np.random.Generator,
+) -> IntArray:
+    """The expert's answers: right, except on a fixed random subset (``error_rate``)
+    of the pairs its error pattern concerns."""
+    demos = answers.copy()
+    chosen = rng.random(answers.shape[0]) < error_rate
+    if expert_error == "drop-carry":
+        dropped = carry & chosen
+        demos[dropped, 0] += -1 if operation == "add" else 1
+    elif expert_error == "units-off":
+        demos[chosen, 1] = (demos[chosen, 1] + 1) % 10
+    elif expert_error == "random":
+        shift = rng.integers(1, 100, answers.shape[0])  # a non-zero shift mod 100: always a wrong answer
+        values = 10 * demos[:, 0] + demos[:, 1]
+        demos[chosen] = digits((values[chosen] + shift[chosen]) % 100)
+    return demos
+
+
 def make_task(
     seed: int = 0,
     *,
@@ -160,17 +230,25 @@ def make_task(
     error_rate: float = 0.75,
     false_accept: float = FALSE_ACCEPT,
     false_reject: float = FALSE_REJECT,
+    late_error: str | None = None,
+    late_error_rate: float = 0.0,
+    late_from: int = 0,
 ) -> ArithmeticTask:
     """Draw distinct operand pairs for the splits and the expert's demos.
 
     The split and the expert depend on ``seed`` only (the demo keeps the task
-    fixed across training seeds so that seeds measure training noise).
+    fixed across training seeds so that seeds measure training noise). With
+    ``late_error``, a second expert erring that way (``late_error_rate``)
+    answers from step ``late_from`` on, drawn from a stream of its own so the
+    first expert's answers do not depend on it; the checker scores the first.
     """
     if operation not in OPERATIONS:
         raise ValueError(f"operation must be one of {OPERATIONS}, got {operation!r}")
-    if expert_error not in EXPERT_ERRORS:
-        raise ValueError(f"expert_error must be one of {EXPERT_ERRORS}, got {expert_error!r}")
-    for name, rate in (("error_rate", error_rate), ("false_accept", false_accept), ("false_reject", false_reject)):
+    for name, error in (("expert_error", expert_error), ("late_error", late_error)):
+        if error is not None and error not in EXPERT_ERRORS:
+            raise ValueError(f"{name} must be one of {EXPERT_ERRORS}, got {error!r}")
+    rates = (("error_rate", error_rate), ("late_error_rate", late_error_rate))
+    for name, rate in (*rates, ("false_accept", false_accept), ("false_reject", false_reject)):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {rate}")
     rng = np.random.default_rng(seed)
@@ -180,18 +258,7 @@ def make_task(
     else:
         prompts, answers, carry = encode_prompts(a, b, MINUS), digits(a - b), (a % 10) < (b % 10)
     train, test = slice(0, n_train), slice(n_train, None)
-    demos = answers[train].copy()
-    # The expert errs on a fixed random subset of the pairs its pattern concerns.
-    chosen = rng.random(n_train) < error_rate
-    if expert_error == "drop-carry":
-        dropped = carry[train] & chosen
-        demos[dropped, 0] += -1 if operation == "add" else 1
-    elif expert_error == "units-off":
-        demos[chosen, 1] = (demos[chosen, 1] + 1) % 10
-    elif expert_error == "random":
-        shift = rng.integers(1, 100, n_train)  # a non-zero shift mod 100: always a wrong answer
-        values = 10 * demos[:, 0] + demos[:, 1]
-        demos[chosen] = digits((values[chosen] + shift[chosen]) % 100)
+    demos = _expert_answers(answers[train], carry[train], operation, expert_error, error_rate, rng)
     right = reward(demos, answers[train]).astype(bool)
     draw = np.random.default_rng([seed, 1]).random(n_train)  # the checker's own stream
     accepted = np.where(right, draw >= false_reject, draw < false_accept)
@@ -204,6 +271,12 @@ def make_task(
         test_prompts=prompts[test],
         test_answers=answers[test],
         test_carry=carry[test],
+        late_demos=None
+        if late_error is None
+        else _expert_answers(
+            answers[train], carry[train], operation, late_error, late_error_rate, np.random.default_rng([seed, 2])
+        ),
+        late_from=late_from,
     )
 
 
@@ -222,4 +295,7 @@ def make_suite_task(
         error_rate=spec.error_rate,
         false_accept=false_accept,
         false_reject=false_reject,
+        late_error=spec.late_error,
+        late_error_rate=spec.late_error_rate,
+        late_from=spec.late_from,
     )

@@ -49,8 +49,8 @@ from gaccore.stats import k3
 
 from .methods import FILTER_THRESHOLD, METHODS, sft_coef_of
 from .model import TinyTransformer
-from .settings import LARGE_SHIFT, TASK_SEED, RunResult, RunSettings
-from .task import ANSWER_LEN, ArithmeticTask, make_suite_task, reward
+from .settings import LARGE_SHIFT, SERIES_EVERY, TASK_SEED, RunResult, RunSettings, regime_settings
+from .task import ANSWER_LEN, SUITE, ArithmeticTask, make_suite_task, reward
 
 # Below this within-group reward spread the group carries no RL signal.
 GROUP_STD_EPS = 1e-4
@@ -118,7 +118,9 @@ class StepOutcome:
 class Trainer:
     """One policy, its optimizer, and one mixing rule; ``step()`` trains once."""
 
-    def __init__(self, method: str, seed: int, task: ArithmeticTask, settings: RunSettings) -> None:
+    def __init__(
+        self, method: str, seed: int, task: ArithmeticTask, settings: RunSettings, *, reward_flip: float = 0.0
+    ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
         seed_everything(seed, settings.threads)
@@ -131,6 +133,10 @@ class Trainer:
         self.sft_coef = sft_coef_of(method, settings)
         self.sampler = torch.Generator().manual_seed(seed)
         self.prompt_rng = np.random.default_rng(seed)
+        # A noisy verifier's flips: a stream of their own, so the prompts and samples do not depend on them.
+        self.reward_flip = reward_flip
+        self.flip_rng = np.random.default_rng([seed, 3])
+        self.steps_taken = 0
         P, G = settings.prompts_per_step, settings.group_size
         # Rows of every batch: P * G rollouts, then the P demonstrations.
         self.mask = torch.ones((P * G + P, ANSWER_LEN), dtype=torch.bool)
@@ -143,10 +149,13 @@ class Trainer:
         task, policy = self.task, self.policy
         chosen = self.prompt_rng.choice(task.train_prompts.shape[0], size=P, replace=False)
         prompts = torch.from_numpy(task.train_prompts[chosen])
-        demos = torch.from_numpy(task.train_demos[chosen])
+        demos = torch.from_numpy(task.demos_at(self.steps_taken)[chosen])
         group_prompts = prompts.repeat_interleave(G, dim=0)
         rollouts = policy.generate(group_prompts, greedy=False, generator=self.sampler)
-        rewards_np = reward(rollouts.numpy(), task.train_answers[chosen].repeat(G, axis=0)).reshape(P, G)
+        successes = reward(rollouts.numpy(), task.train_answers[chosen].repeat(G, axis=0)).reshape(P, G)
+        rewards_np = successes  # what the rules and GRPO see: the verifier's reward, flipped where it errs
+        if self.reward_flip > 0.0:
+            rewards_np = np.abs(successes - (self.flip_rng.random(successes.shape) < self.reward_flip))
         advantages = group_advantages(torch.from_numpy(rewards_np).float())
 
         logp = policy.answer_logp(torch.cat([group_prompts, prompts]), torch.cat([rollouts, demos]))
@@ -181,7 +190,8 @@ class Trainer:
             torch._foreach_lerp_(
                 list(self.reference.parameters()), list(policy.parameters()), 1.0 - self.settings.ref_decay
             )
-        return StepOutcome(mu=mu, kl=float(kl), train_reward=float(rewards_np.mean()), controller_s=controller_s)
+        self.steps_taken += 1
+        return StepOutcome(mu=mu, kl=float(kl), train_reward=float(successes.mean()), controller_s=controller_s)
 
 
 def train_one(
@@ -193,9 +203,11 @@ def train_one(
     progress: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Train a fresh policy on the suite task ``task_name`` with ``method``'s
-    mixing rule; return its record."""
+    mixing rule (the regime's own settings applied, ``regime_settings``);
+    return its record, per-step series as means of ``SERIES_EVERY`` steps."""
     task = make_suite_task(task_name, TASK_SEED, false_accept=settings.false_accept, false_reject=settings.false_reject)
-    trainer = Trainer(method, seed, task, settings)
+    settings = regime_settings(settings, SUITE[task_name])
+    trainer = Trainer(method, seed, task, settings, reward_flip=SUITE[task_name].reward_flip)
     result = RunResult(method=method, seed=seed, task=task_name)
     previous_raw: float | None = None
     started = time.perf_counter()
@@ -226,4 +238,4 @@ def train_one(
         if progress is not None:
             progress(1)
     result.wall_s = time.perf_counter() - started
-    return result
+    return result.compacted(SERIES_EVERY)

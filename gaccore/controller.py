@@ -25,7 +25,7 @@ from gaccore.config import Config
 from gaccore.registry import StatsBackend, StepRunner, backend, backend_for, checked
 from gaccore.rows import BatchStats
 from gaccore.state import ControllerState, parse_state, read_metrics, saved_state
-from gaccore.step import Closed
+from gaccore.step import Closed, success_prior
 from gaccore.verifier import RatesWatch, check_success_scores
 
 Prior = Callable[[int], float]
@@ -253,9 +253,11 @@ class Controller:
     def metrics(self) -> dict[str, float]:
         """Everything worth logging, as Python floats (NaN where undefined),
         read from the device in one transfer: the state, the last step's
-        batch statistics as ``batch_<name>``, and ``demos_kept``, the share
-        of that step's demonstrations the filter kept."""
-        return read_metrics(self._side, self._state, self._last_batch, self._step)
+        batch statistics as ``batch_<name>``, ``demos_kept``, the share of
+        that step's demonstrations the filter kept, and ``prior``, the value
+        the last step blended toward (NaN without one)."""
+        read = read_metrics(self._side, self._state, self._last_batch, self._step)
+        return {**read, "prior": _last_prior(self.prior, self.config, self._step, read)}
 
     # -- persistence ---------------------------------------------------------
 
@@ -344,6 +346,19 @@ def _prior_at(prior: Prior | None, step: int) -> float | None:
     if value is not None and not isinstance(value, numbers.Real):
         raise TypeError(f"prior({step}) must return a real number, got {value!r}")
     return None if value is None else float(value)
+
+
+def _last_prior(prior: Prior | None, config: Config, step: int, read: dict[str, float]) -> float:
+    """The prior the last step blended toward: the callable's at that step, or
+    with ``prior_from="success"`` the success prior of the rate it read."""
+    if step == 0:
+        return math.nan
+    if config.prior_from == "success":
+        rate = read["ema_policy_success"]
+        known = not math.isnan(rate)
+        return float(success_prior(np.float64(rate if known else 0.0), np.bool_(known), config))
+    value = _prior_at(prior, step - 1)
+    return math.nan if value is None else value
 
 
 def _carries_rates(stats: BatchStats[Any, Any]) -> bool:

@@ -189,7 +189,15 @@ def test_tiny_suite_writes_every_output(tiny_suite: tuple[dict, Path]) -> None:
         assert min(m["mean_regret"] for m in track["methods"].values()) >= 0.0
         assert track["verdict"]["recommended"] is None  # one seed decides nothing
     gac_record = json.loads(next(p for p in records if "--gac--" in p.name).read_text())["result"]
-    assert set(gac_record["proxies"]) == {"ema_disagreement", "ema_var_sft", "ema_var_rl", "rho", "estimate"}
+    assert set(gac_record["proxies"]) == {
+        "ema_disagreement",
+        "ema_var_sft",
+        "ema_var_rl",
+        "rho",
+        "estimate",
+        "prior",
+        "ema_policy_success",
+    }
     assert gac_record["eval_steps"] == [6, 12] and all(0.05 <= mu <= 0.9 for mu in gac_record["mu"])
     markdown = (out / "report.md").read_text()
     assert "Cannot decide: 1 seed" in markdown and "### sub-borrow" in markdown and "issue" not in markdown
@@ -500,3 +508,92 @@ def test_the_report_names_the_checker_it_ran_with() -> None:
     )
     lenient = {**report, "schedule": None, "settings": asdict(RunSettings())}
     assert any("30% false accepts" in item for item in _left_out(lenient))
+
+
+# -- the plan study's regimes, records and selection ------------------------------------------------------------
+
+
+def test_a_regime_may_set_its_group_size_flip_its_rewards_and_change_its_expert() -> None:
+    from gaccore.demo.settings import regime_settings
+
+    assert regime_settings(TINY, SUITE["pairs-2"]).group_size == 2
+    assert regime_settings(TINY, SUITE["carry-drop"]) is TINY
+    decays = make_suite_task("expert-decays")
+    assert decays.demos_at(SUITE["expert-decays"].late_from - 1) is decays.train_demos
+    late = decays.demos_at(SUITE["expert-decays"].late_from)
+    wrong = (late != decays.train_answers).any(axis=1)
+    assert abs(wrong.mean() - 0.8) < 0.05 and np.array_equal(late[:, 0], decays.train_answers[:, 0])
+    assert decays.demo_error_rate == 0.0  # the first expert is perfect, and the checker scores it
+    # Every reward flipped: the rules see the opposite of what the rollouts achieved, the record the truth.
+    trainer = Trainer("chord", 0, make_suite_task("carry-drop"), TINY, reward_flip=1.0)
+    outcome = trainer.step()
+    rollouts = TINY.prompts_per_step * TINY.group_size
+    seen = trainer.last_rule_inputs[1]["scores"][:rollouts].numpy()
+    assert outcome.train_reward == pytest.approx(1.0 - seen.mean())
+
+
+def test_a_record_keeps_block_means_and_stays_small() -> None:
+    rng = np.random.default_rng(0)
+    series = {name: list(rng.random(2000)) for name in ("mu", "kl", "train_reward")}
+    proxies = {name: list(rng.random(2000)) for name in ("rho", "estimate", "prior", "ema_var_rl", "ema_var_sft")}
+    run = RunResult("gac", 0, "perfect", list(range(50, 2001, 50)), list(rng.random(40)), **series, proxies=proxies)
+    run.proxies["estimate"][:15] = [float("nan")] * 15
+    compact = run.compacted(10)
+    assert compact.series_every == 10 and len(compact.mu) == 200
+    assert compact.mu[3] == pytest.approx(float(np.mean(series["mu"][30:40])), rel=1e-5)
+    assert np.isnan(compact.proxies["estimate"][0]) and not np.isnan(compact.proxies["estimate"][1])
+    assert len(json.dumps(compact.to_dict())) < 30_000 < len(json.dumps(run.to_dict()))
+
+
+def _pilot_run(task: str, method: str, seed: int, final: float, success_from: int) -> RunResult:
+    rates = [0.0] * (success_from // 10 - 1) + [0.5] * (200 - success_from // 10 + 1)
+    return RunResult(method, seed, task, list(range(50, 2001, 50)), [final] * 40, train_reward=rates, series_every=10)
+
+
+def test_the_study_selects_its_regimes_and_plans_by_the_declared_rule() -> None:
+    from gaccore.demo import study
+
+    best = {"perfect": 4.0, "mostly-wrong": 0.25, "pairs-2": 1.0, "noisy-reward": 2.0, "expert-decays": 0.25}
+    spread = {"perfect": 0.05, "mostly-wrong": 0.3, "pairs-2": 0.01, "noisy-reward": 0.2, "expert-decays": 0.4}
+    delay = {"perfect": 100, "mostly-wrong": 600, "pairs-2": 900, "noisy-reward": 300, "expert-decays": 100}
+    runs = []
+    for regime in (study.DEV_REGIME, *study.CANDIDATES):
+        seeds = study.DEV_SEEDS if regime == study.DEV_REGIME else study.PILOT_SEEDS
+        for plan, method in study.PLANS.items():
+            good = plan == (0.5 if regime == study.DEV_REGIME else best[regime])
+            final = 0.9 if good else 0.9 - (0.2 if regime == study.DEV_REGIME else spread[regime])
+            runs += [_pilot_run(regime, method, s, final, delay.get(regime, 200)) for s in range(seeds)]
+    chosen = study.select(runs)
+    assert chosen.tuned_plan == 0.5 and chosen.best_plan == best
+    assert chosen.success_steps["pairs-2"] == 900.0 and chosen.success_steps["perfect"] == 100.0
+    assert chosen.dropped == ("pairs-2",) and chosen.regimes == (
+        "perfect",
+        "mostly-wrong",
+        "noisy-reward",
+        "expert-decays",
+    )
+    assert chosen.criteria_met
+    plan = study.main_plan(chosen)
+    seeds_of = {}
+    for regime, method, seed in plan:
+        seeds_of.setdefault((regime, method), set()).add(seed)
+    assert seeds_of[("perfect", study.CANDIDATE)] == set(range(study.PRIMARY_SEEDS))
+    assert seeds_of[("perfect", "chord-half")] == set(range(study.PRIMARY_SEEDS))  # tuned once
+    assert seeds_of[("perfect", "chord-quadruple")] == set(range(study.PRIMARY_SEEDS))  # misplanned, and its best
+    assert seeds_of[("noisy-reward", "chord-double")] == set(range(study.PRIMARY_SEEDS))  # its best plan
+    assert seeds_of[("perfect", "gac")] == set(range(study.REPORTED_SEEDS)) == seeds_of[("perfect", "hpt")]
+    assert seeds_of[("perfect", "gac-double")] == set(range(study.SECONDARY_SEEDS))
+    assert not any(regime == "pairs-2" for regime, _, _ in plan) and len(plan) == len(set(plan))
+
+
+def test_the_study_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gaccore.demo import study
+
+    for name, value in (("CANDIDATES", ("perfect", "pairs-2")), ("KEEP", 1), ("DEV_SEEDS", 1), ("PILOT_SEEDS", 1)):
+        monkeypatch.setattr(study, name, value)
+    for name in ("PRIMARY_SEEDS", "REPORTED_SEEDS", "SECONDARY_SEEDS"):
+        monkeypatch.setattr(study, name, 1)
+    selection, pilot, main = study.run_study(TINY, tmp_path, jobs=1, reuse=False, show_progress=False)
+    assert len(pilot) == 5 + 2 * 5 + 1 and {r.task for r in main} <= {"perfect", "pairs-2"}
+    assert json.loads((tmp_path / "selection.json").read_text())["regimes"] == list(selection.regimes)
+    assert {r.method for r in main} >= {study.CANDIDATE, "gac", "hpt", *study.PLANS.values()}
