@@ -25,9 +25,10 @@ import triton
 from gaccore.config import Config
 from gaccore.rows import ROW_FIELDS, RowResults
 from gaccore.state import ControllerState
+from gaccore.step import Closed
 
 from .kernel import RANK_TILE, _close_step_kernel
-from .layout import Closed, empty_outputs, pack_state, views
+from .layout import empty_outputs, pack_state, views
 from .numerics import FROM_HOST, FROM_NONE, FROM_TENSOR
 
 # Row counts above this take the plain close_step: the kernel's trimmed

@@ -60,8 +60,6 @@ BATCH_EXPERT_SUCCESS = _BATCH["expert_success"]
 BATCH_POLICY_SUCCESS = _BATCH["policy_success"]
 BATCH_N_DEMOS = _BATCH["n_demos"]
 
-Closed = tuple[ControllerState[torch.Tensor], BatchStats[torch.Tensor, torch.Tensor] | None, torch.Tensor]
-
 
 def pack_state(state: ControllerState[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The state as the kernel reads it: float64 ``[len(STATE_FLOATS)]`` and
