@@ -160,7 +160,11 @@ def bar_report(table: Table, selection: study.Selection) -> dict[str, Any]:
     best = {r: study.PLANS[selection.best_plan[r]] for r in regimes}
     conditions = [
         ("beats CHORD tuned once", [(tuned, _plain(tuned, regimes))], 0.0),
-        ("ends within 0.03 of CHORD's best plan of each regime, or above it", [("best plan", best)], -0.03),
+        (
+            f"ends within {SMALLEST_DIFFERENCE} of CHORD's best plan of each regime, or above it",
+            [("best plan", best)],
+            -SMALLEST_DIFFERENCE,
+        ),
         (
             "loses less than CHORD planned for 0.25x and 4x the run",
             [(study.PLANS[k], _plain(study.PLANS[k], regimes)) for k in study.MISPLANNED],
