@@ -28,8 +28,12 @@ def _interval(interval: dict[str, Any], signed: bool = False) -> str:
     return text
 
 
-def _which(result: dict[str, Any]) -> str:
-    return "t" if result["used"] == "t" else "bootstrap"
+def _deciding(result: dict[str, Any], signed: bool = False) -> str:
+    """The wider interval, and which it is (or that there is none: one seed)."""
+    interval = result["interval"]
+    if not (_finite(interval["low"]) and _finite(interval["high"])):
+        return f"{_num(interval['estimate'], signed)} (no interval)"
+    return f"{_interval(interval, signed)} ({'t' if result['used'] == 't' else 'bootstrap'})"
 
 
 def _seeds(seeds: list[int]) -> str:
@@ -113,7 +117,7 @@ def _bar(report: dict[str, Any]) -> list[str]:
                 continue
             lines.append(
                 f"| {number}. {condition['condition']} | {against} | {_seeds(c['seeds'])} "
-                f"| {_interval(c['interval'], True)} ({_which(c)}) | {_interval(c['bootstrap'], True)} "
+                f"| {_deciding(c, True)} | {_interval(c['bootstrap'], True)} "
                 f"| {_interval(c['t'], True)} | {'0' if c['threshold'] == 0 else _num(c['threshold'], True)} "
                 f"| {'yes' if c['holds'] else 'no'} |"
             )
@@ -160,7 +164,7 @@ def _arms(report: dict[str, Any]) -> list[str]:
         regret = f"{_num(row['worst_regret'])} ({row['worst_regime']})" if row["worst_regime"] else "n/a"
         lines.append(
             f"| `{method}` | {'; '.join(row['roles'])} | {_seeds(row['seeds'])} "
-            f"| {_interval(row['score']['interval'])} ({_which(row['score'])}) | {per} | {regret} |"
+            f"| {_deciding(row['score'])} | {per} | {regret} |"
         )
     lines += [
         "",
@@ -178,7 +182,7 @@ def _arms(report: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | none | n/a | | |")
             continue
         lines.append(
-            f"| {name} | {_seeds(c['seeds'])} | {_interval(c['interval'], True)} ({_which(c)}) "
+            f"| {name} | {_seeds(c['seeds'])} | {_deciding(c, True)} "
             f"| {_interval(c['bootstrap'], True)} | {_interval(c['t'], True)} |"
         )
     return [*lines, ""]
@@ -221,7 +225,8 @@ def _cost(report: dict[str, Any]) -> list[str]:
         f"{cost['pilot']['loaded']} loaded from records), the main stage {cost['main']['runs']} "
         f"({cost['main']['trained']} trained, {cost['main']['loaded']} loaded); {cost['distinct_runs']} distinct runs "
         "(the main stage's CHORD runs on the pilot's seeds are the pilot's own).",
-        f"- The runs' own wall times sum to {cost['runs_wall_s'] / 3600:.2f} hours of one core.",
+        f"- The runs' own wall times sum to {cost['runs_wall_s'] / 3600:.2f} hours ({cost['runs_wall_s']:.0f} s) of "
+        "one core.",
         f"- Machine: {env['cpu']} ({env['cpu_count']} CPUs), {env['platform']}; every record is keyed by its "
         f"instruction set ({isa}). Python {env['python']}, torch {env['torch']}, {env['torch_threads']} thread(s) "
         f"per run, {env['jobs']} run(s) at a time; git commit {env['git_commit'] or 'unknown'}.",
@@ -241,13 +246,11 @@ def _limits(report: dict[str, Any]) -> list[str]:
         "## What this decides, and what it does not",
         "",
         f"- Decided by the bar (declared before the runs): whether `{bar['candidate']}` chooses mu at least as well "
-        f"as CHORD's schedule on these {len(bar['regimes'])} regimes of this small task, "
+        f"as CHORD's schedule on these {len(bar['regimes'])} regimes of this small task. "
         + (
-            "and it does."
-            if bar["clears"] and bar["complete"] and bar["computable"]
-            else "and it does not."
+            ("It does." if bar["clears"] else "It does not.")
             if bar["complete"] and bar["computable"]
-            else "not yet: the study is not complete."
+            else "Not decided yet: these runs hold fewer seeds than the study declared."
         ),
         "- Not decided: how it does on other tasks, models or run lengths; the worst regrets and the per-regime "
         "differences describe these runs and decide nothing; the comparisons with the paper's GAC, HPT and the "

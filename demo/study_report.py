@@ -229,10 +229,14 @@ def verdict_lines(bar: dict[str, Any]) -> list[str]:
                 lines.append(f"Condition {number}: {bar['candidate']} vs {against}: no seeds in common; does not hold.")
                 continue
             i = c["interval"]
+            interval = (
+                f"[{i['low']:+.3f}, {i['high']:+.3f}] ({'t-interval' if c['used'] == 't' else 'bootstrap'}, the wider"
+                if math.isfinite(width(Interval(**i)))
+                else "(no interval"
+            )
             lines.append(
-                f"Condition {number}: {bar['candidate']} - {against}: {i['estimate']:+.3f} "
-                f"[{i['low']:+.3f}, {i['high']:+.3f}] ({'t-interval' if c['used'] == 't' else 'bootstrap'}, the "
-                f"wider; {len(c['seeds'])} seeds x {len(bar['regimes'])} regimes); needs the lower end above "
+                f"Condition {number}: {bar['candidate']} - {against}: {i['estimate']:+.3f} {interval}; "
+                f"{len(c['seeds'])} seed(s) x {len(bar['regimes'])} regimes); needs the lower end above "
                 f"{_threshold(c['threshold'])}: " + ("holds." if c["holds"] else "does not hold.")
             )
     failed = [str(n) for n, condition in enumerate(bar["conditions"], 1) if not condition["holds"]]
