@@ -175,10 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = suite_plan(args.full, args.seeds)
     command = "gaccore " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     if args.study:
-        selection, _, main_runs = run_study(
-            settings, args.out, jobs=args.jobs, reuse=args.reuse, show_progress=not args.no_progress
+        selection, _, main_runs, study_report = run_study(
+            settings, args.out, jobs=args.jobs, reuse=args.reuse, show_progress=not args.no_progress, command=command
         )
         print(f"\nthe plan study: {len(main_runs)} main runs on {', '.join(selection.regimes)}; {args.out}/runs/")
+        print("\n" + "\n".join(study_report["verdict"]))
+        print(f"\nreport: {args.out / 'report.md'} (figures and report.json beside it)")
         return 0
     report = run_suite(
         plan,

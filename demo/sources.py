@@ -43,6 +43,9 @@ DEMO_REPORTING_FILES = (
     "figures.py",
     "verdict.py",
     "study.py",
+    "study_report.py",
+    "study_markdown.py",
+    "study_figures.py",
 )
 # The torch SFT loss and mix(), which every method trains with.
 SFT_LOSS_SOURCE = ("gaccore.bindings", "losses.py")

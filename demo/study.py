@@ -30,10 +30,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .runner import RunPlan, grid_plan, run_plan
+from .runner import RunPlan, grid_plan, run_identity, run_plan
 from .settings import RunResult, RunSettings
 
 # The regimes the pilot measures (the test regimes are KEEP of them) and the one CHORD is tuned on.
@@ -153,15 +154,40 @@ def main_plan(selection: Selection) -> list[RunPlan]:
 
 
 def run_study(
-    settings: RunSettings, out: Path, *, jobs: int, reuse: bool, show_progress: bool
-) -> tuple[Selection, list[RunResult], list[RunResult]]:
-    """The pilot, the selection (written to ``out/selection.json``) and the
-    main runs, every record in ``out/runs/``; returns the selection and the
-    pilot's and the main stage's runs."""
+    settings: RunSettings,
+    out: Path,
+    *,
+    jobs: int,
+    reuse: bool,
+    show_progress: bool,
+    command: str = "gaccore demo --study",
+) -> tuple[Selection, list[RunResult], list[RunResult], dict[str, Any]]:
+    """The pilot, the selection (written to ``out/selection.json``), the
+    main runs, every record in ``out/runs/``, and the report
+    (``out/report.md``, ``out/report.json``, figures: ``study_report``);
+    returns the selection, the pilot's and the main stage's runs, and the
+    report. With ``reuse`` and every record present it trains nothing and
+    rebuilds the report."""
+    from .study_report import write_study_report  # it reads this module's declarations
+
     options = {"jobs": jobs, "reuse": reuse, "show_progress": show_progress}
-    pilot, _ = run_plan(pilot_plan(), settings, out, **options)
+    pilot, pilot_reused = run_plan(pilot_plan(), settings, out, **options)
     selection = select(pilot)
     out.mkdir(parents=True, exist_ok=True)
     (out / "selection.json").write_text(json.dumps(asdict(selection), indent=1, default=str) + "\n")
-    main, _ = run_plan(main_plan(selection), settings, out, **options)
-    return selection, pilot, main
+    main, main_reused = run_plan(main_plan(selection), settings, out, **options)
+    # The instruction set every record is keyed by (a record made on another was retrained, not loaded).
+    identity = run_identity(DEV_REGIME, CANDIDATE, 0, settings)
+    machine = {name: identity.get(name) for name in ("cpu", "numba", "numba_cpu")}
+    report = write_study_report(
+        selection,
+        pilot,
+        main,
+        settings,
+        out,
+        command=command,
+        jobs=jobs,
+        reused=(pilot_reused, main_reused),
+        machine=machine,
+    )
+    return selection, pilot, main, report

@@ -15,6 +15,7 @@ functions of arrays, so tests can build the records by hand.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,43 @@ def stratified_interval(scores: FloatArray, statistic: Callable[..., FloatArray]
 
 def iqm_interval(scores: FloatArray, *, seed: int = 0) -> Interval:
     return stratified_interval(scores, _iqm, seed=seed)
+
+
+def stratified_t_interval(samples: Sequence[npt.ArrayLike]) -> Interval:
+    """The mean over strata (tasks) of each stratum's mean, with a 95%
+    t-interval: standard error ``sqrt(sum_r s_r^2 / n_r) / R`` from each
+    stratum's sample variance ``s_r^2`` over its ``n_r`` values, degrees of
+    freedom by Welch-Satterthwaite. The strata may hold different numbers of
+    values (a ``[task, seed]`` matrix is one stratum per row). NaN bounds
+    when a stratum has fewer than two values; no spread at all gives the
+    estimate as both bounds."""
+    rows = [np.asarray(sample, dtype=np.float64).ravel() for sample in samples]
+    if not rows or any(row.size == 0 for row in rows):
+        raise ValueError("a stratified t-interval needs at least one stratum, each with at least one value")
+    estimate = float(np.mean([row.mean() for row in rows]))
+    if any(row.size < 2 for row in rows):
+        return Interval(estimate, math.nan, math.nan)
+    sizes = np.array([row.size for row in rows], dtype=np.float64)
+    shares = np.array([row.var(ddof=1) for row in rows]) / sizes  # s_r^2 / n_r
+    total = float(shares.sum())
+    if total == 0.0:
+        return Interval(estimate, estimate, estimate)
+    standard_error = math.sqrt(total) / len(rows)
+    degrees_of_freedom = total**2 / float(np.sum(shares**2 / (sizes - 1.0)))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2.0, degrees_of_freedom)) * standard_error
+    return Interval(estimate, estimate - half, estimate + half)
+
+
+def width(interval: Interval) -> float:
+    """``high - low``; infinite where a bound is undefined (NaN): an interval
+    that could not be computed is wider than any that could."""
+    spread = interval.high - interval.low
+    return math.inf if math.isnan(spread) else spread
+
+
+def wider(first: Interval, second: Interval) -> Interval:
+    """The wider of two intervals of one estimate (the first on a tie)."""
+    return second if width(second) > width(first) else first
 
 
 @dataclass(frozen=True)

@@ -327,7 +327,8 @@ def test_the_run_key_names_the_same_files_in_a_wheel(tmp_path: Path, monkeypatch
 def test_the_report_reads_the_catalogue_never_the_training_loop() -> None:
     """The reporting files import the settings and the method catalogue, never the loop, model, runner or run key."""
     folder = sources.SOURCE_DIRS["gaccore.demo"]
-    for name in ("report.py", "summaries.py", "provenance.py", "markdown.py", "figures.py", "verdict.py"):
+    reporting = ("report.py", "summaries.py", "provenance.py", "markdown.py", "figures.py", "verdict.py")
+    for name in (*reporting, "study_report.py", "study_markdown.py", "study_figures.py"):
         tree = ast.parse((folder / name).read_text())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
         assert not imported & {"train", "runner", "model", "sources"}, (name, imported)
@@ -593,7 +594,7 @@ def test_the_study_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         monkeypatch.setattr(study, name, value)
     for name in ("PRIMARY_SEEDS", "REPORTED_SEEDS", "SECONDARY_SEEDS"):
         monkeypatch.setattr(study, name, 1)
-    selection, pilot, main = study.run_study(TINY, tmp_path, jobs=1, reuse=False, show_progress=False)
+    selection, pilot, main, _ = study.run_study(TINY, tmp_path, jobs=1, reuse=False, show_progress=False)
     assert len(pilot) == 5 + 2 * 5 + 1 and {r.task for r in main} <= {"perfect", "pairs-2"}
     assert json.loads((tmp_path / "selection.json").read_text())["regimes"] == list(selection.regimes)
     assert {r.method for r in main} >= {study.CANDIDATE, "gac", "hpt", *study.PLANS.values()}
