@@ -123,8 +123,6 @@ class ScoreCheck:
             )
 
 
-
-
 def _prompt_to_completion(example: dict[str, Any]) -> str:
     return f"{example['prompt']!r} -> {example['completion']!r}"
 
