@@ -410,6 +410,23 @@ def test_the_options_gac_cannot_serve_are_refused_by_name(workdir, tmp_path, cha
         parse_args(GACRLHFArguments, argv)  # before ms-swift resolves the model or any dataset
 
 
+def test_a_yaml_config_file_carries_the_gac_options_and_the_command_line_wins(workdir, tmp_path) -> None:
+    """`python -m gaccore.bindings.swift rlhf gac.yaml --gac_cap 0.03`, as `swift rlhf config.yaml`."""
+    import yaml
+    from swift.cli.main import parse_yaml_args
+
+    argv = rlhf_argv(workdir, tmp_path, "--reward_funcs", "gac_test_verdict")
+    options = {key.removeprefix("--"): value for key, value in zip(argv[::2], argv[1::2], strict=True)}
+    options.update(gac_scale=[1.0, 2.0, 0.5], gac_filter_demos=0.5, gac_cap=0.02)
+    (tmp_path / "gac.yaml").write_text(yaml.safe_dump(options))
+    argv = [str(tmp_path / "gac.yaml"), "--gac_cap", "0.03"]
+    parse_yaml_args(argv)  # what main does first
+    args, rest = parse_args(GACRLHFArguments, argv)
+    assert rest == []
+    config = args.gac_config()
+    assert (config.scale, config.filter_demos, config.cap) == ((1.0, 2.0, 0.5), 0.5, 0.03)
+
+
 def test_chords_phi_option_agrees_with_gacs_default_weighting() -> None:
     settings = type("Args", (), {"chord_sft_dataset": ["experts.jsonl"], "chord_enable_phi_function": True})()
     check_settings(settings, Config())  # phi on both sides: nothing to refuse
