@@ -1,7 +1,8 @@
 """gaccore.Config: every field documented, and every field reaching every
 binding's configuration surface (TRL's gac_* fields, verl's Hydra ``gac``
-section, Trinity's ``gac`` dict in tests/test_trinity.py), so that a new
-setting cannot be forgotten in one of them."""
+section, ms-swift's --gac_* options, Trinity's ``gac`` dict in
+tests/test_trinity.py), so that a new setting cannot be forgotten in one of
+them. The ms-swift check runs in .venv-swift (./dev test-swift)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,19 @@ def test_every_field_reaches_verl(name: str) -> None:
     # Hydra's "+gac.x=v" overrides arrive as this dotlist.
     config = OmegaConf.from_dotlist([override.removeprefix("+")])
     assert getattr(controller_from_config(config).config, name) == value
+
+
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+def test_every_field_reaches_swift(name: str) -> None:
+    pytest.importorskip("swift")
+    from transformers import HfArgumentParser
+
+    from gaccore.bindings.swift import GACRLHFArguments
+
+    value = NON_DEFAULT[name]
+    words = [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
+    # ms-swift's parser over the arguments class, as `--gac_<name> ...` and a YAML file's keys reach it.
+    # Into a namespace: building the arguments resolves a model and datasets (tests/test_swift.py does).
+    namespace, rest = HfArgumentParser([GACRLHFArguments]).parse_known_args([f"--gac_{name}", *words])
+    assert rest == []
+    assert getattr(GACRLHFArguments.gac_config(namespace), name) == value

@@ -22,12 +22,12 @@ exit 0
 
 def _run_dev(tmp_path: Path, pip_install_e: str) -> subprocess.CompletedProcess[str]:
     """./dev test in a copy of the repository's dev script, pyproject.toml and constraints,
-    with a fake python in .venv and .venv-trinity (no stamp: the install step runs;
-    ./dev test without a test path goes on to test-trinity)."""
+    with a fake python in .venv, .venv-trinity and .venv-swift (no stamp: the install step
+    runs; ./dev test without a test path goes on to test-trinity and test-swift)."""
     shutil.copy(ROOT / "dev", tmp_path / "dev")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     shutil.copytree(ROOT / "constraints", tmp_path / "constraints")  # ./dev hashes and applies them
-    for venv in (".venv", ".venv-trinity"):
+    for venv in (".venv", ".venv-trinity", ".venv-swift"):
         python = tmp_path / venv / "bin" / "python"
         python.parent.mkdir(parents=True)
         python.write_text(FAKE_PYTHON.format(pip_install_e=pip_install_e))
@@ -49,6 +49,7 @@ def test_dev_filters_pip_location_warnings_and_succeeds(tmp_path: Path) -> None:
     assert "WARNING: Location" not in result.stderr
     assert (tmp_path / ".venv" / ".gaccore-installed").exists()
     assert (tmp_path / ".venv-trinity" / ".gaccore-installed").exists()
+    assert (tmp_path / ".venv-swift" / ".gaccore-installed").exists()
 
 
 SKIPPING_TESTS = """

@@ -24,8 +24,8 @@ def test_quickstart_runs(capsys):
     assert "mu=" in capsys.readouterr().out
 
 
-# The snippet that docs/bindings.md shows instead of the README (the README links to it).
-IN_BINDINGS_DOC = {"verl.py"}
+# The snippets that docs/bindings.md shows instead of the README (the README links to them).
+IN_BINDINGS_DOC = {"verl.py", "swift_rewards.py"}
 
 
 def test_readme_shows_each_executed_snippet_verbatim():
