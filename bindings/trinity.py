@@ -102,7 +102,10 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         super().__init__(backend=backend, enable_phi_function=config.sft_coef == "phi", **chord_args)
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.gac = Controller(config, process_group=dist.group.WORLD if distributed else None)
-        self.needs_scores = config.mode == "verified" or config.filter_demos is not None
+        # The verified mode and the filter read the rollouts' and the demonstrations' scores, the success prior the rollouts'.
+        self.needs_scores = (
+            config.mode == "verified" or config.filter_demos is not None or config.prior_from == "success"
+        )
         if not self.needs_scores:
             # Ask Trinity for the rewards only where they are used: a batch whose
             # experiences carry none has no token_level_scores to select.
@@ -128,9 +131,9 @@ class MixGACPolicyLossFn(MIXCHORDPolicyLossFn):
         if self.needs_scores:
             if token_level_scores is None:
                 raise ValueError(
-                    f"{SCORES_KEY}: gac.mode='verified' and gac.filter_demos need every experience's reward, "
-                    "expert ones included; the workflow gave none (score the expert experiences too, or use "
-                    "gac.mode='paper' without filter_demos)"
+                    f"{SCORES_KEY}: gac.mode='verified' and gac.filter_demos need every experience's reward, expert "
+                    "ones included, and gac.prior_from='success' the rollouts'; the workflow gave none (score the "
+                    "experiences, or use gac.mode='paper', prior_from='steps' and no filter_demos)"
                 )
             # A row's reward is the sum of its token-level scores (Trinity puts an
             # experience's reward on its last response token).

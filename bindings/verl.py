@@ -154,6 +154,9 @@ def _row_scores(tensors: Mapping[str, torch.Tensor], config: Config) -> torch.Te
         elif config.filter_demos is not None:
             needed_by = "filter_demos keeps or drops each demonstration by its score"
             remedy = "or leave filter_demos unset"
+        elif config.prior_from == "success":
+            needed_by = "prior_from='success' follows the rollouts' success rate"
+            remedy = "or use prior_from='steps'"
         else:
             return None
         raise ValueError(

@@ -240,6 +240,8 @@ def test_the_experiences_rewards_give_the_rates_and_the_filter_drops_the_rejecte
 
 def test_scores_are_asked_for_only_where_used_and_their_absence_is_named() -> None:
     assert "token_level_scores" not in TrinityPolicyLoss(algorithm("mix_gac", gac=GAC)).policy_loss_fn.select_keys
+    success_prior = TrinityPolicyLoss(algorithm("mix_gac", gac={**GAC, "prior_from": "success"}))
+    assert "token_level_scores" in success_prior.policy_loss_fn.select_keys  # the prior reads the rollouts' rate
     verified = TrinityPolicyLoss(algorithm("mix_gac", gac={**GAC, "mode": "verified"}))
     td, log_probs = micro_batch(1, 1)
     with pytest.raises(KeyError, match="token_level_scores"):  # Trinity selects it from the batch

@@ -431,7 +431,12 @@ def test_the_filtered_controller_sees_the_batch_without_the_rejected_demonstrati
 def test_without_token_level_scores_verified_mode_and_the_filter_are_refused() -> None:
     batch = driver_batch(45)
     batch.batch.pop(gac_verl.SCORES_KEY)
-    for knobs, remedy in (({"mode": "verified"}, "mode='paper'"), ({"filter_demos": 0.5}, "filter_demos unset")):
+    cases = (
+        ({"mode": "verified"}, "mode='paper'"),
+        ({"filter_demos": 0.5}, "filter_demos unset"),
+        ({"prior_from": "success"}, "prior_from='steps'"),
+    )
+    for knobs, remedy in cases:
         ctrl = Controller(**knobs, **CONTROLLER)
         with pytest.raises(ValueError, match="token_level_scores") as refused:
             gac_verl.compute_mu(batch, ctrl)
