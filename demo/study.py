@@ -17,7 +17,7 @@ in two stages, both by ``gaccore demo --study``:
    reaches 0.2 under CHORD as planned, and the test regimes (``KEEP`` of the
    candidates: ``select`` says how).
 3. **The main runs** on the test regimes (``main_plan``): the primary arms
-   with ``PRIMARY_SEEDS``, GAC and HPT with ``REPORTED_SEEDS``, the other
+   with ``primary_seeds`` each, GAC and HPT with ``REPORTED_SEEDS``, the other
    plans with ``SECONDARY_SEEDS``.
 
 A run's score is the mean held-out accuracy over its last ``SCORE_EVALS``
@@ -27,6 +27,7 @@ evaluations.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,10 +49,18 @@ CANDIDATE = "gac-success"  # needs no run length
 SCHEDULE_FREE_BASELINE = "hpt"
 MISPLANNED = (0.25, 4.0)  # the plans of the bar's third condition
 PILOT_SEEDS, DEV_SEEDS = 2, 3
-PRIMARY_SEEDS, REPORTED_SEEDS, SECONDARY_SEEDS = 16, 5, 3
+# The primary comparisons' pairs (seeds x test regimes) that detect 0.03 with 80% power at round 2's
+# spread (0.085): 63; the test regimes share them, so 4 regimes take 16 seeds, 5 take 13.
+PRIMARY_PAIRS = 63
+REPORTED_SEEDS, SECONDARY_SEEDS = 5, 3
 SCORE_EVALS = 5
 SUCCESS_STARTS = 0.2  # the rollouts' success rate that marks "RL starts to pay"
 RL_DELAY_RATIO = 3.0  # the test regimes' steps to SUCCESS_STARTS must span at least this factor
+
+
+def primary_seeds(regimes: int) -> int:
+    """Seeds of the primary arms on each of ``regimes`` test regimes: ``PRIMARY_PAIRS`` in all, at least."""
+    return math.ceil(PRIMARY_PAIRS / regimes)
 
 
 def score(run: RunResult) -> float:
@@ -137,10 +146,10 @@ def main_plan(selection: Selection) -> list[RunPlan]:
     """The main runs on the test regimes, seed by seed (an interrupted study
     holds whole seeds): the primary arms (the candidate, CHORD tuned once,
     CHORD misplanned by ``MISPLANNED`` and each regime's best plan) on
-    ``PRIMARY_SEEDS``, paper GAC and HPT on ``REPORTED_SEEDS``, every other
+    ``primary_seeds(regimes)``, paper GAC and HPT on ``REPORTED_SEEDS``, every other
     plan of CHORD and of GAC's prior on ``SECONDARY_SEEDS``."""
     plan: list[RunPlan] = []
-    for seed in range(PRIMARY_SEEDS):
+    for seed in range(primary_seeds(len(selection.regimes))):
         for regime in selection.regimes:
             primary = [CANDIDATE, PLANS[selection.tuned_plan], *(PLANS[k] for k in MISPLANNED)]
             primary.append(PLANS[selection.best_plan[regime]])

@@ -194,8 +194,8 @@ def bar_report(table: Table, selection: study.Selection) -> dict[str, Any]:
         "conditions": out,
         "clears": all(condition["holds"] for condition in out),
         "fewest_seeds": min(seeds),
-        "declared_seeds": study.PRIMARY_SEEDS,
-        "complete": min(seeds) >= study.PRIMARY_SEEDS,
+        "declared_seeds": study.primary_seeds(len(regimes)),
+        "complete": min(seeds) >= study.primary_seeds(len(regimes)),
         "computable": computable,
     }
 

@@ -578,13 +578,14 @@ def test_the_study_selects_its_regimes_and_plans_by_the_declared_rule() -> None:
     seeds_of = {}
     for regime, method, seed in plan:
         seeds_of.setdefault((regime, method), set()).add(seed)
-    assert seeds_of[("perfect", study.CANDIDATE)] == set(range(study.PRIMARY_SEEDS))
-    assert seeds_of[("perfect", "chord-half")] == set(range(study.PRIMARY_SEEDS))  # tuned once
-    assert seeds_of[("perfect", "chord-quadruple")] == set(range(study.PRIMARY_SEEDS))  # misplanned, and its best
-    assert seeds_of[("noisy-reward", "chord-double")] == set(range(study.PRIMARY_SEEDS))  # its best plan
+    assert seeds_of[("perfect", study.CANDIDATE)] == set(range(study.primary_seeds(4)))
+    assert seeds_of[("perfect", "chord-half")] == set(range(study.primary_seeds(4)))  # tuned once
+    assert seeds_of[("perfect", "chord-quadruple")] == set(range(study.primary_seeds(4)))  # misplanned, and its best
+    assert seeds_of[("noisy-reward", "chord-double")] == set(range(study.primary_seeds(4)))  # its best plan
     assert seeds_of[("perfect", "gac")] == set(range(study.REPORTED_SEEDS)) == seeds_of[("perfect", "hpt")]
     assert seeds_of[("perfect", "gac-double")] == set(range(study.SECONDARY_SEEDS))
     assert not any(regime == "pairs-2" for regime, _, _ in plan) and len(plan) == len(set(plan))
+    assert study.primary_seeds(4) == 16 and study.primary_seeds(5) == 13  # 63 pairs or more either way
 
 
 def test_the_study_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -592,7 +593,7 @@ def test_the_study_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     for name, value in (("CANDIDATES", ("perfect", "pairs-2")), ("KEEP", 1), ("DEV_SEEDS", 1), ("PILOT_SEEDS", 1)):
         monkeypatch.setattr(study, name, value)
-    for name in ("PRIMARY_SEEDS", "REPORTED_SEEDS", "SECONDARY_SEEDS"):
+    for name in ("PRIMARY_PAIRS", "REPORTED_SEEDS", "SECONDARY_SEEDS"):
         monkeypatch.setattr(study, name, 1)
     selection, pilot, main, _ = study.run_study(TINY, tmp_path, jobs=1, reuse=False, show_progress=False)
     assert len(pilot) == 5 + 2 * 5 + 1 and {r.task for r in main} <= {"perfect", "pairs-2"}

@@ -264,7 +264,7 @@ def test_the_report_shows_every_arm_and_writes_its_json(tmp_path: Path) -> None:
     assert set(stored["arms"]["arms"]) == set(SCORES)
     hpt = stored["arms"]["arms"]["hpt"]
     assert hpt["seeds"] == list(range(study.REPORTED_SEEDS)) and hpt["worst_regret"] == pytest.approx(0.49, abs=0.03)
-    assert stored["arms"]["arms"][study.CANDIDATE]["seeds"] == list(range(study.PRIMARY_SEEDS))
+    assert stored["arms"]["arms"][study.CANDIDATE]["seeds"] == list(range(study.primary_seeds(4)))
     assert stored["arms"]["regret_seeds"] == list(range(study.SECONDARY_SEEDS))
     assert stored["arms"]["reported"]["gac-quarter - chord-quarter"]["seeds"] == list(range(study.SECONDARY_SEEDS))
     assert stored["arms"]["reported"][f"{study.CANDIDATE} - hpt"]["seeds"] == list(range(study.REPORTED_SEEDS))
@@ -295,7 +295,7 @@ def test_the_study_writes_its_report_and_rebuilds_it_from_its_records(
 ) -> None:
     for name, value in (("CANDIDATES", ("perfect", "pairs-2")), ("KEEP", 1), ("DEV_SEEDS", 1), ("PILOT_SEEDS", 1)):
         monkeypatch.setattr(study, name, value)
-    for name in ("PRIMARY_SEEDS", "REPORTED_SEEDS", "SECONDARY_SEEDS"):
+    for name in ("PRIMARY_PAIRS", "REPORTED_SEEDS", "SECONDARY_SEEDS"):
         monkeypatch.setattr(study, name, 1)
     selection, pilot, main, report = study.run_study(TINY, tmp_path, jobs=1, reuse=False, show_progress=False)
     markdown = (tmp_path / "report.md").read_text()
