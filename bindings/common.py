@@ -1,4 +1,5 @@
-"""What every trainer binding shares: the checkpoint file, the logged metrics.
+"""What every trainer binding shares: the checkpoint file, the logged metrics,
+the ``gac_*`` options of argument parsers.
 
 A binding is wiring around ``gaccore.Controller``: it feeds the controller
 the trainer's tensors, weights the two losses with ``bindings.losses.mix`` and
@@ -19,7 +20,9 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import field, fields
+from functools import partial
+from typing import Any, get_args, get_origin, get_type_hints
 
 from gaccore import Config, Controller
 
@@ -28,6 +31,8 @@ __all__ = [
     "METRIC_PREFIX",
     "STATE_FILE",
     "config_from_knobs",
+    "config_from_options",
+    "gac_option_fields",
     "load_controller",
     "logged_metrics",
     "save_controller",
@@ -67,6 +72,33 @@ def config_from_knobs(knobs: Mapping[str, Any], *, source: str) -> Config:
         raise ValueError(f"{source} has unknown keys {unknown}; gaccore.Config fields are {sorted(known)}")
     fields = {str(key): tuple(value) if isinstance(value, list) else value for key, value in knobs.items()}
     return Config(**fields)
+
+
+def gac_option_fields() -> list[tuple[str, Any, Any]]:
+    """One ``gac_<name>`` field per ``gaccore.Config`` field, with its type,
+    default and description, for ``dataclasses.make_dataclass``: a trainer's
+    argument parser (TRL's, ms-swift's) then offers every new setting by
+    itself. ``scale`` is a list here (those parsers read lists, not tuples)."""
+    types = get_type_hints(Config)
+    made = []
+    for setting in fields(Config):
+        kind, default = types[setting.name], setting.default
+        help_text = f"{setting.metadata['help']} (gaccore.Config.{setting.name})"
+        if get_origin(kind) is tuple:
+            kind, spec = (
+                list[get_args(kind)[0]],
+                field(default_factory=partial(list, default), metadata={"help": help_text}),
+            )
+        else:
+            spec = field(default=default, metadata={"help": help_text})
+        made.append((f"gac_{setting.name}", kind, spec))
+    return made
+
+
+def config_from_options(options: Any) -> Config:
+    """The controller's ``Config`` from an arguments object made with
+    ``gac_option_fields()``."""
+    return Config(**{setting.name: getattr(options, f"gac_{setting.name}") for setting in fields(Config)})
 
 
 def logged_metrics(read: Mapping[str, float]) -> dict[str, float]:

@@ -21,13 +21,14 @@ trainer again for runs built in Python.
 
 from __future__ import annotations
 
-from dataclasses import field, fields, make_dataclass
-from functools import partial
-from typing import Any, get_args, get_origin, get_type_hints
+from dataclasses import make_dataclass
+from typing import Any
 
 from swift.arguments import RLHFArguments
 
 from gaccore import Config
+
+from .common import config_from_options, gac_option_fields
 
 __all__ = ["CHORD_SCHEDULE", "GACRLHFArguments", "check_settings"]
 
@@ -89,34 +90,6 @@ def check_settings(settings: Any, config: Config) -> None:
         )
 
 
-def _gac_fields() -> list[tuple[str, Any, Any]]:
-    """One ``gac_<name>`` field per ``gaccore.Config`` field, with its type,
-    default and description. ``scale`` is a list here (the parser reads lists)."""
-    types = get_type_hints(Config)
-    made = []
-    for setting in fields(Config):
-        kind, default = types[setting.name], setting.default
-        help_text = f"{setting.metadata['help']} (gaccore.Config.{setting.name})"
-        if get_origin(kind) is tuple:
-            kind, spec = (
-                list[get_args(kind)[0]],
-                field(default_factory=partial(list, default), metadata={"help": help_text}),
-            )
-        else:
-            spec = field(default=default, metadata={"help": help_text})
-        made.append((f"gac_{setting.name}", kind, spec))
-    return made
-
-
-def _gac_config(self: Any) -> Config:
-    """The controller's ``Config`` from the ``gac_*`` options."""
-    return Config(**{f.name: _as_field(getattr(self, f"gac_{f.name}")) for f in fields(Config)})
-
-
-def _as_field(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
 def _post_init(self: Any) -> None:
     # GAC's settings first: a bad one fails before ms-swift resolves the model and the datasets.
     try:
@@ -129,11 +102,11 @@ def _post_init(self: Any) -> None:
 
 GACRLHFArguments = make_dataclass(
     "GACRLHFArguments",
-    _gac_fields(),
+    gac_option_fields(),
     bases=(RLHFArguments,),
     namespace={
         "__post_init__": _post_init,
-        "gac_config": _gac_config,
+        "gac_config": config_from_options,
         "__module__": EXPORTED_FROM,
         "__doc__": "ms-swift's ``RLHFArguments`` plus every ``gaccore.Config`` field as a ``gac_<name>`` option "
         "(same type, default and description); ``gac_config()`` builds the controller's ``Config``.",

@@ -13,38 +13,17 @@ unpickling looks the class up as ``gaccore.bindings.trl.GACGRPOConfig``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, make_dataclass
-from functools import partial
-from typing import Any, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any
 
 from trl import GRPOConfig
 
-from gaccore import Config
+from .common import config_from_options, gac_option_fields
 
 __all__ = ["GACGRPOConfig"]
 
 # The module TRL's pickled checkpoints name the class by.
 PICKLED_MODULE = "gaccore.bindings.trl"
-
-
-def _gac_fields() -> list[tuple[str, Any, Any]]:
-    """One ``gac_<name>`` field per ``gaccore.Config`` field, with its type,
-    default and description: a new setting reaches TRL's parser by itself.
-    ``scale`` is a list here (``TrlParser`` reads lists, not tuples)."""
-    types = get_type_hints(Config)
-    made = []
-    for setting in fields(Config):
-        kind, default = types[setting.name], setting.default
-        help_text = f"{setting.metadata['help']} (gaccore.Config.{setting.name})"
-        if get_origin(kind) is tuple:
-            kind, spec = (
-                list[get_args(kind)[0]],
-                field(default_factory=partial(list, default), metadata={"help": help_text}),
-            )
-        else:
-            spec = field(default=default, metadata={"help": help_text})
-        made.append((f"gac_{setting.name}", kind, spec))
-    return made
 
 
 @dataclass
@@ -95,18 +74,13 @@ def _post_init(self: Any) -> None:
         raise ValueError(f"GACGRPOConfig: invalid gac_* setting: {error}") from None
 
 
-def _gac_config(self: Any) -> Config:
-    """The controller's ``Config`` from the ``gac_*`` fields."""
-    return Config(**{f.name: getattr(self, f"gac_{f.name}") for f in fields(Config)})
-
-
 GACGRPOConfig = make_dataclass(
     "GACGRPOConfig",
-    _gac_fields(),
+    gac_option_fields(),
     bases=(_GACGRPOFields,),
     namespace={
         "__post_init__": _post_init,
-        "gac_config": _gac_config,
+        "gac_config": config_from_options,
         "__doc__": _GACGRPOFields.__doc__,
         "__module__": PICKLED_MODULE,  # checkpoints pickle the args by this name
     },
