@@ -49,8 +49,9 @@ def _left_out(report: dict[str, Any]) -> list[str]:
     items = []
     if "pure-rl" not in present:
         items.append(
-            "- Pure RL (`pure-rl`, mu = 0): it learns nothing on these tasks (held-out accuracy about 0.02 "
-            "after 2000 steps) and never reads a demonstration, so it belongs to neither track."
+            "- Pure RL (`pure-rl`, mu = 0): it learns nothing on these tasks (its 2000-step record, "
+            "`carry-drop` seed 0 in `docs/demo/study/runs/`, ends at 0.022 held-out accuracy) and never "
+            "reads a demonstration, so it belongs to neither track."
         )
     settings = report["settings"]
     if "V" in report["tracks"] and (settings["false_accept"] > 0 or settings["false_reject"] > 0):
