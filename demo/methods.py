@@ -202,12 +202,13 @@ SCHEDULE_OF = {
     "gac-verified-double": "gac-verified",
 }
 SUITE_SEEDS, SCHEDULE_SEEDS = 5, 3
-# The quick demo: the regime where the expert drops carries, the paper GAC
-# against the constant mu = 0.5 and the verifier's two ways (filtered SFT
-# alone, and the filtered verified mode), two seeds: about 5.5 minutes on two
-# cores, and runs that are the full suite's own (same settings and seeds).
+# The quick demo: the regime where the expert drops carries, each GAC mode
+# against the strongest baseline of its track in the full suite (CHORD's
+# schedule, and CHORD over the checker's accepted demonstrations), two seeds:
+# about 5.5 minutes on two cores, and runs that are the full suite's own
+# (same settings and seeds).
 QUICK_TASKS = ["carry-drop"]
-QUICK_METHODS = ["gac", "fixed-0.5", "sft-filtered", "gac-verified-filtered"]
+QUICK_METHODS = ["gac", "chord", "gac-verified-filtered", "chord-filtered"]
 QUICK_SEEDS = 2
 OTHER_SFT_COEF = {"nll": "gac-phi", "phi": "gac-nll"}
 
