@@ -36,6 +36,7 @@ __all__ = [
     "load_controller",
     "logged_metrics",
     "save_controller",
+    "trainer_controller",
 ]
 
 STATE_FILE = "gaccore_state.json"
@@ -99,6 +100,25 @@ def config_from_options(options: Any) -> Config:
     """The controller's ``Config`` from an arguments object made with
     ``gac_option_fields()``."""
     return Config(**{setting.name: getattr(options, f"gac_{setting.name}") for setting in fields(Config)})
+
+
+def trainer_controller(controller: object, config: Config | None, *, world_group: Any) -> Controller:
+    """The controller a trainer binding steps: ``controller`` when given
+    (checked), else a new one from ``config`` (None: the defaults).
+    ``world_group`` is the trainer's process group when it trains on several
+    processes, None on one: every rank must compute the same mu, so a
+    controller without a group is refused there."""
+    if controller is None:
+        return Controller(config, process_group=world_group)
+    if not isinstance(controller, Controller):
+        raise TypeError(f"controller must be a gaccore.Controller, got {type(controller).__name__}")
+    if world_group is not None and controller.process_group is None:
+        raise ValueError(
+            "controller: training runs on several processes, so the controller needs "
+            "process_group=torch.distributed.group.WORLD (or your data-parallel group) "
+            "for every rank to compute the same mu"
+        )
+    return controller
 
 
 def logged_metrics(read: Mapping[str, float]) -> dict[str, float]:

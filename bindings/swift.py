@@ -63,7 +63,7 @@ from swift.utils import to_device
 from gaccore import Config, Controller, kept_demos
 
 from .accumulation import AccumulationWindow
-from .common import STATE_FILE, load_controller, logged_metrics, save_controller
+from .common import STATE_FILE, load_controller, logged_metrics, save_controller, trainer_controller
 from .experts import ExpertSampler, ScoreCheck, statistics_batch
 from .losses import mix, sft_token_loss
 from .swift_args import CHORD_SCHEDULE, GACRLHFArguments, check_settings
@@ -93,17 +93,8 @@ class GACGRPOTrainer(GRPOTrainer):
             raise TypeError("pass gac_config or controller, not both")
         config = controller.config if isinstance(controller, Controller) else gac_config or Config()
         check_settings(self._settings(), config)
-        distributed = self.accelerator.num_processes > 1
-        if controller is None:
-            controller = Controller(config, process_group=dist.group.WORLD if distributed else None)
-        elif not isinstance(controller, Controller):
-            raise TypeError(f"controller must be a gaccore.Controller, got {type(controller).__name__}")
-        elif distributed and controller.process_group is None:
-            raise ValueError(
-                "controller: training runs on several processes, so the controller needs "
-                "process_group=torch.distributed.group.WORLD for every rank to compute the same mu"
-            )
-        self.gac = controller
+        world_group = dist.group.WORLD if self.accelerator.num_processes > 1 else None
+        self.gac = controller = trainer_controller(controller, config, world_group=world_group)
         self.window = AccumulationWindow(controller)  # observes and steps the controller
         batch_size = self.args.chord_sft_per_device_train_batch_size
         if batch_size is None:

@@ -64,7 +64,7 @@ from trl import GRPOTrainer
 from gaccore import Controller, kept_demos
 
 from .accumulation import AccumulationWindow
-from .common import STATE_FILE, load_controller, logged_metrics, save_controller
+from .common import STATE_FILE, load_controller, logged_metrics, save_controller, trainer_controller
 from .demonstrations import (
     Demonstrations,
     ExpertSampler,
@@ -130,19 +130,9 @@ class GACGRPOTrainer(GRPOTrainer):
             expert_batch_size = max(1, self.args.per_device_train_batch_size // generations)
         if isinstance(expert_batch_size, bool) or not isinstance(expert_batch_size, int) or expert_batch_size < 1:
             raise ValueError(f"expert_batch_size must be an integer >= 1, got {expert_batch_size!r}")
-        distributed = self.accelerator.num_processes > 1
-        if controller is None:
-            config = gac_args.gac_config() if gac_args is not None else None
-            controller = Controller(config, process_group=dist.group.WORLD if distributed else None)
-        elif not isinstance(controller, Controller):
-            raise TypeError(f"controller must be a gaccore.Controller, got {type(controller).__name__}")
-        elif distributed and controller.process_group is None:
-            raise ValueError(
-                "controller: training runs on several processes, so the controller needs "
-                "process_group=torch.distributed.group.WORLD (or your data-parallel group) "
-                "for every rank to compute the same mu"
-            )
-        self.gac = controller
+        world_group = dist.group.WORLD if self.accelerator.num_processes > 1 else None
+        config = gac_args.gac_config() if gac_args is not None else None
+        self.gac = controller = trainer_controller(controller, config, world_group=world_group)
         self.window = AccumulationWindow(controller)  # observes and steps the controller
         self.expert_dataset = expert_dataset
         self.expert_batch_size = expert_batch_size

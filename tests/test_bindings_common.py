@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gaccore import Controller
+from gaccore import Config, Controller
 from gaccore.bindings import common
 from gaccore.bindings.accumulation import AccumulationWindow
 from gaccore.bindings.common import STATE_FILE, load_controller, logged_metrics, save_controller
@@ -154,3 +154,20 @@ def test_a_new_step_number_closes_the_window_before_it() -> None:
     assert window.close() is None and window.controller.step_count == 2  # nothing observed: no step
     with pytest.raises(TypeError, match=r"gaccore\.Controller"):
         AccumulationWindow(object())  # type: ignore[arg-type]
+
+
+def test_a_trainer_builds_its_controller_from_the_config_or_checks_the_one_given() -> None:
+    config = Config(mu_min=0.1)
+    built = common.trainer_controller(None, config, world_group=None)
+    assert built.config == config and built.process_group is None
+    given = Controller()
+    assert common.trainer_controller(given, config, world_group=None) is given
+    with pytest.raises(TypeError, match=r"controller must be a gaccore\.Controller, got dict"):
+        common.trainer_controller({}, None, world_group=None)
+
+
+def test_on_several_processes_a_controller_without_a_group_is_refused() -> None:
+    world = object()  # stands for torch.distributed.group.WORLD: the check never calls it
+    assert common.trainer_controller(None, None, world_group=world).process_group is world
+    with pytest.raises(ValueError, match="controller: training runs on several processes"):
+        common.trainer_controller(Controller(), None, world_group=world)
